@@ -1,0 +1,15 @@
+// Module entry: tensors and runtime, then one Init per kernel family.
+#include <napi.h>
+
+#include "tensor.h"
+
+namespace rlk::addon {
+// Each family's bindings live in native/addon/<family>.cc.
+}  // namespace rlk::addon
+
+static Napi::Object Init(Napi::Env env, Napi::Object exports) {
+  rlk::addon::InitTensorBindings(env, exports);
+  return exports;
+}
+
+NODE_API_MODULE(rlkernels, Init)

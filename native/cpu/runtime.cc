@@ -1,0 +1,217 @@
+// Host side of the runtime: the thread pool, aligned host memory, casts.
+#include <algorithm>
+#include <atomic>
+#include <condition_variable>
+#include <cstdlib>
+#include <limits>
+#include <mutex>
+#include <thread>
+
+#include "rlk/runtime.h"
+
+namespace rlk {
+namespace {
+
+thread_local bool tls_in_pool = false;
+
+class ThreadPool {
+ public:
+  explicit ThreadPool(int threads) : threads_(std::max(1, threads)) {
+    for (int i = 1; i < threads_; ++i) workers_.emplace_back([this] { WorkerLoop(); });
+  }
+  ~ThreadPool() {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      stop_ = true;
+    }
+    cv_.notify_all();
+    for (auto& t : workers_) t.join();
+  }
+  int threads() const { return threads_; }
+
+  void Run(int64_t n, int64_t grain, const std::function<void(int64_t, int64_t)>& fn) {
+    int64_t max_chunks = (n + grain - 1) / grain;
+    int64_t chunks = std::min<int64_t>(max_chunks, int64_t(threads_) * 4);
+    if (chunks <= 1 || threads_ == 1 || tls_in_pool) {
+      fn(0, n);
+      return;
+    }
+    std::lock_guard<std::mutex> run_lock(run_mu_);  // one parallel region at a time
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      fn_ = &fn;
+      n_ = n;
+      chunks_ = chunks;
+      next_.store(0);
+      active_ = int(workers_.size());
+      ++generation_;
+    }
+    cv_.notify_all();
+    tls_in_pool = true;
+    Work();
+    tls_in_pool = false;
+    std::unique_lock<std::mutex> lock(mu_);
+    done_cv_.wait(lock, [this] { return active_ == 0; });
+    fn_ = nullptr;
+  }
+
+ private:
+  void Work() {
+    for (;;) {
+      int64_t c = next_.fetch_add(1);
+      if (c >= chunks_) return;
+      int64_t begin = n_ * c / chunks_, end = n_ * (c + 1) / chunks_;
+      if (begin < end) (*fn_)(begin, end);
+    }
+  }
+  void WorkerLoop() {
+    tls_in_pool = true;
+    uint64_t seen = 0;
+    for (;;) {
+      {
+        std::unique_lock<std::mutex> lock(mu_);
+        cv_.wait(lock, [&] { return stop_ || generation_ != seen; });
+        if (stop_) return;
+        seen = generation_;
+      }
+      Work();
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        --active_;
+      }
+      done_cv_.notify_one();
+    }
+  }
+
+  int threads_;
+  std::vector<std::thread> workers_;
+  std::mutex mu_, run_mu_;
+  std::condition_variable cv_, done_cv_;
+  const std::function<void(int64_t, int64_t)>* fn_ = nullptr;
+  int64_t n_ = 0, chunks_ = 0;
+  std::atomic<int64_t> next_{0};
+  int active_ = 0;
+  uint64_t generation_ = 0;
+  bool stop_ = false;
+};
+
+int DefaultThreads() {
+  if (const char* env = std::getenv("RLK_NUM_THREADS")) {
+    int v = std::atoi(env);
+    if (v > 0) return std::min(v, 1024);
+  }
+  unsigned hw = std::thread::hardware_concurrency();
+  return hw ? int(hw) : 1;
+}
+
+std::mutex g_pool_mu;
+ThreadPool* g_pool = nullptr;  // never destroyed: worker threads must not be joined during static teardown
+
+ThreadPool& Pool() {
+  std::lock_guard<std::mutex> lock(g_pool_mu);
+  if (!g_pool) g_pool = new ThreadPool(DefaultThreads());
+  return *g_pool;
+}
+
+template <class Dst>
+Dst SaturatingCast(double v) {
+  if (v != v) return Dst(0);
+  double lo = double(std::numeric_limits<Dst>::lowest()), hi = double(std::numeric_limits<Dst>::max());
+  if (v <= lo) return std::numeric_limits<Dst>::lowest();
+  if (v >= hi) return std::numeric_limits<Dst>::max();
+  return Dst(v);
+}
+
+double LoadAsDouble(const void* p, DType t, int64_t i) {
+  switch (t) {
+    case DType::kFloat32: return static_cast<const float*>(p)[i];
+    case DType::kBFloat16: return Bf16ToFloat(static_cast<const uint16_t*>(p)[i]);
+    case DType::kFloat16: return HalfToFloat(static_cast<const uint16_t*>(p)[i]);
+    case DType::kInt32: return static_cast<const int32_t*>(p)[i];
+    case DType::kInt64: return double(static_cast<const int64_t*>(p)[i]);
+    case DType::kUInt8: return static_cast<const uint8_t*>(p)[i];
+  }
+  return 0;
+}
+
+}  // namespace
+
+void ParallelFor(int64_t n, int64_t grain, const std::function<void(int64_t, int64_t)>& fn) {
+  if (n <= 0) return;
+  Pool().Run(n, std::max<int64_t>(grain, 1), fn);
+}
+
+int NumThreads() { return Pool().threads(); }
+
+void SetNumThreads(int n) {
+  std::lock_guard<std::mutex> lock(g_pool_mu);
+  n = std::max(1, std::min(n, 1024));
+  if (g_pool && g_pool->threads() == n) return;
+  delete g_pool;
+  g_pool = new ThreadPool(n);
+}
+
+void* HostAlloc(size_t bytes) {
+  if (bytes == 0) return nullptr;
+  size_t rounded = (bytes + 63) & ~size_t(63);
+  if (rounded < bytes) return nullptr;
+  return std::aligned_alloc(64, rounded);
+}
+
+void HostFree(void* p) { std::free(p); }
+
+void CastHost(const void* src, DType st, void* dst, DType dt, int64_t n) {
+  if (st == dt) {
+    std::memcpy(dst, src, size_t(n) * ElementSize(st));
+    return;
+  }
+  ParallelFor(n, 1 << 16, [&](int64_t b, int64_t e) {
+    // int64 to int64-sized targets must not pass through double (2^53).
+    if (st == DType::kInt64 && dt == DType::kInt32) {
+      auto s = static_cast<const int64_t*>(src);
+      auto d = static_cast<int32_t*>(dst);
+      for (int64_t i = b; i < e; ++i)
+        d[i] = int32_t(std::max<int64_t>(INT32_MIN, std::min<int64_t>(INT32_MAX, s[i])));
+      return;
+    }
+    for (int64_t i = b; i < e; ++i) {
+      double v = LoadAsDouble(src, st, i);
+      switch (dt) {
+        case DType::kFloat32: static_cast<float*>(dst)[i] = float(v); break;
+        case DType::kBFloat16: static_cast<uint16_t*>(dst)[i] = DoubleToBf16(v); break;
+        case DType::kFloat16: static_cast<uint16_t*>(dst)[i] = DoubleToHalf(v); break;
+        case DType::kInt32: static_cast<int32_t*>(dst)[i] = SaturatingCast<int32_t>(v); break;
+        case DType::kInt64:
+          static_cast<int64_t*>(dst)[i] = st == DType::kInt32 ? static_cast<const int32_t*>(src)[i]
+                                          : st == DType::kUInt8 ? static_cast<const uint8_t*>(src)[i]
+                                                                : SaturatingCast<int64_t>(v);
+          break;
+        case DType::kUInt8: static_cast<uint8_t*>(dst)[i] = SaturatingCast<uint8_t>(v); break;
+      }
+    }
+  });
+}
+
+}  // namespace rlk
+
+#include <cstdlib>
+#include "rlk/cpu_simd.h"
+
+namespace rlk::simd {
+IsaKind Isa() {
+  static const IsaKind kind = [] {
+    IsaKind k = DetectIsa();
+    if (const char* env = std::getenv("RLK_SIMD")) {
+      IsaKind want = std::strcmp(env, "baseline") == 0 ? IsaKind::kBaseline
+                     : std::strcmp(env, "avx2") == 0   ? IsaKind::kAvx2
+                                                       : k;
+      if (int(want) < int(k)) k = want;
+    }
+    return k;
+  }();
+  return kind;
+}
+const char* IsaName(IsaKind k) {
+  return k == IsaKind::kAvx512 ? "avx512" : k == IsaKind::kAvx2 ? "avx2" : "baseline";
+}
+}  // namespace rlk::simd

@@ -1,0 +1,13 @@
+import { defineConfig } from 'vitest/config';
+
+// Native addons are safest in forked workers; two match the CI machine's cores.
+export default defineConfig({
+  test: {
+    include: ['tests/**/*.test.ts'],
+    pool: 'forks',
+    maxWorkers: 2,
+    testTimeout: 120_000,
+    hookTimeout: 120_000,
+    reporters: ['default'],
+  },
+});
