@@ -3,6 +3,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <limits>
+#include <unistd.h>
 
 #include "checks.h"
 
@@ -19,7 +20,20 @@ int Slot(int device) { return device + 1; }
 // What a read hands to JS: 16-bit floats widen to float32 (exactly).
 DType ReadDType(DType t) { return (t == DType::kBFloat16 || t == DType::kFloat16) ? DType::kFloat32 : t; }
 
+size_t PhysicalMemory() {
+  static const size_t bytes = [] {
+    long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
+    return pages > 0 && page > 0 ? size_t(pages) * size_t(page) : SIZE_MAX;
+  }();
+  return bytes;
+}
+
 void* AllocHostOrThrow(Napi::Env env, const char* fn, size_t bytes) {
+  // With overcommit a huge malloc can succeed and the first touch (zeros,
+  // full) would get the process killed: refuse what cannot fit in RAM.
+  if (bytes > PhysicalMemory())
+    ThrowRangeError(env, std::string(fn) + ": cannot allocate " + std::to_string(bytes) +
+                             " bytes of host memory: more than the machine's " + std::to_string(PhysicalMemory()) + " bytes");
   void* p = HostAlloc(bytes);
   if (bytes && !p) ThrowRangeError(env, std::string(fn) + ": cannot allocate " + std::to_string(bytes) + " bytes of host memory");
   return p;

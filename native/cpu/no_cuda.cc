@@ -4,7 +4,7 @@
 
 namespace rlk {
 namespace {
-const Status kNoCuda{Status::kUnsupported, "rlkernels was built without CUDA (nvcc was not found at build time)"};
+const Status kNoCuda{Status::kUnsupported, "this rlkernels binary was built without CUDA (a CPU-only build: nvcc was not found, or RLK_CPU_ONLY was set)"};
 }
 
 CudaInfo GetCudaInfo() {
