@@ -206,6 +206,8 @@ function badBig(fn: string, path: string, v: bigint): never {
  * @throws TypeError for data or options of the wrong kind; RangeError for a shape that does not match the data,
  *   or an integer dtype given values that are not whole numbers in range; CudaUnavailableError without a GPU.
  */
+export function tensor<D extends DType>(data: TensorData, options: TensorOptions & { dtype: D }): Tensor<D>;
+export function tensor(data: TensorData, options?: TensorOptions): Tensor;
 export function tensor(data: TensorData, options?: TensorOptions): Tensor {
   const fn = 'tensor';
   const o = checkOptions(fn, options, ['shape', 'dtype', 'device']);
@@ -251,12 +253,16 @@ function createArgs(fn: string, shape: unknown, options: unknown): { shape: numb
 }
 
 /** A tensor whose contents are unspecified. */
+export function empty<D extends DType>(shape: readonly number[], options: CreateOptions & { dtype: D }): Tensor<D>;
+export function empty(shape: readonly number[], options?: CreateOptions): Tensor;
 export function empty(shape: readonly number[], options?: CreateOptions): Tensor {
   const a = createArgs('empty', shape, options);
   return new Tensor(native.empty(a.shape, DTYPE_CODES[a.dtype], a.device));
 }
 
 /** A tensor of `value` (rounded to the dtype as `tensor` rounds). */
+export function full<D extends DType>(shape: readonly number[], value: number, options: CreateOptions & { dtype: D }): Tensor<D>;
+export function full(shape: readonly number[], value: number, options?: CreateOptions): Tensor;
 export function full(shape: readonly number[], value: number, options?: CreateOptions): Tensor {
   const a = createArgs('full', shape, options);
   if (typeof value !== 'number') throw typeError('full', `value must be a number, got ${describe(value)}`);
@@ -267,6 +273,8 @@ export function full(shape: readonly number[], value: number, options?: CreateOp
 }
 
 /** A tensor of zeros. */
+export function zeros<D extends DType>(shape: readonly number[], options: CreateOptions & { dtype: D }): Tensor<D>;
+export function zeros(shape: readonly number[], options?: CreateOptions): Tensor;
 export function zeros(shape: readonly number[], options?: CreateOptions): Tensor {
   return full(shape, 0, options);
 }

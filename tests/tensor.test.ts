@@ -80,14 +80,14 @@ describe('dtype round trips against the reference rounding', () => {
 
   it('integer dtypes hold their full ranges exactly', () => {
     const i32 = [0, 1, -1, 2147483647, -2147483648, 12345];
-    expect(Array.from(rlk.tensor(i32, { dtype: 'int32' }).toArraySync())).toEqual(i32);
+    expect(Array.from(rlk.tensor(i32, { dtype: 'int32' }).toArraySync() as ArrayLike<number>)).toEqual(i32);
     const i64 = [0n, -1n, 9223372036854775807n, -9223372036854775808n, 2n ** 53n + 1n];
     expect(Array.from(rlk.tensor(i64).toArraySync() as BigInt64Array)).toEqual(i64);
     expect(Array.from(rlk.tensor([2 ** 53 - 1, -(2 ** 53 - 1)], { dtype: 'int64' }).toArraySync() as BigInt64Array)).toEqual([
       2n ** 53n - 1n,
       -(2n ** 53n - 1n),
     ]);
-    expect(Array.from(rlk.tensor([0, 1, 255], { dtype: 'uint8' }).toArraySync())).toEqual([0, 1, 255]);
+    expect(Array.from(rlk.tensor([0, 1, 255], { dtype: 'uint8' }).toArraySync() as ArrayLike<number>)).toEqual([0, 1, 255]);
   });
 
   it('integer dtypes refuse values they cannot hold', () => {
@@ -113,7 +113,7 @@ describe('shapes', () => {
   it('infers shapes from nested arrays and checks they are rectangular', () => {
     const t = rlk.tensor([[[1], [2]], [[3], [4]], [[5], [6]]]);
     expect(t.shape).toEqual([3, 2, 1]);
-    expect(Array.from(t.toArraySync())).toEqual([1, 2, 3, 4, 5, 6]);
+    expect(Array.from(t.toArraySync() as ArrayLike<number>)).toEqual([1, 2, 3, 4, 5, 6]);
     expect(() => rlk.tensor([[1, 2], [3]])).toThrow(RangeError);
     expect(() => rlk.tensor([[1, 2], 3] as never)).toThrow(/rectangular/);
     expect(() => rlk.tensor([1, 'a'] as never)).toThrow(TypeError);
@@ -139,10 +139,10 @@ describe('shapes', () => {
   });
 
   it('full, zeros and empty give the right contents and shapes', () => {
-    expect(Array.from(rlk.zeros([2, 3]).toArraySync())).toEqual([0, 0, 0, 0, 0, 0]);
-    expect(Array.from(rlk.full([3], 1 + 2 ** -8, { dtype: 'bfloat16' }).toArraySync())).toEqual([1, 1, 1]);
+    expect(Array.from(rlk.zeros([2, 3]).toArraySync() as ArrayLike<number>)).toEqual([0, 0, 0, 0, 0, 0]);
+    expect(Array.from(rlk.full([3], 1 + 2 ** -8, { dtype: 'bfloat16' }).toArraySync() as ArrayLike<number>)).toEqual([1, 1, 1]);
     expect(Array.from(rlk.full([2], -7, { dtype: 'int64' }).toArraySync() as BigInt64Array)).toEqual([-7n, -7n]);
-    expect(Array.from(rlk.full([2], 70000, { dtype: 'float16' }).toArraySync())).toEqual([Infinity, Infinity]);
+    expect(Array.from(rlk.full([2], 70000, { dtype: 'float16' }).toArraySync() as ArrayLike<number>)).toEqual([Infinity, Infinity]);
     expect(rlk.empty([5, 7], { dtype: 'int32' }).shape).toEqual([5, 7]);
     expect(() => rlk.full([2], 1.5, { dtype: 'int32' })).toThrow(RangeError);
   });
@@ -152,7 +152,7 @@ describe('shapes', () => {
     const v = t.reshape([2, 3]);
     t.dispose();
     expect(v.shape).toEqual([2, 3]);
-    expect(Array.from(await v.toArray())).toEqual([1, 2, 3, 4, 5, 6]);
+    expect(Array.from(await v.toArray() as ArrayLike<number>)).toEqual([1, 2, 3, 4, 5, 6]);
     expect(() => v.reshape([4])).toThrow(RangeError);
     v.dispose();
   });
@@ -173,9 +173,9 @@ describe('conversions with to()', () => {
     for (const dtype of Object.keys(want) as rlk.DType[]) {
       const t = src.to({ dtype });
       expect(t.dtype).toBe(dtype);
-      expect(Array.from(t.toArraySync(), Number)).toEqual(xs.map(want[dtype]));
+      expect(Array.from(t.toArraySync() as ArrayLike<number>, Number)).toEqual(xs.map(want[dtype]));
       // ...and back to float32.
-      expect(Array.from(t.to({ dtype: 'float32' }).toArraySync())).toEqual(xs.map(want[dtype]));
+      expect(Array.from(t.to({ dtype: 'float32' }).toArraySync() as ArrayLike<number>)).toEqual(xs.map(want[dtype]));
     }
     expect(Array.from(rlk.tensor([2n ** 40n + 1n]).to({ dtype: 'int32' }).toArraySync())).toEqual([2147483647]);
     expect(Array.from(rlk.tensor([NaN, Infinity, -Infinity]).to({ dtype: 'int32' }).toArraySync())).toEqual([0, 2147483647, -2147483648]);
@@ -186,7 +186,7 @@ describe('conversions with to()', () => {
     const same = t.to('cpu');
     expect(same).not.toBe(t);
     t.dispose();
-    expect(Array.from(same.toArraySync())).toEqual([1, 2]);
+    expect(Array.from(same.toArraySync() as ArrayLike<number>)).toEqual([1, 2]);
     expect(same.to({ dtype: 'float16' }).dtype).toBe('float16');
   });
 
@@ -363,15 +363,15 @@ describeCuda('cuda tensors', () => {
       const c = rlk.tensor(xs, { dtype, device: 'cuda' });
       expect(c.device).toBe('cuda:0');
       const want = roundArray(xs, dtype);
-      expect(Array.from(await c.toArray())).toEqual(Array.from(want));
-      expect(Array.from(c.toArraySync())).toEqual(Array.from(want));
-      expect(Array.from(c.to('cpu').toArraySync())).toEqual(Array.from(want));
+      expect(Array.from(await c.toArray() as ArrayLike<number>)).toEqual(Array.from(want));
+      expect(Array.from(c.toArraySync() as ArrayLike<number>)).toEqual(Array.from(want));
+      expect(Array.from(c.to('cpu').toArraySync() as ArrayLike<number>)).toEqual(Array.from(want));
       c.dispose();
     }
     const i = rlk.tensor([1n, -2n, 2n ** 62n], { device: 'cuda' });
     expect(Array.from((await i.toArray()) as BigInt64Array)).toEqual([1n, -2n, 2n ** 62n]);
     const u = rlk.tensor([0, 255, 7], { dtype: 'uint8', device: 'cuda' });
-    expect(Array.from(await u.toArray())).toEqual([0, 255, 7]);
+    expect(Array.from(await u.toArray() as ArrayLike<number>)).toEqual([0, 255, 7]);
   });
 
   it('casts on the device like on the host', () => {
@@ -379,9 +379,9 @@ describeCuda('cuda tensors', () => {
     const host = rlk.tensor(xs);
     const dev = rlk.tensor(xs, { device: 'cuda' });
     for (const dtype of ['float32', 'bfloat16', 'float16', 'int32', 'int64', 'uint8'] as const) {
-      expect(Array.from(dev.to({ dtype }).toArraySync(), Number)).toEqual(Array.from(host.to({ dtype }).toArraySync(), Number));
+      expect(Array.from(dev.to({ dtype }).toArraySync() as ArrayLike<number>, Number)).toEqual(Array.from(host.to({ dtype }).toArraySync() as ArrayLike<number>, Number));
     }
-    expect(Array.from(rlk.full([5], 2.5, { device: 'cuda', dtype: 'float16' }).toArraySync())).toEqual([2.5, 2.5, 2.5, 2.5, 2.5]);
+    expect(Array.from(rlk.full([5], 2.5, { device: 'cuda', dtype: 'float16' }).toArraySync() as ArrayLike<number>)).toEqual([2.5, 2.5, 2.5, 2.5, 2.5]);
   });
 
   it('the caching allocator reuses freed blocks instead of calling cudaMalloc', () => {
