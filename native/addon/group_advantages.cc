@@ -173,16 +173,16 @@ Napi::Value ResultPair(Napi::Env env, const Outputs& o, const Batch& b) {
   return out;
 }
 
-[[noreturn]] void NoCuda(Napi::Env env, const char* fn) {
-  ThrowTypeError(env, std::string(fn) + ": this binary was built without CUDA");
-}
-
 #if RLK_WITH_CUDA
 int32_t* PrepareCuda(Napi::Env env, const char* fn, Batch* b) {
   int32_t* word = nullptr;
   ThrowIfError(env, DeviceStream(b->device, &b->p.stream), fn);
   ThrowIfError(env, DeviceErrorWord(b->device, &word), fn);
   return word;
+}
+#else
+[[noreturn]] void NoCuda(Napi::Env env, const char* fn) {
+  ThrowTypeError(env, std::string(fn) + ": this binary was built without CUDA");
 }
 #endif
 
@@ -309,7 +309,7 @@ Napi::Value CombineBinding(const Napi::CallbackInfo& info) {
     int32_t* word = nullptr;
     ThrowIfError(env, DeviceStream(device, &stream), fn);
     ThrowIfError(env, DeviceErrorWord(device, &word), fn);
-    ThrowIfError(env, cuda::GroupAdvantagesCombine(parts.data(), int64_t(parts.size()), rows, outp, stream, word), fn);
+    ThrowIfError(env, cuda::GroupAdvantagesCombine(parts.data(), int64_t(parts.size()), rows, outp, device, stream, word), fn);
 #else
     NoCuda(env, fn);
 #endif

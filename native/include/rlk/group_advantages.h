@@ -98,8 +98,8 @@ Status GroupAdvantagesFwd(const GroupAdvantagesParams& p, int device, int32_t* e
 Status GroupAdvantagesPartials(const GroupAdvantagesParams& p, const float* stats1, float* out, int device,
                                int32_t* error_word);
 // parts: host array of device pointers.
-Status GroupAdvantagesCombine(const float* const* parts, int64_t num_parts, int64_t rows, float* out, void* stream,
-                              int32_t* error_word);
+Status GroupAdvantagesCombine(const float* const* parts, int64_t num_parts, int64_t rows, float* out, int device,
+                              void* stream, int32_t* error_word);
 Status GroupAdvantagesFinalize(const GroupAdvantagesParams& p, const float* stats1, const float* stats2, int device,
                                int32_t* error_word);
 Status BroadcastAdvantages(const BroadcastAdvantagesParams& p);
