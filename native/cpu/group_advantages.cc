@@ -67,20 +67,35 @@ Status CheckGroupIds(const GroupAdvantagesParams& p) {
   return Status::Ok();
 }
 
+template <class I>
+Status BuildGroupsT(const I* ids, int64_t B, int64_t G, Groups* out) {
+  out->gs = 0;
+  out->offsets.assign(size_t(G) + 1, 0);
+  out->rows.resize(size_t(B));
+  int64_t* off = out->offsets.data();
+  int64_t* rows = out->rows.data();
+  for (int64_t i = 0; i < B; ++i) {
+    const int64_t g = int64_t(ids[i]);
+    if (g < 0 || g >= G) return Status{Status::kOutOfRange, "groupIds must be in [0, numGroups)"};
+    ++off[g + 1];
+  }
+  for (int64_t g = 0; g < G; ++g) off[g + 1] += off[g];
+  // off[g] serves as group g's cursor (it ends at the old off[g + 1]); then
+  // shifting by one restores the offsets. Rows keep their order in a group.
+  for (int64_t i = 0; i < B; ++i) rows[off[int64_t(ids[i])]++] = i;
+  for (int64_t g = G; g > 0; --g) off[g] = off[g - 1];
+  off[0] = 0;
+  return Status::Ok();
+}
+
 Status BuildGroups(const GroupAdvantagesParams& p, Groups* out) {
   if (!p.group_ids) {
     out->gs = p.group_size;
     return Status::Ok();
   }
-  Status st = CheckGroupIds(p);
-  if (!st.ok()) return st;
-  out->offsets.assign(size_t(p.num_groups) + 1, 0);
-  for (int64_t i = 0; i < p.batch; ++i) ++out->offsets[size_t(LoadIndex(p.group_ids, p.group_ids_dtype, i)) + 1];
-  for (int64_t g = 0; g < p.num_groups; ++g) out->offsets[size_t(g) + 1] += out->offsets[size_t(g)];
-  out->rows.resize(size_t(p.batch));
-  std::vector<int64_t> cursor(out->offsets.begin(), out->offsets.end() - 1);
-  for (int64_t i = 0; i < p.batch; ++i) out->rows[size_t(cursor[size_t(LoadIndex(p.group_ids, p.group_ids_dtype, i))]++)] = i;
-  return Status::Ok();
+  if (p.group_ids_dtype == DType::kInt64)
+    return BuildGroupsT(static_cast<const int64_t*>(p.group_ids), p.batch, p.num_groups, out);
+  return BuildGroupsT(static_cast<const int32_t*>(p.group_ids), p.batch, p.num_groups, out);
 }
 
 inline int64_t GroupOf(const GroupAdvantagesParams& p, int64_t i) {
@@ -92,20 +107,21 @@ Status GroupStats(const GroupAdvantagesParams& p, const Groups& grp, std::vector
   out->assign(size_t(p.num_groups), Stat{});
   std::atomic<int> bad{0};  // 1: task id out of range, 2: task id changes within a group
   Stat* s = out->data();
+  const float* rewards = p.rewards;
   ParallelFor(p.num_groups, 256, [&](int64_t g0, int64_t g1) {
     for (int64_t g = g0; g < g1; ++g) {
       int64_t b = grp.Begin(g), e = grp.End(g);
       if (b == e) continue;
       double sum = 0, mn = INFINITY, mx = -INFINITY;
       for (int64_t k = b; k < e; ++k) {
-        double r = p.rewards[grp.Row(k)];
+        double r = rewards[grp.Row(k)];
         sum += r;
         mn = std::min(mn, r);
         mx = std::max(mx, r);
       }
       double n = double(e - b), mean = sum / n, m2 = 0;
       for (int64_t k = b; k < e; ++k) {
-        double d = double(p.rewards[grp.Row(k)]) - mean;
+        double d = double(rewards[grp.Row(k)]) - mean;
         m2 += d * d;
       }
       double key = 1;
@@ -136,9 +152,10 @@ struct Coef {
 inline double GroupMean(const Stat& s) { return s.n > 1 ? s.mean : 0.0; }
 inline double GroupVar(const Stat& s) { return s.n > 1 ? s.m2 / (s.n - 1) : 1.0; }
 
-std::vector<Coef> Coefficients(const GroupAdvantagesParams& p, const std::vector<Stat>& s1) {
+void Coefficients(const GroupAdvantagesParams& p, const std::vector<Stat>& s1, std::vector<Coef>* out) {
   const int64_t G = p.num_groups;
-  std::vector<Coef> c(static_cast<size_t>(G));
+  std::vector<Coef>& c = *out;
+  c.assign(static_cast<size_t>(G), Coef{});
   if (p.method != AdvantageMethod::kTmnReweight) {
     for (int64_t g = 0; g < G; ++g) {
       const Stat& s = s1[size_t(g)];
@@ -147,7 +164,7 @@ std::vector<Coef> Coefficients(const GroupAdvantagesParams& p, const std::vector
       if (p.method == AdvantageMethod::kRloo && s.n > 1) scale = s.n / (s.n - 1);
       c[size_t(g)] = Coef{GroupMean(s), scale, scale, 0};
     }
-    return c;
+    return;
   }
   // Task aggregates in group order (keys are task + 1 in [1, G]).
   std::vector<double> groups(static_cast<size_t>(G), 0.0), sum_mean(groups), sum_var(groups);
@@ -168,7 +185,6 @@ std::vector<Coef> Coefficients(const GroupAdvantagesParams& p, const std::vector
     double m = s.n > 1 ? p.alpha * s.mean + (1 - p.alpha) * mean_task : mean_task;
     c[size_t(g)] = Coef{GroupMean(s), scale, scale, m};
   }
-  return c;
 }
 
 // tmn-reweight's weight from p, the (combined) fraction of the group's
@@ -277,15 +293,33 @@ Status Finalize(const GroupAdvantagesParams& p, const std::vector<Stat>& s1, con
     mu = w.mean;
     inv_std = 1.0 / std::sqrt(var + kWhitenEps);
   }
-  ParallelFor(p.batch, 1 << 14, [&](int64_t b, int64_t e) {
-    for (int64_t i = b; i < e; ++i) {
-      const Coef& k = c[size_t(GroupOf(p, i))];
-      double r = p.rewards[i];
-      double a = (r - k.center) * (r > k.center ? k.scale_pos : k.scale_neg);
-      if (whiten) a = counts[size_t(i)] == 0 ? 0.0 : (a - mu) * inv_std;
-      p.advantages[i] = float(a);
-    }
-  });
+  // Locals, not p's fields, in the loop: the stores through `out` could
+  // alias p for all the compiler knows, which reloads every field per row.
+  const float* rewards = p.rewards;
+  float* out = p.advantages;
+  const Coef* coef = c.data();
+  const int64_t* cnt = counts.data();
+  auto row = [=](int64_t i, const Coef& k) {
+    const double r = rewards[i];
+    double a = (r - k.center) * (r > k.center ? k.scale_pos : k.scale_neg);
+    if (whiten) a = cnt[i] == 0 ? 0.0 : (a - mu) * inv_std;
+    out[i] = float(a);
+  };
+  if (p.group_ids) {
+    const void* ids = p.group_ids;
+    const DType dt = p.group_ids_dtype;
+    ParallelFor(p.batch, 1 << 14, [&](int64_t b, int64_t e) {
+      for (int64_t i = b; i < e; ++i) row(i, coef[LoadIndex(ids, dt, i)]);
+    });
+  } else {
+    const int64_t gs = p.group_size;
+    ParallelFor(p.num_groups, std::max<int64_t>(1, (1 << 14) / gs), [&](int64_t g0, int64_t g1) {
+      for (int64_t g = g0; g < g1; ++g) {
+        const Coef k = coef[g];
+        for (int64_t i = g * gs; i < (g + 1) * gs; ++i) row(i, k);
+      }
+    });
+  }
   ParallelFor(p.num_groups, 1 << 14, [&](int64_t b, int64_t e) {
     for (int64_t g = b; g < e; ++g) p.informative[g] = s1[size_t(g)].max > s1[size_t(g)].min ? 1 : 0;
   });
@@ -318,22 +352,41 @@ Status CheckRecords(const std::vector<Stat>& s, int64_t num_groups, const char* 
   return Status::Ok();
 }
 
+// Per-thread scratch of the single-process path: reused across calls so a
+// training loop does not page-fault fresh buffers every step; released when
+// a call needed more than kKeepBytes.
+struct Scratch {
+  Groups grp;
+  std::vector<Stat> s1, s2;
+  std::vector<Coef> c;
+  size_t Bytes() const {
+    return grp.offsets.capacity() * 8 + grp.rows.capacity() * 8 + (s1.capacity() + s2.capacity()) * sizeof(Stat) +
+           c.capacity() * sizeof(Coef);
+  }
+};
+constexpr size_t kKeepBytes = size_t(64) << 20;
+
+Status GroupAdvantagesFwdImpl(const GroupAdvantagesParams& p, Scratch& w) {
+  Status st = BuildGroups(p, &w.grp);
+  if (!st.ok()) return st;
+  st = GroupStats(p, w.grp, &w.s1);
+  if (!st.ok()) return st;
+  Coefficients(p, w.s1, &w.c);
+  if (AdvantageNeedsRound2(p.method, p.reweight)) {
+    st = Round2(p, w.grp, w.c, &w.s2);
+    if (!st.ok()) return st;
+    if (p.method == AdvantageMethod::kTmnReweight) ApplyReweight(p, w.s2, &w.c);
+  }
+  return Finalize(p, w.s1, w.c, &w.s2);
+}
+
 }  // namespace
 
 Status GroupAdvantagesFwd(const GroupAdvantagesParams& p) {
-  Groups grp;
-  Status st = BuildGroups(p, &grp);
-  if (!st.ok()) return st;
-  std::vector<Stat> s1, s2;
-  st = GroupStats(p, grp, &s1);
-  if (!st.ok()) return st;
-  std::vector<Coef> c = Coefficients(p, s1);
-  if (AdvantageNeedsRound2(p.method, p.reweight)) {
-    st = Round2(p, grp, c, &s2);
-    if (!st.ok()) return st;
-    if (p.method == AdvantageMethod::kTmnReweight) ApplyReweight(p, s2, &c);
-  }
-  return Finalize(p, s1, c, &s2);
+  thread_local Scratch scratch;
+  Status st = GroupAdvantagesFwdImpl(p, scratch);
+  if (scratch.Bytes() > kKeepBytes) scratch = Scratch{};
+  return st;
 }
 
 Status GroupAdvantagesPartials(const GroupAdvantagesParams& p, const float* stats1, float* out) {
@@ -348,7 +401,9 @@ Status GroupAdvantagesPartials(const GroupAdvantagesParams& p, const float* stat
     std::vector<Stat> s1 = FromFloat(stats1, p.num_groups);
     st = CheckRecords(s1, p.num_groups, "stats1 holds a record whose count or task key is invalid");
     if (!st.ok()) return st;
-    st = Round2(p, grp, Coefficients(p, s1), &s);
+    std::vector<Coef> c;
+    Coefficients(p, s1, &c);
+    st = Round2(p, grp, c, &s);
     if (!st.ok()) return st;
   }
   ToFloat(s, out);
@@ -380,7 +435,8 @@ Status GroupAdvantagesFinalize(const GroupAdvantagesParams& p, const float* stat
   std::vector<Stat> s1 = FromFloat(stats1, p.num_groups), s2;
   st = CheckRecords(s1, p.num_groups, "stats1 holds a record whose count or task key is invalid");
   if (!st.ok()) return st;
-  std::vector<Coef> c = Coefficients(p, s1);
+  std::vector<Coef> c;
+  Coefficients(p, s1, &c);
   if (AdvantageNeedsRound2(p.method, p.reweight)) {
     s2 = FromFloat(stats2, AdvantageRound2Rows(p.method, p.num_groups));
     if (p.method == AdvantageMethod::kTmnReweight) ApplyReweight(p, s2, &c);
