@@ -14,16 +14,18 @@
 //
 // Cross-rank protocol (data-parallel ranks, each with some rows of some
 // groups; group and task ids global; all ranks pass the same options):
-//   1. p1 = groupAdvantagesPartials(rewards, opts)            // [G, 6] float32
+//   1. p1 = groupAdvantagesPartials(rewards, opts)            // [G, 7] float32
 //   2. s1 = combineGroupAdvantagesPartials(all ranks' p1)     // in rank order
 //   3. if groupAdvantagesRounds(opts) === 2:
-//        p2 = groupAdvantagesPartials(rewards, opts, s1)      // [G, 6] or [1, 6]
+//        p2 = groupAdvantagesPartials(rewards, opts, s1)      // [G, 7] or [1, 7]
 //        s2 = combineGroupAdvantagesPartials(all ranks' p2)
 //   4. { advantages, informative } = finalizeGroupAdvantages(rewards, opts, s1, s2)
-// A partial row is a statistics record (count, mean, M2, min, max, key);
-// records merge with Chan's formula, not by summation, so the exchange is an
-// all-gather ([R, G, 6], which combine accepts as is) rather than a sum
-// all-reduce. Round 2 exists where a statistic needs round 1's result:
+// A partial row is a statistics record (count, mean, M2, min, max, key,
+// meanLo: the mean is mean + meanLo, a float32 pair, so that merging groups
+// whose spread is small beside their mean keeps its digits; key = task + 1, 0
+// for no rows; counts and task ids are exact below 2^24). Records merge with
+// Chan's formula, not by summation, so the exchange is an all-gather
+// ([R, G, 7], which combine accepts as is) rather than a sum all-reduce. Round 2 exists where a statistic needs round 1's result:
 // tmn-reweight's fraction of rewards above the smoothed mean m, and
 // REINFORCE++'s whitening statistics of r - mean_g over the masked tokens.
 import {
@@ -57,6 +59,8 @@ export type AdvantageMethod = (typeof ADVANTAGE_METHODS)[number];
 /** Shared with native/include/rlk/group_advantages.h (`rlk::AdvantageMethod`). */
 const METHOD_CODES: Readonly<Record<AdvantageMethod, number>> = { grpo: 0, drgrpo: 1, rloo: 2, 'reinforce++': 3, 'tmn-reweight': 4 };
 const MAX_GROUPS = 2 ** 31 - 1;
+/** Columns of a statistics record (native kGroupStatCols). */
+const STAT_COLS = 7;
 
 export interface GroupAdvantagesOptions {
   /** [B] int32/int64 group of each row, in [0, numGroups), any order. Exactly one of `groupIds` and `groupSize`. */
@@ -237,13 +241,13 @@ function checkStats(fn: string, name: string, v: unknown, rows: number, rewards:
   const t = checkTensor(fn, name, v);
   checkDTypeOf(fn, name, t, ['float32']);
   checkSameDevice(fn, ['rewards', rewards], [name, t]);
-  checkShapeEquals(fn, name, t, [rows, 6]);
+  checkShapeEquals(fn, name, t, [rows, STAT_COLS]);
   return t;
 }
 
 /**
- * Cross-rank form, rounds 1 and 2: this rank's statistics records ([G, 6] float32; round 2 of reinforce++ is
- * [1, 6]). Without `stats` it is round 1; with `stats` (the combined round-1 records) it is round 2. Options as
+ * Cross-rank form, rounds 1 and 2: this rank's statistics records ([G, 7] float32; round 2 of reinforce++ is
+ * [1, 7]). Without `stats` it is round 1; with `stats` (the combined round-1 records) it is round 2. Options as
  * {@link groupAdvantages}, with global `groupIds` and `numGroups` required.
  * @throws as {@link groupAdvantages}; TypeError for `stats` with a method that has no second round.
  */
@@ -262,7 +266,7 @@ export function groupAdvantagesPartials(rewards: Tensor, options: GroupAdvantage
 
 /**
  * Merges the ranks' partials of one round, in the order given (fixed order: deterministic). Takes an array of
- * [K, 6] tensors, or a one-element array holding an all-gather's [R, K, 6] tensor.
+ * [K, 7] tensors, or a one-element array holding an all-gather's [R, K, 7] tensor.
  * @throws TypeError for a non-tensor, a wrong dtype or device; RangeError for mismatched shapes, or records that
  *   disagree on a group's task; DisposedError for a disposed tensor.
  */
@@ -277,8 +281,8 @@ export function combineGroupAdvantagesPartials(partials: readonly Tensor[] | Ten
   });
   const first = handles[0];
   const stacked = handles.length === 1 && first.shape.length === 3;
-  if (!((first.shape.length === 2 || stacked) && first.shape[first.shape.length - 1] === 6)) {
-    throw rangeError(fn, `partials[0] must have shape [K, 6] or [R, K, 6], got [${first.shape.join(', ')}]`);
+  if (!((first.shape.length === 2 || stacked) && first.shape[first.shape.length - 1] === STAT_COLS)) {
+    throw rangeError(fn, `partials[0] must have shape [K, 7] or [R, K, 7], got [${first.shape.join(', ')}]`);
   }
   if (stacked && first.shape[0] === 0) throw rangeError(fn, `partials[0] holds no rank (R = 0)`);
   handles.forEach((t, i) => {

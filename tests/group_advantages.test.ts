@@ -272,8 +272,10 @@ function runDevice(device: rlk.Device): void {
     const r = rng(seed);
     for (const R of [2, 4]) {
       for (const method of METHODS) {
-        for (const reweight of method === 'tmn-reweight' ? [true, false] : [true]) {
-          const c = idsCase(r, 500, 16, 'mixed', true);
+        for (const [reweight, kind] of [[true, 'mixed'], [true, 'offset'], ...(method === 'tmn-reweight' ? [[false, 'mixed']] : [])] as Array<[boolean, RewardKind]>) {
+          // 'offset' rewards (50 + 0.1 N(0, 1)) have a spread small beside their mean: what a float32 mean in the
+          // partials would get wrong.
+          const c = idsCase(r, 500, 16, kind, true);
           const extra: Partial<rlk.GroupAdvantagesOptions> = method === 'tmn-reweight' ? { reweight } : {};
           const whole = rlk.groupAdvantages(keep(rlk.tensor(c.rewards, { device })), optionsOf(c, method, device, extra));
           const wholeAdv = keep(whole.advantages).toArraySync();
@@ -301,7 +303,7 @@ function runDevice(device: rlk.Device): void {
           let s2: rlk.Tensor<'float32'> | undefined;
           if (rounds === 2) {
             const p2 = ranks.map((k) => keep(rlk.groupAdvantagesPartials(k.rewards, k.opts, s1)));
-            // The all-gather form: one [R, K, 6] tensor.
+            // The all-gather form: one [R, K, 7] tensor.
             const stacked = new Float32Array(p2.reduce((a, t) => a + t.numel, 0));
             let off = 0;
             for (const t of p2) {
@@ -318,8 +320,8 @@ function runDevice(device: rlk.Device): void {
             k.rows.forEach((i, j) => (got[i] = a[j]));
             expect(Array.from(keep(res.informative).toArraySync()), `R=${R} ${method} informative (seed ${seed})`).toEqual(Array.from(wholeInf));
           }
-          expectClose(`R=${R} ${method} reweight=${reweight} vs single process`, got, wholeAdv, TOL, seed);
-          expectClose(`R=${R} ${method} reweight=${reweight} vs reference`, got, ref.advantages, TOL, seed);
+          expectClose(`R=${R} ${method} ${kind} reweight=${reweight} vs single process`, got, wholeAdv, TOL, seed);
+          expectClose(`R=${R} ${method} ${kind} reweight=${reweight} vs reference`, got, ref.advantages, TOL, seed);
         }
       }
     }
@@ -451,23 +453,23 @@ describe('groupAdvantages: garbage input', () => {
   test('cross-rank functions', () => {
     const o: Opts = { groupIds: ids, numGroups: 3, method: 'tmn-reweight' };
     const p1 = keep(rlk.groupAdvantagesPartials(rewards, o));
-    expect(p1.shape).toEqual([3, 6]);
+    expect(p1.shape).toEqual([3, 7]);
     bad(() => rlk.groupAdvantagesPartials(rewards, { groupIds: ids, method: 'grpo' }), TypeError, /numGroups is required in the cross-rank form/);
     bad(() => rlk.groupAdvantagesPartials(rewards, { groupSize: 2, method: 'grpo' }), TypeError, /groupSize is not supported in the cross-rank form/);
     bad(() => rlk.groupAdvantagesPartials(rewards, { ...o, method: 'grpo' }, p1), TypeError, /has no second round/);
-    bad(() => rlk.groupAdvantagesPartials(rewards, o, keep(rlk.tensor(new Float32Array(12), { shape: [2, 6] }))), RangeError, /stats must have shape \[3, 6\]/);
-    bad(() => rlk.groupAdvantagesPartials(rewards, o, keep(rlk.tensor(new Int32Array(18), { shape: [3, 6] }))), TypeError, /stats must be float32/);
+    bad(() => rlk.groupAdvantagesPartials(rewards, o, keep(rlk.tensor(new Float32Array(14), { shape: [2, 7] }))), RangeError, /stats must have shape \[3, 7\]/);
+    bad(() => rlk.groupAdvantagesPartials(rewards, o, keep(rlk.tensor(new Int32Array(21), { shape: [3, 7] }))), TypeError, /stats must be float32/);
     bad(() => rlk.groupAdvantagesPartials(rewards, o, [1, 2] as unknown as rlk.Tensor), TypeError, /stats must be a tensor/);
     // Records with a task key out of range (a hand-made stats tensor).
-    const forged = new Float32Array(18);
-    forged.set([2, 0.5, 0.5, 0, 1, 99], 0);
-    bad(() => rlk.groupAdvantagesPartials(rewards, o, keep(rlk.tensor(forged, { shape: [3, 6] }))), RangeError, /stats1 holds a record/);
+    const forged = new Float32Array(21);
+    forged.set([2, 0.5, 0.5, 0, 1, 99, 0], 0);
+    bad(() => rlk.groupAdvantagesPartials(rewards, o, keep(rlk.tensor(forged, { shape: [3, 7] }))), RangeError, /stats1 holds a record/);
     bad(() => rlk.combineGroupAdvantagesPartials([]), RangeError, /at least one tensor/);
     bad(() => rlk.combineGroupAdvantagesPartials([p1, 3 as unknown as rlk.Tensor]), TypeError, /partials\[1\] must be a tensor/);
-    bad(() => rlk.combineGroupAdvantagesPartials([p1, keep(rlk.tensor(new Float32Array(12), { shape: [2, 6] }))]), RangeError, /partials\[1\] must have shape \[3, 6\]/);
-    bad(() => rlk.combineGroupAdvantagesPartials([keep(rlk.tensor(new Float32Array(15), { shape: [3, 5] }))]), RangeError, /partials\[0\] must have shape \[K, 6\]/);
-    bad(() => rlk.combineGroupAdvantagesPartials([keep(rlk.tensor(new Float32Array(0), { shape: [0, 3, 6] }))]), RangeError, /no rank/);
-    bad(() => rlk.combineGroupAdvantagesPartials([keep(rlk.tensor(new Int32Array(18), { shape: [3, 6] }))]), TypeError, /partials\[0\] must be float32/);
+    bad(() => rlk.combineGroupAdvantagesPartials([p1, keep(rlk.tensor(new Float32Array(14), { shape: [2, 7] }))]), RangeError, /partials\[1\] must have shape \[3, 7\]/);
+    bad(() => rlk.combineGroupAdvantagesPartials([keep(rlk.tensor(new Float32Array(18), { shape: [3, 6] }))]), RangeError, /partials\[0\] must have shape \[K, 7\]/);
+    bad(() => rlk.combineGroupAdvantagesPartials([keep(rlk.tensor(new Float32Array(0), { shape: [0, 3, 7] }))]), RangeError, /no rank/);
+    bad(() => rlk.combineGroupAdvantagesPartials([keep(rlk.tensor(new Int32Array(21), { shape: [3, 7] }))]), TypeError, /partials\[0\] must be float32/);
     // Two ranks that disagree on a group's task.
     const other = keep(rlk.groupAdvantagesPartials(rewards, { ...o, taskIds: keep(rlk.tensor(new Int32Array([1, 1, 1, 1, 1, 1]))) }));
     bad(() => rlk.combineGroupAdvantagesPartials([p1, other]), RangeError, /disagree on a group's task/);
@@ -475,7 +477,7 @@ describe('groupAdvantages: garbage input', () => {
     bad(() => rlk.finalizeGroupAdvantages(rewards, o, s1), TypeError, /stats2 .* is required/);
     bad(() => rlk.finalizeGroupAdvantages(rewards, { ...o, method: 'grpo' }, s1, s1), TypeError, /stats2 must be omitted/);
     bad(() => rlk.finalizeGroupAdvantages(rewards, o, undefined as unknown as rlk.Tensor), TypeError, /stats must be a tensor/);
-    const gone = rlk.tensor(new Float32Array(18), { shape: [3, 6] });
+    const gone = rlk.tensor(new Float32Array(21), { shape: [3, 7] });
     gone.dispose();
     bad(() => rlk.finalizeGroupAdvantages(rewards, { ...o, method: 'grpo' }, gone), rlk.DisposedError, /stats was disposed/);
     bad(() => rlk.combineGroupAdvantagesPartials([gone]), rlk.DisposedError, /partials\[0\] was disposed/);
@@ -515,7 +517,7 @@ describe('groupAdvantages: garbage input', () => {
     bad(() => n.groupAdvantages(...args({ 5: 3 })), TypeError, /reinforce\+\+/);
     bad(() => n.groupAdvantages(...args({ 5: 3, 6: h(keep(rlk.tensor(new Uint8Array(5)))) })), RangeError, /mask must have shape/);
     bad(() => n.groupAdvantages(...args({ 8: NaN })), RangeError, /eps/);
-    bad(() => n.finalizeGroupAdvantages(...args({}), h(keep(rlk.tensor(new Float32Array(6), { shape: [1, 6] })))), RangeError, /stats must have shape \[3, 6\]/);
+    bad(() => n.finalizeGroupAdvantages(...args({}), h(keep(rlk.tensor(new Float32Array(6), { shape: [1, 6] })))), RangeError, /stats must have shape \[3, 7\]/);
     bad(() => n.combineGroupAdvantagesPartials('x'), TypeError, /partials must be an array/);
     bad(() => n.broadcastAdvantages(h(rewards), h(keep(rlk.tensor(new Uint8Array(4), { shape: [2, 2] })))), RangeError, /mask must have shape/);
   });

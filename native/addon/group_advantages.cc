@@ -205,7 +205,7 @@ Napi::Value GroupAdvantagesBinding(const Napi::CallbackInfo& info) {
   return ResultPair(env, o, b);
 }
 
-// groupAdvantagesPartials(batch..., stats1|null) -> [K, 6]
+// groupAdvantagesPartials(batch..., stats1|null) -> [K, 7]
 Napi::Value PartialsBinding(const Napi::CallbackInfo& info) {
   const char* fn = "groupAdvantagesPartials";
   Napi::Env env = info.Env();
@@ -261,8 +261,8 @@ Napi::Value FinalizeBinding(const Napi::CallbackInfo& info) {
   return ResultPair(env, o, b);
 }
 
-// combineGroupAdvantagesPartials(parts: Tensor[]) where every part is [K, 6]
-// or one part is [R, K, 6] (an all-gather's output) -> [K, 6]
+// combineGroupAdvantagesPartials(parts: Tensor[]) where every part is [K, 7]
+// or one part is [R, K, 7] (an all-gather's output) -> [K, 7]
 Napi::Value CombineBinding(const Napi::CallbackInfo& info) {
   const char* fn = "combineGroupAdvantagesPartials";
   Napi::Env env = info.Env();
@@ -283,7 +283,7 @@ Napi::Value CombineBinding(const Napi::CallbackInfo& info) {
       device = t->device();
       bool stacked = arr.Length() == 1 && t->dim() == 3;
       if (!((t->dim() == 2 || stacked) && t->size(-1) == kGroupStatCols))
-        ThrowRangeError(env, std::string(fn) + ": " + name + " must have shape [K, 6] or [R, K, 6], got " + ShapeString(t->shape()));
+        ThrowRangeError(env, std::string(fn) + ": " + name + " must have shape [K, 7] or [R, K, 7], got " + ShapeString(t->shape()));
       shape = t->shape();
       if (stacked) {
         int64_t step = t->size(1) * kGroupStatCols;

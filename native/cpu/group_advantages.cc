@@ -326,18 +326,28 @@ Status Finalize(const GroupAdvantagesParams& p, const std::vector<Stat>& s1, con
   return Status::Ok();
 }
 
+void Pack(const Stat& s, float* o) {
+  o[kStatCount] = float(s.n);
+  o[kStatMean] = float(s.mean);
+  o[kStatMeanLo] = float(s.mean - double(o[kStatMean]));
+  o[kStatM2] = float(s.m2);
+  o[kStatMin] = float(s.min);
+  o[kStatMax] = float(s.max);
+  o[kStatKey] = float(s.key);
+}
+
+Stat Unpack(const float* r) {
+  return Stat{r[kStatCount], double(r[kStatMean]) + double(r[kStatMeanLo]), r[kStatM2], r[kStatMin], r[kStatMax], r[kStatKey]};
+}
+
 void ToFloat(const std::vector<Stat>& s, float* out) {
-  for (size_t k = 0; k < s.size(); ++k) {
-    const double v[kGroupStatCols] = {s[k].n, s[k].mean, s[k].m2, s[k].min, s[k].max, s[k].key};
-    for (int j = 0; j < kGroupStatCols; ++j) out[k * kGroupStatCols + size_t(j)] = float(v[j]);
-  }
+  for (size_t k = 0; k < s.size(); ++k) Pack(s[k], out + k * kGroupStatCols);
 }
 
 std::vector<Stat> FromFloat(const float* in, int64_t rows) {
   std::vector<Stat> s(static_cast<size_t>(rows));
   for (int64_t k = 0; k < rows; ++k) {
-    const float* r = in + k * kGroupStatCols;
-    s[size_t(k)] = Stat{r[kStatCount], r[kStatMean], r[kStatM2], r[kStatMin], r[kStatMax], r[kStatKey]};
+    s[size_t(k)] = Unpack(in + k * kGroupStatCols);
   }
   return s;
 }
@@ -416,12 +426,9 @@ Status GroupAdvantagesCombine(const float* const* parts, int64_t num_parts, int6
     for (int64_t k = b; k < e; ++k) {
       Stat acc;
       for (int64_t r = 0; r < num_parts; ++r) {
-        const float* x = parts[r] + k * kGroupStatCols;
-        Stat s{x[kStatCount], x[kStatMean], x[kStatM2], x[kStatMin], x[kStatMax], x[kStatKey]};
-        if (!Merge(&acc, s)) mismatch.store(true);
+        if (!Merge(&acc, Unpack(parts[r] + k * kGroupStatCols))) mismatch.store(true);
       }
-      const double v[kGroupStatCols] = {acc.n, acc.mean, acc.m2, acc.min, acc.max, acc.key};
-      for (int j = 0; j < kGroupStatCols; ++j) out[k * kGroupStatCols + j] = float(v[j]);
+      Pack(acc, out + k * kGroupStatCols);
     }
   });
   if (mismatch.load())

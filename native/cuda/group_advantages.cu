@@ -549,12 +549,18 @@ Status Finalize(const GroupAdvantagesParams& p, const Rec* s1, const Coef* c, co
 
 // ---- float32 records (the cross-rank partials) ----------------------------------
 
-__global__ void RecToFloatKernel(const Rec* in, int64_t rows, float* out /*[rows, 6]*/) {
+// The mean travels as float hi + lo (see the header).
+__device__ __forceinline__ Rec Unpack(const float* x /*[7]*/) {
+  return Rec{x[kStatCount], double(x[kStatMean]) + double(x[kStatMeanLo]), x[kStatM2], x[kStatMin], x[kStatMax], x[kStatKey]};
+}
+
+__global__ void RecToFloatKernel(const Rec* in, int64_t rows, float* out /*[rows, 7]*/) {
   for (int64_t k = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; k < rows; k += int64_t(gridDim.x) * blockDim.x) {
     const Rec s = in[k];
     float* o = out + k * kGroupStatCols;
     o[kStatCount] = float(s.n);
     o[kStatMean] = float(s.mean);
+    o[kStatMeanLo] = float(s.mean - double(o[kStatMean]));
     o[kStatM2] = float(s.m2);
     o[kStatMin] = float(s.min);
     o[kStatMax] = float(s.max);
@@ -564,10 +570,9 @@ __global__ void RecToFloatKernel(const Rec* in, int64_t rows, float* out /*[rows
 
 // check_keys: records of round 1 must have a task key in [1, G] (stage 2
 // indexes by it); a bad one is reported and replaced by 1.
-__global__ void FloatToRecKernel(const float* in /*[rows, 6]*/, int64_t rows, int64_t G, bool check_keys, Rec* out, int32_t* err) {
+__global__ void FloatToRecKernel(const float* in /*[rows, 7]*/, int64_t rows, int64_t G, bool check_keys, Rec* out, int32_t* err) {
   for (int64_t k = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; k < rows; k += int64_t(gridDim.x) * blockDim.x) {
-    const float* x = in + k * kGroupStatCols;
-    Rec s{x[kStatCount], x[kStatMean], x[kStatM2], x[kStatMin], x[kStatMax], x[kStatKey]};
+    Rec s = Unpack(in + k * kGroupStatCols);
     if (!(s.n >= 0)) {
       SetError(err, kDeviceErrorBadPartials);
       s.n = 0;
@@ -597,10 +602,9 @@ Status FromFloat(const float* in, int64_t rows, int64_t G, bool check_keys, Work
 }
 
 // Chan's merge of part into acc, row by row (rank order is the launch order).
-__global__ void MergeKernel(Rec* acc, const float* part /*[rows, 6]*/, int64_t rows, bool first, int32_t* err) {
+__global__ void MergeKernel(Rec* acc, const float* part /*[rows, 7]*/, int64_t rows, bool first, int32_t* err) {
   for (int64_t k = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; k < rows; k += int64_t(gridDim.x) * blockDim.x) {
-    const float* x = part + k * kGroupStatCols;
-    const Rec b{x[kStatCount], x[kStatMean], x[kStatM2], x[kStatMin], x[kStatMax], x[kStatKey]};
+    const Rec b = Unpack(part + k * kGroupStatCols);
     Rec a = first ? Rec{0, 0, 0, 0, 0, 0} : acc[k];
     if (b.n != 0) {
       if (a.n == 0) {

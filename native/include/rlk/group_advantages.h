@@ -15,7 +15,10 @@
 //      statistics of r - mean_g (one record);
 //   4. the per-row advantages and the per-group informative flag.
 // Records of several ranks merge with Chan's formula (count, mean, M2), which
-// does not cancel the way sums of squares do.
+// does not cancel the way sums of squares do. In the float32 partials the
+// mean travels as a hi + lo pair: Chan's delta (mean_b - mean_a) of a group
+// whose spread is small beside its mean would otherwise lose the digits that
+// the float32 rounding of each mean dropped.
 #pragma once
 #include <cstdint>
 
@@ -27,9 +30,12 @@ namespace rlk {
 enum class AdvantageMethod : int32_t { kGrpo = 0, kDrGrpo = 1, kRloo = 2, kReinforcePP = 3, kTmnReweight = 4 };
 
 // Columns of a statistics record, as stored in the float32 partial tensors
-// ([K, kGroupStatCols]) of the cross-rank form.
-constexpr int kGroupStatCols = 6;
-enum GroupStatCol : int { kStatCount = 0, kStatMean = 1, kStatM2 = 2, kStatMin = 3, kStatMax = 4, kStatKey = 5 };
+// ([K, kGroupStatCols]) of the cross-rank form: the mean is
+// double(mean) + double(mean_lo). Counts and keys are exact below 2^24.
+constexpr int kGroupStatCols = 7;
+enum GroupStatCol : int {
+  kStatCount = 0, kStatMean = 1, kStatM2 = 2, kStatMin = 3, kStatMax = 4, kStatKey = 5, kStatMeanLo = 6
+};
 
 // Whether stage 3 exists for a method (and so a second cross-rank round).
 inline bool AdvantageNeedsRound2(AdvantageMethod m, bool reweight) {
@@ -79,11 +85,11 @@ struct BroadcastAdvantagesParams {
 namespace cpu {
 // Single process: advantages [B] and informative [G].
 Status GroupAdvantagesFwd(const GroupAdvantagesParams& p);
-// Cross-rank round 1 (stats1 == nullptr): out [G, 6] from this rank's rows.
-// Round 2 (stats1 = the combined round-1 records [G, 6]): out
-// [AdvantageRound2Rows, 6].
+// Cross-rank round 1 (stats1 == nullptr): out [G, 7] from this rank's rows.
+// Round 2 (stats1 = the combined round-1 records [G, 7]): out
+// [AdvantageRound2Rows, 7].
 Status GroupAdvantagesPartials(const GroupAdvantagesParams& p, const float* stats1, float* out);
-// Merges parts[0..num_parts) ([rows, 6] each) in that order into out [rows, 6].
+// Merges parts[0..num_parts) ([rows, 7] each) in that order into out [rows, 7].
 Status GroupAdvantagesCombine(const float* const* parts, int64_t num_parts, int64_t rows, float* out);
 // Advantages [B] and informative [G] of this rank's rows from the combined
 // records (stats2 null when the method has no round 2).
