@@ -46,13 +46,13 @@ import { native, type NativeTensor } from './native.js';
 import { Tensor } from './tensor.js';
 
 /** `eps` of grpo and tmn-reweight. */
-export const DEFAULT_EPS = 1e-6;
+const DEFAULT_EPS = 1e-6;
 /** tmn-reweight's smoothing weight of the group mean (the paper's setting). */
-export const DEFAULT_ALPHA = 0.8;
+const DEFAULT_ALPHA = 0.8;
 /** tmn-reweight's reweighting strength. */
-export const DEFAULT_GAMMA = 1;
+const DEFAULT_GAMMA = 1;
 /** tmn-reweight reweights by default. */
-export const DEFAULT_REWEIGHT = true;
+const DEFAULT_REWEIGHT = true;
 
 export const ADVANTAGE_METHODS = ['grpo', 'drgrpo', 'rloo', 'reinforce++', 'tmn-reweight'] as const;
 export type AdvantageMethod = (typeof ADVANTAGE_METHODS)[number];
@@ -74,13 +74,15 @@ export interface GroupAdvantagesOptions {
   numGroups?: number;
   /**
    * `grpo`: (r - mean_g) / (std_g + eps), std unbiased. `drgrpo`: r - mean_g. `rloo`: n/(n-1) (r - mean_g).
-   * `reinforce++`: r - mean_g whitened over the masked tokens (verl's REINFORCE++-baseline).
+   * `reinforce++`: r - mean_g whitened over the masked tokens (verl's REINFORCE++-baseline); a sequence with no
+   * masked token gets 0; with fewer than two masked tokens in the whole batch (where verl's masked_var raises) the
+   * variance is taken as 0, so every advantage is 0.
    * `tmn-reweight`: GoLongRL's task-mean-normalised, reweighted advantage. A group of one has mean 0 (std 1).
    */
   method: AdvantageMethod;
   /** tmn-reweight only: [B] int32/int64 task of each row, in [0, numGroups), constant within a group. Defaults to one task. */
   taskIds?: Tensor;
-  /** reinforce++ only (it or `tokenCounts` is required): [B, T] uint8, nonzero = a response token. */
+  /** reinforce++ only (it or `tokenCounts` is required): [B, T] uint8, nonzero = a response token (counts as 1). */
   mask?: Tensor;
   /** reinforce++ only (it or `mask` is required): [B] int32/int64 masked tokens of each sequence, >= 0. */
   tokenCounts?: Tensor;

@@ -365,12 +365,25 @@ function runDevice(device: rlk.Device): void {
 describe('groupAdvantages (cpu)', () => runDevice('cpu'));
 describeCuda('groupAdvantages (cuda)', () => {
   runDevice('cuda');
-  test('ids out of range surface as a RangeError at the next read', async () => {
-    const rewards = keep(rlk.tensor(new Float32Array([1, 2, 3]), { device: 'cuda' }));
-    const out = rlk.groupAdvantages(rewards, { groupIds: keep(rlk.tensor(new Int32Array([0, 5, 1]), { device: 'cuda' })), numGroups: 2, method: 'grpo' });
-    await expect(out.advantages.toArray()).rejects.toThrow(RangeError);
-    out.advantages.dispose();
-    out.informative.dispose();
+  const dev = { device: 'cuda' as const };
+  test('bad data on the GPU surfaces as a RangeError at the next read', async () => {
+    const rewards = keep(rlk.tensor(new Float32Array([1, 2, 3, 4]), dev));
+    const cases: Array<[rlk.GroupAdvantagesOptions, RegExp]> = [
+      [{ groupIds: keep(rlk.tensor(new Int32Array([0, 5, 1, 1]), dev)), numGroups: 2, method: 'grpo' }, /group id/],
+      [{ groupSize: 2, method: 'tmn-reweight', taskIds: keep(rlk.tensor(new Int32Array([0, 1, 0, 0]), dev)) }, /taskIds/],
+      [{ groupSize: 2, method: 'reinforce++', tokenCounts: keep(rlk.tensor(new Int32Array([1, -1, 2, 2]), dev)) }, /tokenCounts/],
+    ];
+    for (const [opts, msg] of cases) {
+      const out = rlk.groupAdvantages(rewards, opts);
+      await expect(out.advantages.toArray()).rejects.toThrow(msg);
+      out.advantages.dispose();
+      out.informative.dispose();
+    }
+  });
+  test('numGroups is required for groupIds on cuda', () => {
+    const rewards = keep(rlk.tensor(new Float32Array([1, 2]), dev));
+    expect(() => rlk.groupAdvantages(rewards, { groupIds: keep(rlk.tensor(new Int32Array([0, 1]), dev)), method: 'grpo' })).toThrow(/numGroups is required/);
+    expect(() => rlk.groupAdvantages(rewards, { groupIds: keep(rlk.tensor(new Int32Array([0, 1]))), numGroups: 2, method: 'grpo' })).toThrow(TypeError);
   });
 });
 
@@ -410,6 +423,11 @@ describe('groupAdvantages: garbage input', () => {
     bad(() => ga({ groupSize: 2, numGroups: 4, method: 'grpo' }), RangeError, /numGroups must be B \/ groupSize = 3/);
     bad(() => ga({ groupIds: ids, numGroups: -1, method: 'grpo' }), RangeError, /numGroups must be an integer >= 0/);
     bad(() => ga({ groupIds: ids, numGroups: 2 ** 40, method: 'grpo' }), RangeError, /numGroups must be an integer/);
+    bad(() => ga({ groupIds: ids, numGroups: 3.5, method: 'grpo' }), RangeError, /numGroups must be an integer/);
+    bad(() => ga({ groupIds: ids, numGroups: '3', method: 'grpo' }), TypeError, /numGroups must be a number/);
+    bad(() => ga({ groupSize: 2 ** 60, method: 'grpo' }), RangeError, /groupSize must be an integer/);
+    bad(() => ga({ groupSize: 2, method: 'grpo' }, null), TypeError, /rewards must be a tensor, got null/);
+    bad(() => ga({ groupSize: 2, method: 'grpo', eps: 1e-6, mask: undefined, bogus: undefined }), TypeError, /unknown option 'bogus'/);
     bad(() => ga({ groupIds: ids, numGroups: 2, method: 'grpo' }), RangeError, /groupIds must be in \[0, numGroups = 2\), got 2 at index 4/);
     bad(() => ga({ groupIds: keep(rlk.tensor(new Int32Array([0, 0, -1, 1, 2, 2]))), method: 'grpo' }), RangeError, /groupIds must be >= 0, got -1 at index 2/);
     bad(() => ga({ groupIds: keep(rlk.tensor(new Int32Array([0, 0, 1, 1, 2, 2 ** 31 - 1]))), method: 'grpo' }), RangeError, /groupIds must be < B = 6 unless numGroups is given/);
