@@ -190,6 +190,12 @@ function runDevice(device: rlk.Device): void {
       check(`rep ${rep} reweight false`, c, 'tmn-reweight', device, seed, { reweight: false });
       check(`rep ${rep} alpha/gamma`, c, 'tmn-reweight', device, seed, { alpha: r(), gamma: 3 * r(), eps: 1e-3 });
     }
+    // p counts rewards strictly above m: here m = mean_g = mean_task = 0.5 and two rewards equal it, so p = 1/4
+    // (not 3/4), w = exp(0.25): A(1) = w / (std + eps), A(0) = -1 / (w (std + eps)) with std = sqrt(1/6).
+    const tie: Case = { rewards: Float32Array.from([0, 1, 0.5, 0.5]), groupOf: Int32Array.from([0, 0, 0, 0]), numGroups: 1, consecutive: 4 };
+    const tied = check('tie at m', tie, 'tmn-reweight', device, seed).advantages.toArraySync();
+    const sd = Math.sqrt(1 / 6) + 1e-6;
+    expectClose('tie at m (closed form)', tied, [-1 / (Math.exp(0.25) * 2 * sd), Math.exp(0.25) / (2 * sd), 0, 0], TOL, seed);
     // reweight: false is the task-level normalisation alone (its own formula, not via the reference).
     const c = consecutiveCase(r, 64, 8, 'normal');
     const plain = check('plain', c, 'tmn-reweight', device, seed, { reweight: false });
