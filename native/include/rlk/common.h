@@ -55,11 +55,18 @@ enum DeviceErrorCode : int32_t {
   kDeviceErrorNone = 0,
   kDeviceErrorTargetOutOfRange = 1,
   kDeviceErrorIndexOutOfRange = 2,
+  // group_advantages
+  kDeviceErrorTaskIdInvalid = 30,
+  kDeviceErrorNegativeTokenCount = 31,
+  kDeviceErrorBadPartials = 32,
 };
 inline const char* DeviceErrorMessage(int32_t code) {
   switch (code) {
     case kDeviceErrorTargetOutOfRange: return "a target index was outside [0, V) and not ignoreIndex";
     case kDeviceErrorIndexOutOfRange: return "an index (group id, sequence offset) was out of range";
+    case kDeviceErrorTaskIdInvalid: return "taskIds must be in [0, numGroups) and constant within a group";
+    case kDeviceErrorNegativeTokenCount: return "tokenCounts must be >= 0";
+    case kDeviceErrorBadPartials: return "group-advantage partials held an invalid record or disagreed on a group's task";
     default: return "a kernel reported an unknown error";
   }
 }
