@@ -55,11 +55,13 @@ enum DeviceErrorCode : int32_t {
   kDeviceErrorNone = 0,
   kDeviceErrorTargetOutOfRange = 1,
   kDeviceErrorIndexOutOfRange = 2,
+  kDeviceErrorBadTemperature = 3,
 };
 inline const char* DeviceErrorMessage(int32_t code) {
   switch (code) {
     case kDeviceErrorTargetOutOfRange: return "a target index was outside [0, V) and not ignoreIndex";
     case kDeviceErrorIndexOutOfRange: return "an index (group id, sequence offset) was out of range";
+    case kDeviceErrorBadTemperature: return "a per-row temperature was not a positive finite number";
     default: return "a kernel reported an unknown error";
   }
 }
