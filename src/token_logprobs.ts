@@ -354,7 +354,7 @@ export function tokenLogprobsPartials(logitsShard: Tensor, targets: Tensor, opti
  * Vocabulary-parallel forward, step 2: combines the partials of every shard (in any
  * order; the result does not depend on it beyond rounding of a sum of a few terms,
  * and is bitwise fixed for a fixed order) into the same `{ logprobs, entropy?, stats? }`
- * as `tokenLogprobs` on the whole vocabulary: with `M = max_k max_k`,
+ * as `tokenLogprobs` on the whole vocabulary: with `M` = the largest shard max,
  * `S = sum_k sumExp_k e^{(max_k - M)/T}`, `logprob = (targetLogit - M)/T - log S`.
  *
  * @param partials the shards' `[rows, 3 | 4]` tensors, or one `[shards, rows, 3 | 4]` tensor, or an array of either.
