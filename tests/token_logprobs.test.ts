@@ -258,6 +258,22 @@ function forwardSuite(device: rlk.Device): void {
     expectClose('masked gradient', keep(grad), keep(gref), 1e-6, seed);
   });
 
+  it('zero rows and 1-D logits (one row, 0-d targets)', () => {
+    const empty = rlk.tokenLogprobs(rlk.zeros([0, 5], { device }), rlk.tensor(new Int32Array(0), { shape: [0], device }), { entropy: true, saveForBackward: true });
+    expect([empty.logprobs.shape, empty.entropy!.shape, empty.stats!.shape]).toEqual([[0], [0], [0, 3]]);
+    expect(rlk.tokenLogprobsBackward(rlk.zeros([0, 5], { device }), rlk.tensor(new Int32Array(0), { shape: [0], device }), rlk.zeros([0], { device })).shape).toEqual([0, 5]);
+    const x = [1.5, -2, 3.25];
+    const t = rlk.tensor(Int32Array.from([0]), { shape: [], device });
+    const res = rlk.tokenLogprobs(rlk.tensor(x, { device }), t, { entropy: true });
+    expect(res.logprobs.shape).toEqual([]);
+    const ref = refForward({ x, rows: 1, vocab: 3, targets: [0], temperature: 1, ignoreIndex: -100 });
+    expectClose('1-D logprobs', f32(res.logprobs), ref.logprobs, 1e-6, 0);
+    expectClose('1-D entropy', f32(res.entropy!), ref.entropy, 1e-6, 0);
+    const g = rlk.tokenLogprobsBackward(rlk.tensor(x, { device }), t, rlk.tensor([0.5], { shape: [], device }));
+    expect(g.shape).toEqual([3]);
+    expectClose('1-D gradient', f32(g), refBackward({ x, rows: 1, vocab: 3, targets: [0], temperature: 1, ignoreIndex: -100 }, [0.5]), 1e-6, 0);
+  });
+
   it('out-of-range targets throw a RangeError naming targets before anything is written', () => {
     const c = makeCase(1, [3, 10], 'float32', { device: 'cpu', ignoreFrac: 0 });
     for (const bad of [10, -1, -101, 2 ** 40]) {
