@@ -6,6 +6,7 @@
 // (RLK_BENCH_ITERS=n to change the sample count; RLK_BENCH_NO_WRITE=1 to leave RESULTS.md alone).
 import { spawnSync } from 'node:child_process';
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { loadavg } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Bench } from 'tinybench';
@@ -190,7 +191,9 @@ const meta =
   `(forward under no_grad; forward+backward through autograd). T = ${TEMPERATURE}, median of ${ITERS} runs after one warm-up. ` +
   `rlkernels "forward+backward" is the forward with \`saveForBackward\` then the backward with \`stats\`, allocating the gradient; ` +
   `"(out, no allocation)" writes the gradient into a preallocated tensor.\n` +
-  `Date: ${new Date().toISOString().slice(0, 10)}. Command: \`${COMMAND}\`.`;
+  `Date: ${new Date().toISOString().slice(0, 10)}. Command: \`${COMMAND}\`. ` +
+  `Load average at the end: ${loadavg().map((x) => x.toFixed(1)).join(' / ')} (on a shared 2-core machine both sides' times vary run to run; ` +
+  `a fresh 0.5 GB output costs ~10^5 page faults, which dominates the allocating forward+backward).`;
 console.log(`\n${meta}\n\n${md}\n`);
 if (!process.env.RLK_BENCH_NO_WRITE) writeResults('Token log-probs (CPU)', `${meta}\n\n${md}`);
 

@@ -35,15 +35,35 @@ Status CudaCheck(cudaError_t err, const char* what) {
 // x - m is never -inf - -inf), s = sum e^{(x - m) / T},
 // t = sum e^{(x - m) / T} (x - m) / T. Rescaling to a larger max m' with
 // delta = (m - m') / T: s' = e^delta s, t' = e^delta (t + delta s).
+// Within a thread s and t are compensated (Kahan) sums, cs and ct their lost
+// low parts: a thread adds a few hundred pack sums, and the plain fp32 sum
+// would drift by ~1e-6 relative, the whole tolerance. Compensation is folded
+// into s and t before a rescale and before the reduction across threads.
 struct Lse {
   float m, s, t;
+  float cs, ct;
 };
+
+__device__ __forceinline__ void KahanAdd(float& sum, float& comp, float x) {
+  const float y = x - comp;
+  const float t = sum + y;
+  comp = (t - sum) - y;
+  sum = t;
+}
+
+__device__ __forceinline__ void Fold(Lse& a) {
+  a.s -= a.cs;
+  a.t -= a.ct;
+  a.cs = 0.0f;
+  a.ct = 0.0f;
+}
 
 __device__ __forceinline__ float Exp(float x) { return exp2f(x * kLog2e); }
 
 template <bool kEntropy>
 __device__ __forceinline__ void Rescale(Lse& a, float new_max, float inv_t) {
   if (new_max > a.m) {
+    Fold(a);
     const float delta = (a.m - new_max) * inv_t;
     const float e = Exp(delta);
     // s == 0 (nothing finite seen yet): delta may be -inf, and -inf * 0 is NaN.
@@ -59,8 +79,8 @@ template <bool kEntropy>
 __device__ __forceinline__ void Accumulate(Lse& a, float x, float inv_t) {
   const float d = (x - a.m) * inv_t;
   const float e = Exp(d);
-  a.s += e;
-  if (kEntropy && e != 0.0f) a.t += e * d;
+  KahanAdd(a.s, a.cs, e);
+  if (kEntropy && e != 0.0f) KahanAdd(a.t, a.ct, e * d);
 }
 
 template <bool kEntropy>
@@ -72,10 +92,13 @@ __device__ __forceinline__ Lse Merge(Lse a, Lse b, float inv_t) {
   r.m = m;
   r.s = a.s * ea + b.s * eb;
   r.t = 0.0f;
+  r.cs = 0.0f;
+  r.ct = 0.0f;
   if (kEntropy) r.t = (a.s != 0.0f ? ea * (a.t + da * a.s) : 0.0f) + (b.s != 0.0f ? eb * (b.t + db * b.s) : 0.0f);
   return r;
 }
 
+// `a` must be folded (cs = ct = 0).
 template <bool kEntropy>
 __device__ __forceinline__ Lse WarpReduce(Lse a, float inv_t) {
 #pragma unroll
@@ -84,6 +107,8 @@ __device__ __forceinline__ Lse WarpReduce(Lse a, float inv_t) {
     b.m = __shfl_xor_sync(0xffffffffu, a.m, o);
     b.s = __shfl_xor_sync(0xffffffffu, a.s, o);
     b.t = __shfl_xor_sync(0xffffffffu, a.t, o);
+    b.cs = 0.0f;
+    b.ct = 0.0f;
     // Both lanes merge (lower, upper) in the same order, so every lane ends
     // with bitwise the same value.
     a = (threadIdx.x & o) ? Merge<kEntropy>(b, a, inv_t) : Merge<kEntropy>(a, b, inv_t);
@@ -103,7 +128,7 @@ __device__ __forceinline__ Lse GroupReduce(Lse a, float inv_t, Lse* smem) {
   if (lane == 0) smem[warp] = a;
   __syncthreads();
   if (warp == 0) {
-    Lse b = lane < kWarps ? smem[lane] : Lse{-FLT_MAX, 0.0f, 0.0f};
+    Lse b = lane < kWarps ? smem[lane] : Lse{-FLT_MAX, 0.0f, 0.0f, 0.0f, 0.0f};
     b = WarpReduce<kEntropy>(b, inv_t);
     if (lane == 0) smem[kWarps] = b;
   }
@@ -149,7 +174,7 @@ __device__ __forceinline__ void RowSplit(const T* row, int64_t vocab, int64_t* h
 
 template <int kGroup, class T, bool kEntropy>
 __device__ Lse RowLse(const T* row, int64_t vocab, float inv_t, int lane, Lse* smem) {
-  Lse a{-FLT_MAX, 0.0f, 0.0f};
+  Lse a{-FLT_MAX, 0.0f, 0.0f, 0.0f, 0.0f};
   int64_t head, vecs;
   RowSplit(row, vocab, &head, &vecs);
   constexpr int kN = Pack<T>::kN;
@@ -169,14 +194,31 @@ __device__ Lse RowLse(const T* row, int64_t vocab, float inv_t, int lane, Lse* s
       mx = fmaxf(mx, x[k]);
     }
     Rescale<kEntropy>(a, mx, inv_t);
+    // The pack's exps summed as a tree, then one compensated add.
+    float e[kN], et[kN];
 #pragma unroll
-    for (int k = 0; k < kN; ++k) Accumulate<kEntropy>(a, x[k], inv_t);
+    for (int k = 0; k < kN; ++k) {
+      const float d = (x[k] - a.m) * inv_t;
+      e[k] = Exp(d);
+      et[k] = e[k] != 0.0f ? e[k] * d : 0.0f;
+    }
+#pragma unroll
+    for (int w = kN / 2; w > 0; w >>= 1) {
+#pragma unroll
+      for (int k = 0; k < w; ++k) {
+        e[k] += e[k + w];
+        if (kEntropy) et[k] += et[k + w];
+      }
+    }
+    KahanAdd(a.s, a.cs, e[0]);
+    if (kEntropy) KahanAdd(a.t, a.ct, et[0]);
   }
   for (int64_t j = head + vecs * kN + lane; j < vocab; j += kGroup) {
     const float x = ToFloat(row[j]);
     Rescale<kEntropy>(a, x, inv_t);
     Accumulate<kEntropy>(a, x, inv_t);
   }
+  Fold(a);
   return GroupReduce<kGroup, kEntropy>(a, inv_t, smem);
 }
 
