@@ -171,7 +171,7 @@ function writeResults(section, body) {
   if (start < 0) next = `${text.trimEnd()}\n\n${block}`;
   else {
     const after = text.indexOf('\n## ', start + heading.length);
-    next = text.slice(0, start) + block + (after < 0 ? '' : text.slice(after + 1));
+    next = text.slice(0, start) + block + (after < 0 ? '' : `\n${text.slice(after + 1)}`);
   }
   writeFileSync(path, next.endsWith('\n') ? next : next + '\n');
 }
