@@ -3,3 +3,4 @@ export { buildInfo, setNumThreads, getNumThreads, cuda } from './runtime.js';
 export { DisposedError, CudaUnavailableError, NativeLoadError } from './errors.js';
 export type { DType, Device, ArrayFor, TensorData, TensorOptions, CreateOptions, DeviceMemory, BuildInfo } from './types.js';
 export * from './group_advantages.js';
+export * from './token_logprobs.js';

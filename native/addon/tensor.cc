@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include "checks.h"
+#include "rlk/cpu_simd.h"
 
 namespace rlk::addon {
 namespace {
@@ -304,8 +305,8 @@ Napi::Value BuildInfo(const Napi::CallbackInfo& info) {
 #else
   o.Set("compiledSimd", "baseline");
 #endif
-  o.Set("cpuSimd", __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") ? "avx512"
-                   : __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") ? "avx2" : "baseline");
+  // The path the kernels take: the CPU's best, lowered by RLK_SIMD=avx2|baseline.
+  o.Set("cpuSimd", simd::IsaName(simd::Isa()));
   return o;
 }
 

@@ -59,6 +59,7 @@ enum DeviceErrorCode : int32_t {
   kDeviceErrorTaskIdInvalid = 30,
   kDeviceErrorNegativeTokenCount = 31,
   kDeviceErrorBadPartials = 32,
+  kDeviceErrorBadTemperature = 3,
 };
 inline const char* DeviceErrorMessage(int32_t code) {
   switch (code) {
@@ -67,6 +68,7 @@ inline const char* DeviceErrorMessage(int32_t code) {
     case kDeviceErrorTaskIdInvalid: return "taskIds must be in [0, numGroups) and constant within a group";
     case kDeviceErrorNegativeTokenCount: return "tokenCounts must be >= 0";
     case kDeviceErrorBadPartials: return "group-advantage partials held an invalid record or disagreed on a group's task";
+    case kDeviceErrorBadTemperature: return "a per-row temperature was not a positive finite number";
     default: return "a kernel reported an unknown error";
   }
 }
