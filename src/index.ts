@@ -2,3 +2,5 @@ export { Tensor, tensor, empty, zeros, full, scope, keep, memory } from './tenso
 export { buildInfo, setNumThreads, getNumThreads, cuda } from './runtime.js';
 export { DisposedError, CudaUnavailableError, NativeLoadError } from './errors.js';
 export type { DType, Device, ArrayFor, TensorData, TensorOptions, CreateOptions, DeviceMemory, BuildInfo } from './types.js';
+export * from './policy_loss.js';
+export * from './kl_penalty.js';
