@@ -45,9 +45,9 @@ export interface KlPenaltyOptions {
 
 export interface KlPenaltyResult {
   /** float32, the shape of `logprobs`: each element's estimator value (0 where masked). */
-  values: Tensor;
+  values: Tensor<'float32'>;
   /** float32, the shape of `logprobs`: d value / d logprobs elementwise (0 where masked). */
-  grad: Tensor;
+  grad: Tensor<'float32'>;
 }
 
 interface KlNative {
@@ -79,5 +79,5 @@ export function klPenalty(logprobs: Tensor, refLogprobs: Tensor, options: KlPena
   }
   const n = native as unknown as KlNative;
   const [values, grad] = n.klPenalty(lp.handle(fn, 'logprobs'), ref.handle(fn, 'refLogprobs'), mask ? mask.handle(fn, 'options.mask') : null, code);
-  return { values: new Tensor(values), grad: new Tensor(grad) };
+  return { values: new Tensor<'float32'>(values), grad: new Tensor<'float32'>(grad) };
 }

@@ -186,11 +186,11 @@ export interface PolicyLossStats {
 
 export interface PolicyLossResult {
   /** 0-d float32 tensor: the aggregated loss. */
-  loss: Tensor;
+  loss: Tensor<'float32'>;
   /** float32, the shape of `logprobs`: d loss / d logprobs (KL term included), 0 on tokens not kept. */
-  grad: Tensor;
+  grad: Tensor<'float32'>;
   /** float32, the shape of `logprobs`: d loss / d entropy, when `entropy` is given (for `tokenLogprobsBackward`). */
-  gradEntropy?: Tensor;
+  gradEntropy?: Tensor<'float32'>;
   /** Reads the stats (kept on the device until then). */
   readStats(): Promise<PolicyLossStats>;
 }
@@ -355,8 +355,8 @@ export function policyLoss(inputs: PolicyLossInputs, options?: PolicyLossOptions
   const hasEnt = ent !== undefined;
   let pending: Promise<PolicyLossStats> | undefined;
   const result: PolicyLossResult = {
-    loss: new Tensor(loss),
-    grad: new Tensor(grad),
+    loss: new Tensor<'float32'>(loss),
+    grad: new Tensor<'float32'>(grad),
     readStats(): Promise<PolicyLossStats> {
       pending ??= statsTensor.toArray().then((a) => {
         statsTensor.dispose();
@@ -379,6 +379,6 @@ export function policyLoss(inputs: PolicyLossInputs, options?: PolicyLossOptions
       return pending;
     },
   };
-  if (gradEntropy) result.gradEntropy = new Tensor(gradEntropy);
+  if (gradEntropy) result.gradEntropy = new Tensor<'float32'>(gradEntropy);
   return result;
 }
