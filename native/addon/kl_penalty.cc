@@ -47,6 +47,7 @@ Napi::Value KlPenaltyBinding(const Napi::CallbackInfo& info) {
     st = cpu::KlPenalty(p);
   } else {
 #if RLK_WITH_CUDA
+    p.device = device;
     st = DeviceStream(device, &p.stream);
     if (st.ok()) st = cuda::KlPenalty(p);
 #endif

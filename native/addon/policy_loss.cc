@@ -145,6 +145,7 @@ Napi::Value PolicyLossBinding(const Napi::CallbackInfo& info) {
     st = cpu::PolicyLoss(p);
   } else {
 #if RLK_WITH_CUDA
+    p.device = device;
     st = DeviceStream(device, &p.stream);
     if (st.ok()) st = DeviceErrorWord(device, &p.error_word);
     if (st.ok()) st = cuda::PolicyLoss(p);

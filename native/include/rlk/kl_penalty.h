@@ -96,6 +96,7 @@ struct KlPenaltyParams {
   float* grad;                // [n]
   int64_t n;
   int32_t estimator;          // KlEstimator
+  int32_t device;             // CUDA ordinal (CUDA only)
   void* stream;               // cudaStream_t (CUDA only)
 };
 

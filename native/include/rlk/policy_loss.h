@@ -81,6 +81,7 @@ struct PolicyLossParams {
   double dp_size;
   double tis_upper, tis_lower, log_veto;
   double kl_coef, entropy_coef;
+  int32_t device;                 // CUDA ordinal (CUDA only)
   void* stream;                   // cudaStream_t (CUDA only)
   int32_t* error_word;            // device error word (CUDA only: bad cu_seqlens)
 };
