@@ -37,6 +37,8 @@ export interface PolicyLossRefOptions {
 
 export interface PolicyLossRefResult {
   loss: number;
+  /** Sum of the magnitudes of the per-token contributions: the scale a float32 sum of them is accurate to. */
+  lossAbs: number;
   grad: Float64Array;
   gradEntropy: Float64Array;
   kept: Uint8Array;
@@ -151,6 +153,7 @@ export function policyLossRef(inp: PolicyLossRefInputs, o: PolicyLossRefOptions)
   const grad = new Float64Array(N);
   const gradEntropy = new Float64Array(N);
   let loss = 0;
+  let lossAbs = 0;
   const st = { clip: 0, low: 0, high: 0, dual: 0, negLr: 0, ratio: 0, rmin: Infinity, rmax: -Infinity, weight: 0, kl: 0, ent: 0 };
   for (let t = 0; t < N; t++) {
     if (!kept[t]) continue;
@@ -198,6 +201,7 @@ export function policyLossRef(inp: PolicyLossRefInputs, o: PolicyLossRefOptions)
       st.ent += inp.entropy[t];
     }
     loss += a * obj;
+    lossAbs += Math.abs(a * obj);
     grad[t] = a * g;
     if (L2 > L1) st.clip++;
     if (r < lo && A < 0) st.low++;
@@ -224,7 +228,7 @@ export function policyLossRef(inp: PolicyLossRefInputs, o: PolicyLossRefOptions)
   };
   if (o.kl) stats.klMean = mean(st.kl);
   if (inp.entropy) stats.entropyMean = mean(st.ent);
-  return { loss, grad, gradEntropy, kept, stats };
+  return { loss, lossAbs, grad, gradEntropy, kept, stats };
 }
 
 /**
