@@ -432,7 +432,7 @@ describe('policyLoss (cpu, scalar path)', () => {
       cwd: join(dirname(fileURLToPath(import.meta.url)), '..'),
     });
     if (r.status !== 0) throw new Error(`scalar-path run failed:\n${(r.stdout + r.stderr).slice(-4000)}`);
-    expect(r.stdout + r.stderr).toMatch(/\b[1-9]\d+ passed/);
+    expect((r.stdout + r.stderr).replace(/\x1b\[[0-9;]*m/g, '')).toMatch(/\b[1-9]\d+ passed/);
   });
 });
 describeCuda('policyLoss (cuda)', () => suite('cuda'));
