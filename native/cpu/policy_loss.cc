@@ -18,6 +18,7 @@
 #endif
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <new>
 #include <vector>
@@ -321,6 +322,204 @@ RLK_AVX512 void TokenTileAvx512(const PolicyLossParams& p, const Tile& tile, con
   *out = c;
 }
 
+// ---- AVX2 token pass (phase C): the AVX-512 pass on 4 double lanes, with
+// lane masks held as all-ones doubles; the tile's last (size % 4) tokens go
+// through the scalar pass and are merged after the vector part, in order.
+namespace avx2v {
+using D = __m256d;
+
+RLK_AVX2 inline D Set(double v) { return _mm256_set1_pd(v); }
+RLK_AVX2 inline D Clamp(D v, double lo, double hi) { return _mm256_min_pd(_mm256_max_pd(v, Set(lo)), Set(hi)); }
+RLK_AVX2 inline D LoadF(const float* p) { return _mm256_cvtps_pd(_mm_loadu_ps(p)); }
+#define RLK_CMP(a, b, op) _mm256_cmp_pd((a), (b), (op))
+RLK_AVX2 inline D And(D m, D v) { return _mm256_and_pd(m, v); }
+RLK_AVX2 inline D Blend(D m, D a, D b) { return _mm256_blendv_pd(a, b, m); }  // m ? b : a
+RLK_AVX2 inline int Bits(D m) { return _mm256_movemask_pd(m); }
+
+// e^x for |x| <= 700 (callers clamp to [-20, 20]); as avx512v::ExpPd, with
+// 2^n built in the exponent field (no scalef in AVX2).
+RLK_AVX2 inline D ExpPd(D x) {
+  const D n = _mm256_round_pd(_mm256_mul_pd(x, Set(1.4426950408889634)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  D r = _mm256_fnmadd_pd(n, Set(6.93147180369123816490e-01), x);
+  r = _mm256_fnmadd_pd(n, Set(1.90821492927058770002e-10), r);
+  static constexpr double kInvFact[14] = {1.0 / 6227020800.0, 1.0 / 479001600.0, 1.0 / 39916800.0, 1.0 / 3628800.0,
+                                          1.0 / 362880.0,     1.0 / 40320.0,     1.0 / 5040.0,      1.0 / 720.0,
+                                          1.0 / 120.0,        1.0 / 24.0,        1.0 / 6.0,         0.5,
+                                          1.0,                1.0};
+  D p = Set(kInvFact[0]);
+  for (int k = 1; k < 14; ++k) p = _mm256_fmadd_pd(p, r, Set(kInvFact[k]));
+  const __m256i e = _mm256_slli_epi64(_mm256_add_epi64(_mm256_cvtepi32_epi64(_mm256_cvtpd_epi32(n)), _mm256_set1_epi64x(1023)), 52);
+  return _mm256_mul_pd(p, _mm256_castsi256_pd(e));
+}
+
+RLK_AVX2 inline D ExpMinusXMinus1(D x) {
+  static constexpr double kInvFact[16] = {
+      2.8114572543455207e-15, 4.7794773323873853e-14, 7.6471637318198164e-13, 1.1470745597729725e-11,
+      1.6059043836821613e-10, 2.0876756987868099e-09, 2.5052108385441720e-08, 2.7557319223985891e-07,
+      2.7557319223985893e-06, 2.4801587301587302e-05, 1.9841269841269841e-04, 1.3888888888888889e-03,
+      8.3333333333333333e-03, 4.1666666666666667e-02, 1.6666666666666667e-01, 0.5};
+  D p = Set(kInvFact[0]);
+  for (int k = 1; k < 16; ++k) p = _mm256_fmadd_pd(p, x, Set(kInvFact[k]));
+  const D series = _mm256_mul_pd(_mm256_mul_pd(x, x), p);
+  const D direct = _mm256_sub_pd(_mm256_sub_pd(ExpPd(x), x), Set(1.0));
+  const D ax = _mm256_andnot_pd(Set(-0.0), x);
+  return Blend(RLK_CMP(ax, Set(1.0), _CMP_LT_OQ), direct, series);
+}
+}  // namespace avx2v
+
+RLK_AVX2 void TokenTileAvx2(const PolicyLossParams& p, const Tile& tile, const SeqInfo& q, TileC* out) {
+  using namespace avx2v;
+  const bool gspo = p.mode == kPolicyGspo, tis = p.tis_level != kTisNone;
+  const bool dual = p.use_dual_clip && !gspo;
+  const bool has_kl = p.ref_logprobs != nullptr, has_ent = p.entropy != nullptr;
+  const D lo = Set(1.0 - p.clip_low), hi = Set(1.0 + p.clip_high);
+  const D dual_c = Set(p.dual_clip), upper = Set(p.tis_upper);
+  const D klc = Set(p.kl_coef), entc = Set(p.entropy_coef);
+  const D coef = Set(q.coef);
+  const D zero = _mm256_setzero_pd(), one = Set(1.0);
+  const D seq_adv = p.adv_per_sequence ? Set(double(p.advantages[tile.seq])) : zero;
+  const D gspo_r = Set(q.gspo_s), gspo_dr = Set(q.gspo_grad ? q.gspo_s : 0.0);
+  const D seq_w = Set(q.weight);
+  const D grad_ent = Set(-q.coef * p.entropy_coef);
+  const D all = _mm256_castsi256_pd(_mm256_set1_epi64x(-1));
+  D obj = zero, neg_lr = zero, ratio = zero, weight = zero, kl = zero, ent = zero;
+  int64_t clip = 0, low = 0, high = 0, dualn = 0;
+  D rmin = Set(INFINITY), rmax = Set(-INFINITY);
+  const int64_t vec_end = tile.begin + (tile.end - tile.begin) / 4 * 4;
+  for (int64_t t = tile.begin; t < vec_end; t += 4) {
+    D keep = all;
+    if (p.mask) {
+      int32_t bytes;
+      std::memcpy(&bytes, p.mask + t, 4);
+      const __m256i m = _mm256_cvtepu8_epi64(_mm_cvtsi32_si128(bytes));
+      keep = _mm256_castsi256_pd(_mm256_xor_si256(_mm256_cmpeq_epi64(m, _mm256_setzero_si256()), _mm256_set1_epi64x(-1)));
+    }
+    if (q.rejected) keep = zero;
+    D w = one;
+    if (tis) {
+      if (p.tis_level == kTisToken) {  // truncate
+        const D x = _mm256_sub_pd(LoadF(p.old_logprobs + t), LoadF(p.rollout_logprobs + t));
+        w = _mm256_min_pd(ExpPd(Clamp(x, -20.0, 20.0)), upper);
+      } else {
+        w = seq_w;
+      }
+    }
+    const D lp = LoadF(p.logprobs + t);
+    const D d = _mm256_sub_pd(lp, LoadF(p.old_logprobs + t));
+    const D lr = Clamp(d, -20.0, 20.0);
+    D r, dr;
+    if (gspo) {
+      r = gspo_r;
+      dr = gspo_dr;
+    } else {
+      r = ExpPd(lr);
+      dr = And(_mm256_and_pd(RLK_CMP(d, Set(-20.0), _CMP_GE_OQ), RLK_CMP(d, Set(20.0), _CMP_LE_OQ)), r);
+    }
+    const D A = p.adv_per_sequence ? seq_adv : LoadF(p.advantages + t);
+    const D neg_a = _mm256_sub_pd(zero, A);
+    const D l1 = _mm256_mul_pd(neg_a, r);
+    const D l2 = _mm256_mul_pd(neg_a, _mm256_min_pd(_mm256_max_pd(r, lo), hi));
+    D L = _mm256_max_pd(l1, l2);
+    D g = And(RLK_CMP(l1, l2, _CMP_GE_OQ), neg_a);
+    const D a_neg = RLK_CMP(A, zero, _CMP_LT_OQ), a_pos = RLK_CMP(A, zero, _CMP_GT_OQ);
+    const D f_clip = RLK_CMP(l2, l1, _CMP_GT_OQ);
+    const D f_low = _mm256_and_pd(RLK_CMP(r, lo, _CMP_LT_OQ), a_neg);
+    const D f_high = _mm256_and_pd(RLK_CMP(r, hi, _CMP_GT_OQ), a_pos);
+    D f_dual = zero;
+    if (dual) {
+      const D l3 = _mm256_mul_pd(neg_a, dual_c);
+      f_dual = _mm256_and_pd(a_neg, RLK_CMP(L, l3, _CMP_GT_OQ));
+      L = Blend(f_dual, L, l3);
+      g = Blend(f_dual, g, zero);
+    }
+    D o = _mm256_mul_pd(w, L);
+    D gv = _mm256_mul_pd(_mm256_mul_pd(w, g), dr);
+    if (has_kl) {
+      const D kd = _mm256_sub_pd(lp, LoadF(p.ref_logprobs + t));
+      D kv, kg;
+      switch (p.kl_estimator) {
+        case kKlK1: kv = kd; kg = one; break;
+        case kKlAbs:
+          kv = _mm256_andnot_pd(Set(-0.0), kd);
+          kg = Blend(RLK_CMP(kd, zero, _CMP_GT_OQ), And(RLK_CMP(kd, zero, _CMP_LT_OQ), Set(-1.0)), one);
+          break;
+        case kKlK2: kv = _mm256_mul_pd(Set(0.5), _mm256_mul_pd(kd, kd)); kg = kd; break;
+        case kKlK1Plus: kv = kd; kg = kd; break;
+        default: {  // k3, k3+
+          const D x = _mm256_sub_pd(zero, kd);
+          const D xc = Clamp(x, -20.0, 20.0);
+          const D x_cl = _mm256_or_pd(RLK_CMP(x, Set(-20.0), _CMP_LT_OQ), RLK_CMP(x, Set(20.0), _CMP_GT_OQ));
+          const D em = ExpMinusXMinus1(xc);
+          const D v_cl = RLK_CMP(em, Set(10.0), _CMP_GT_OQ);
+          kv = Blend(v_cl, em, Set(10.0));
+          kg = p.kl_estimator == kKlK3Plus ? kd : _mm256_andnot_pd(_mm256_or_pd(x_cl, v_cl), _mm256_sub_pd(zero, _mm256_add_pd(xc, em)));
+        }
+      }
+      o = _mm256_fmadd_pd(klc, kv, o);
+      gv = _mm256_fmadd_pd(klc, kg, gv);
+      kl = _mm256_add_pd(kl, And(keep, kv));
+    }
+    if (has_ent) {
+      const D h = LoadF(p.entropy + t);
+      o = _mm256_fnmadd_pd(entc, h, o);
+      ent = _mm256_add_pd(ent, And(keep, h));
+      _mm_storeu_ps(p.grad_entropy + t, _mm256_cvtpd_ps(And(keep, grad_ent)));
+    }
+    _mm_storeu_ps(p.grad + t, _mm256_cvtpd_ps(And(keep, _mm256_mul_pd(coef, gv))));
+    obj = _mm256_add_pd(obj, And(keep, o));
+    neg_lr = _mm256_sub_pd(neg_lr, And(keep, lr));
+    ratio = _mm256_add_pd(ratio, And(keep, r));
+    weight = _mm256_add_pd(weight, And(keep, w));
+    const int k = Bits(keep);
+    clip += __builtin_popcount(unsigned(k & Bits(f_clip)));
+    low += __builtin_popcount(unsigned(k & Bits(f_low)));
+    high += __builtin_popcount(unsigned(k & Bits(f_high)));
+    dualn += __builtin_popcount(unsigned(k & Bits(f_dual)));
+    rmin = Blend(keep, rmin, _mm256_min_pd(rmin, r));
+    rmax = Blend(keep, rmax, _mm256_max_pd(rmax, r));
+  }
+  // Horizontal sums in a fixed lane order.
+  auto hsum = [](D v) RLK_AVX2 {
+    alignas(32) double a[4];
+    _mm256_store_pd(a, v);
+    return (a[0] + a[1]) + (a[2] + a[3]);
+  };
+  auto hmin = [](D v) RLK_AVX2 {
+    alignas(32) double a[4];
+    _mm256_store_pd(a, v);
+    return std::min(std::min(a[0], a[1]), std::min(a[2], a[3]));
+  };
+  auto hmax = [](D v) RLK_AVX2 {
+    alignas(32) double a[4];
+    _mm256_store_pd(a, v);
+    return std::max(std::max(a[0], a[1]), std::max(a[2], a[3]));
+  };
+  TileC c;
+  c.obj = hsum(obj);
+  c.neg_lr = hsum(neg_lr);
+  c.ratio = hsum(ratio);
+  c.weight = hsum(weight);
+  c.kl = hsum(kl);
+  c.ent = hsum(ent);
+  c.clip = double(clip);
+  c.low = double(low);
+  c.high = double(high);
+  c.dual = double(dualn);
+  c.rmin = hmin(rmin);
+  c.rmax = hmax(rmax);
+  if (vec_end < tile.end) {
+    TileC tail;
+    TokenTileScalar(p, Tile{tile.seq, vec_end, tile.end}, q, &tail);
+    c.obj += tail.obj; c.neg_lr += tail.neg_lr; c.ratio += tail.ratio; c.weight += tail.weight;
+    c.kl += tail.kl; c.ent += tail.ent;
+    c.clip += tail.clip; c.low += tail.low; c.high += tail.high; c.dual += tail.dual;
+    c.rmin = std::min(c.rmin, tail.rmin);
+    c.rmax = std::max(c.rmax, tail.rmax);
+  }
+  *out = c;
+}
+#undef RLK_CMP
+
 }  // namespace
 
 Status PolicyLoss(const PolicyLossParams& p) {
@@ -467,12 +666,14 @@ Status PolicyLoss(const PolicyLossParams& p) {
   }
 
   // ---- C: per-token loss, gradient and stats.
-  const bool use_avx512 = simd::Isa() == simd::IsaKind::kAvx512 && !tis_token_mask;
+  // Token-level rejection keeps the scalar pass: its keep decisions must match phase A's.
+  const simd::IsaKind isa = tis_token_mask ? simd::IsaKind::kBaseline : simd::Isa();
   ParallelFor(num_tiles, grain, [&](int64_t tb, int64_t te) {
     for (int64_t k = tb; k < te; ++k) {
       const Tile& tile = tiles[size_t(k)];
       const SeqInfo& q = seqs[size_t(tile.seq)];
-      if (use_avx512) TokenTileAvx512(p, tile, q, &tc[size_t(k)]);
+      if (isa == simd::IsaKind::kAvx512) TokenTileAvx512(p, tile, q, &tc[size_t(k)]);
+      else if (isa == simd::IsaKind::kAvx2) TokenTileAvx2(p, tile, q, &tc[size_t(k)]);
       else TokenTileScalar(p, tile, q, &tc[size_t(k)]);
     }
   });
