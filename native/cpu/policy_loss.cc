@@ -8,7 +8,10 @@
 //   C. per tile: per-token loss, gradient and stat partial sums.
 // Tiles depend only on the shapes, partial sums are kept per tile and
 // combined in tile order, so results are bitwise the same for any thread
-// count. Token math and every sum are in double; outputs are float.
+// count (for a given instruction set). Token math and every sum are in
+// double; outputs are float. Phase C runs 8 (AVX-512) or 4 (AVX2) tokens per
+// vector in double lanes, chosen at run time, or the scalar pass.
+//
 // GCC 12 reports -W(maybe-)uninitialized inside its own AVX-512 intrinsics
 // (the _mm512_undefined_* pass-through operand of the masked builtins), a
 // known false positive; it would drown real warnings, so it is off here.
