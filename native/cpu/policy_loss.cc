@@ -590,10 +590,14 @@ Status PolicyLoss(const PolicyLossParams& p) {
           bool keep = true;
           if (tis) {
             double x;
-            double w = token_weight(t, &x);
+            if (tis_token_mask) {
+              double w = token_weight(t, &x);
+              keep = w >= p.tis_lower && w <= p.tis_upper;
+            } else {
+              x = double(p.old_logprobs[t]) - double(p.rollout_logprobs[t]);
+            }
             a.sum_x += x;
             a.min_x = std::min(a.min_x, x);
-            if (tis_token_mask) keep = w >= p.tis_lower && w <= p.tis_upper;
           }
           if (!keep) continue;
           a.nk += 1;
