@@ -453,6 +453,17 @@ describe('policyLoss (cpu, other ISA paths)', () => {
 
 describeCuda('policyLoss (cuda)', () => suite('cuda'));
 
+describeCuda('policyLoss (cuda) bad cuSeqlens', () => {
+  it('are checked on the device and reported as a RangeError at the next read', async () => {
+    const flat = rlk.tensor([-1, -2, -3, -4, -5], { device: 'cuda' });
+    for (const cu of [[0, 3, 2, 5], [0, 2, 4], [1, 2, 5], [0, 2, 9]]) {
+      const out = rlk.policyLoss({ logprobs: flat, oldLogprobs: flat, advantages: flat, cuSeqlens: rlk.tensor(cu, { dtype: 'int32', device: 'cuda' }) });
+      await expect(out.loss.item()).rejects.toThrow(/out of range/);
+      await expect(out.loss.item()).resolves.toBeTypeOf('number');  // the error word was cleared
+    }
+  });
+});
+
 describe('policyLoss bad input', () => {
   const lp = rlk.tensor([[-1, -2, -3], [-1, -1, -1]]);
   const old = rlk.tensor([[-1, -2, -3], [-1, -1, -1]]);
