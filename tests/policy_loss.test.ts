@@ -422,6 +422,16 @@ function suite(device: rlk.Device): void {
     await checkCase(c, run, device, 'long rows');
   });
 
+  it('readStats() works after the scope that made the result closed, and twice', async () => {
+    const c = makeCase(freshSeed(), padded);
+    const out = rlk.scope(() => callKernel(c, { opts: {} }, device));
+    expect(out.loss.disposed).toBe(false);
+    const a = await out.readStats();
+    const b = await out.readStats();
+    expect(b).toEqual(a);
+    expect(a.isWeightMean).toBe(1);
+  });
+
   it('one long packed sequence and many short ones', async () => {
     const c = makeCase(freshSeed(), { B: 5, T: 70000, packed: true, lens: [3, 70000, 0, 1, 17], advPerSeq: true });
     await checkCase(c, { opts: { mode: 'gspo', aggregation: 'token-mean' } }, device, 'long packed gspo');
