@@ -4,3 +4,5 @@ export { DisposedError, CudaUnavailableError, NativeLoadError } from './errors.j
 export type { DType, Device, ArrayFor, TensorData, TensorOptions, CreateOptions, DeviceMemory, BuildInfo } from './types.js';
 export * from './group_advantages.js';
 export * from './token_logprobs.js';
+export * from './policy_loss.js';
+export * from './kl_penalty.js';

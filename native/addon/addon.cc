@@ -7,12 +7,16 @@ namespace rlk::addon {
 // Each family's bindings live in native/addon/<family>.cc.
 void InitGroupAdvantages(Napi::Env env, Napi::Object exports);
 void InitTokenLogprobs(Napi::Env env, Napi::Object exports);
+void InitPolicyLoss(Napi::Env env, Napi::Object exports);
+void InitKlPenalty(Napi::Env env, Napi::Object exports);
 }  // namespace rlk::addon
 
 static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   rlk::addon::InitTensorBindings(env, exports);
   rlk::addon::InitGroupAdvantages(env, exports);
   rlk::addon::InitTokenLogprobs(env, exports);
+  rlk::addon::InitPolicyLoss(env, exports);
+  rlk::addon::InitKlPenalty(env, exports);
   return exports;
 }
 
