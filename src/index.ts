@@ -2,3 +2,4 @@ export { Tensor, tensor, empty, zeros, full, scope, keep, memory } from './tenso
 export { buildInfo, setNumThreads, getNumThreads, cuda } from './runtime.js';
 export { DisposedError, CudaUnavailableError, NativeLoadError } from './errors.js';
 export type { DType, Device, ArrayFor, TensorData, TensorOptions, CreateOptions, DeviceMemory, BuildInfo } from './types.js';
+export * from './vocab_divergence.js';

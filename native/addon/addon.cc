@@ -5,10 +5,12 @@
 
 namespace rlk::addon {
 // Each family's bindings live in native/addon/<family>.cc.
+void InitVocabDivergence(Napi::Env env, Napi::Object exports);
 }  // namespace rlk::addon
 
 static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   rlk::addon::InitTensorBindings(env, exports);
+  rlk::addon::InitVocabDivergence(env, exports);
   return exports;
 }
 

@@ -5,6 +5,7 @@
 #include <limits>
 
 #include "checks.h"
+#include "rlk/cpu_simd.h"
 
 namespace rlk::addon {
 namespace {
@@ -290,8 +291,8 @@ Napi::Value BuildInfo(const Napi::CallbackInfo& info) {
 #else
   o.Set("compiledSimd", "baseline");
 #endif
-  o.Set("cpuSimd", __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") ? "avx512"
-                   : __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") ? "avx2" : "baseline");
+  // The path the kernels take (simd::Isa(): detected, lowered by RLK_SIMD).
+  o.Set("cpuSimd", rlk::simd::IsaName(rlk::simd::Isa()));
   return o;
 }
 
