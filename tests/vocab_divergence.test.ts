@@ -13,11 +13,11 @@ type FDType = 'float32' | 'bfloat16' | 'float16';
 
 /**
  * Relative-error tolerance for a gradient written in `dtype` (compared with the float64 gradient rounded the same
- * way). float32: 1e-5, twice the values' bound: terms such as p_t (x_j - KL) of distant distributions subtract the
+ * way). float32: 3e-5: in tiny rows of distant distributions, terms such as beta p_t (y_t - KL(p_t || M)) subtract the
  * row's fp32 value (relative error ~1e-7) from a log-ratio of similar size; typical errors are ~1e-7 (see the V =
  * 151936 cases). 16-bit: one ulp of the output format (the two roundings can straddle a rounding boundary).
  */
-const GRAD_TOL: Record<FDType, number> = { float32: 1e-5, bfloat16: 2 ** -7, float16: 2 ** -10 };
+const GRAD_TOL: Record<FDType, number> = { float32: 3e-5, bfloat16: 2 ** -7, float16: 2 ** -10 };
 
 const KIND_CASES: Array<{ kind: Kind; beta?: number }> = [
   { kind: 'forward-kl' },

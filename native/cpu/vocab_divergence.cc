@@ -187,10 +187,10 @@ template <class Ops>
 struct RowConsts {
   typename Ops::V tmax, smax;  // raw row maxima
   typename Ops::V inv_t;       // 1 / T
-  typename Ops::V inv_t_lo;    // 1 / T - inv_t
   typename Ops::V rst, rss;    // 1 / sum_j e^{(t_j - tmax) / T}, same for s
   typename Ops::V xoff;        // (smax - tmax) / T - log(S_t / S_s), so x = (t - s) / T + xoff
   typename Ops::V beta, omb;   // beta, 1 - beta
+  typename Ops::V tref, sref;  // kl: the logits at the reference index (argmax of the weighting side)
   typename Ops::V lbt, lbs;    // jsd: -log(beta), -log(1 - beta) (upper bounds of y_t, y_s)
   typename Ops::V rhot, rhos;  // jsd: (1 - beta) / beta, beta / (1 - beta)
 };
@@ -266,23 +266,50 @@ RLK_VDIV_INLINE JsdRatios<Ops> JsdLogRatios(const Probs<Ops>& e, const RowConsts
   return r;
 }
 
+// For the KL gradients p_t (x_j - KL) (forward, teacher) and p_s (-x_j - KL)
+// (reverse, student): with w the weighting distribution and r the index of
+// its largest logit, x_j - KL = (d_j - sum_k w_k d_k) / T with
+// d_j = (t_j - t_r) - (s_j - s_r) (raw logits). d_r = 0 exactly, so when w is
+// peaked (a confident teacher or student) the dominant term no longer
+// subtracts two nearly equal O(10) numbers, whose fp32 rounding would swamp
+// the small difference.
+template <class Ops>
+RLK_VDIV_INLINE typename Ops::V RefDiff(typename Ops::V t, typename Ops::V s, const RowConsts<Ops>& k) {
+  return Ops::Sub(Ops::Sub(t, k.tref), Ops::Sub(s, k.sref));
+}
+template <class Ops>
+RLK_VDIV_INLINE typename Ops::V WeightedRefDiff(typename Ops::V w, typename Ops::V t, typename Ops::V s, const RowConsts<Ops>& k) {
+  auto zero = Ops::Set(0.0f);
+  return Ops::Select(Ops::Eq(w, zero), zero, Ops::Mul(w, RefDiff<Ops>(t, s, k)));
+}
+
 // Pass 1: row maxima and sums of exp, one read, blockwise online.
 struct RowNorm {
   float tmax = -INFINITY, smax = -INFINITY;
   double tsum = 0.0, ssum = 0.0;
+  int64_t targ = 0, sarg = 0;  // an index holding each maximum
 };
 
-inline void MergeBlock(float* m, double* sum, float bm, double bs, float inv_t) {
+// Returns true when the block raised the running maximum.
+inline bool MergeBlock(float* m, double* sum, float bm, double bs, float inv_t) {
   if (bm == -INFINITY) {  // all -inf: bs is 0, or NaN that must reach the row
     *sum += bs;
-    return;
+    return false;
   }
   if (bm > *m) {
     *sum = *sum * std::exp((double(*m) - double(bm)) * inv_t) + bs;
     *m = bm;
-  } else {
-    *sum += bs * std::exp((double(bm) - double(*m)) * inv_t);
+    return true;
   }
+  *sum += bs * std::exp((double(bm) - double(*m)) * inv_t);
+  return false;
+}
+
+template <class T>
+int64_t FindFirst(const T* x, int64_t b, int64_t e, float v) {
+  for (int64_t j = b; j < e; ++j)
+    if (ToFloat(x[j]) == v) return j;
+  return b;
 }
 
 template <class Ops, class TS, class TT>
@@ -320,8 +347,10 @@ RLK_VDIV_INLINE RowNorm Normalisers(const TS* s, const TT* t, int64_t nv, float 
       at0 = Ops::Add(at0, Ops::Exp(Ops::Mul(Ops::Sub(tv, rt), vinv)));
       as0 = Ops::Add(as0, Ops::Exp(Ops::Mul(Ops::Sub(sv, rs), vinv)));
     }
-    MergeBlock(&n.tmax, &n.tsum, bmt, double(Ops::ReduceAdd(Ops::Add(at0, at1))), inv_t);
-    MergeBlock(&n.smax, &n.ssum, bms, double(Ops::ReduceAdd(Ops::Add(as0, as1))), inv_t);
+    // The argmax is looked up only when the running maximum rises (a scan of
+    // the block, in L1).
+    if (MergeBlock(&n.tmax, &n.tsum, bmt, double(Ops::ReduceAdd(Ops::Add(at0, at1))), inv_t)) n.targ = FindFirst(t, b, e, bmt);
+    if (MergeBlock(&n.smax, &n.ssum, bms, double(Ops::ReduceAdd(Ops::Add(as0, as1))), inv_t)) n.sarg = FindFirst(s, b, e, bms);
   }
   // A row with no finite logit has no distribution.
   if (n.tmax == ninf) n.tsum = NAN;
@@ -329,8 +358,9 @@ RLK_VDIV_INLINE RowNorm Normalisers(const TS* s, const TT* t, int64_t nv, float 
   return n;
 }
 
-// Pass 2: the value's sums: sums[0] = the KL; for jsd sums[0] = KL(p_t || M),
-// sums[1] = KL(p_s || M), sums[2] = sum p_t a_t, sums[3] = sum p_s a_s.
+// Pass 2: the value's sums: for the KLs sums[0] = the KL, sums[1] = sum_j w_j
+// d_j (RefDiff); for jsd sums[0] = KL(p_t || M), sums[1] = KL(p_s || M),
+// sums[2] = sum p_t a_t, sums[3] = sum p_s a_s.
 // With kFusedGrad (forward KL, no teacher gradient) it also writes the
 // student gradient, which does not depend on the value.
 template <class Ops, DivergenceKind kKind, bool kFusedGrad, class TS, class TT>
@@ -349,6 +379,7 @@ RLK_VDIV_INLINE void ValuePass(const TS* s, const TT* t, int64_t nv, const RowCo
       Probs<Ops> q = Prep<Ops>(tv, sv, k);
       if constexpr (kKind == DivergenceKind::kForwardKl) {
         at = Ops::Add(at, PhiW<Ops>(q.pt, q.x, q.ps));
+        if constexpr (!kFusedGrad) as = Ops::Add(as, WeightedRefDiff<Ops>(q.pt, tv, sv, k));
         if constexpr (kFusedGrad) {
           V g = Ops::Mul(DiffSt<Ops>(q), k.inv_t);
           if (rem >= L) Ops::Store(gs + i, g);
@@ -356,6 +387,7 @@ RLK_VDIV_INLINE void ValuePass(const TS* s, const TT* t, int64_t nv, const RowCo
         }
       } else if constexpr (kKind == DivergenceKind::kReverseKl) {
         at = Ops::Add(at, PhiW<Ops>(q.ps, Ops::Sub(Ops::Set(0.0f), q.x), q.pt));
+        as = Ops::Add(as, WeightedRefDiff<Ops>(q.ps, tv, sv, k));
       } else {
         const JsdRatios<Ops> y = JsdLogRatios<Ops>(q, k);
         V m = Ops::Fma(k.beta, q.pt, Ops::Mul(k.omb, q.ps));
@@ -367,30 +399,12 @@ RLK_VDIV_INLINE void ValuePass(const TS* s, const TT* t, int64_t nv, const RowCo
       }
     }
     sums[0] += double(Ops::ReduceAdd(at));
+    sums[1] += double(Ops::ReduceAdd(as));
     if constexpr (kKind == DivergenceKind::kJsd) {
-      sums[1] += double(Ops::ReduceAdd(as));
       sums[2] += double(Ops::ReduceAdd(bt));
       sums[3] += double(Ops::ReduceAdd(bs));
     }
   }
-}
-
-// (t - s) / T + c, with t - s split exactly (TwoSum), 1/T and c each given
-// as a float pair (hi + lo): when c holds the row's constant minus the value,
-// x - KL keeps its digits where x and KL are both large and close (distant
-// distributions); only the leading fma rounds, relative to the result. A
-// non-finite t - s (an -inf logit) drops the corrections rather than making
-// them NaN.
-template <class Ops>
-RLK_VDIV_INLINE typename Ops::V ScaledDiffPlus(typename Ops::V t, typename Ops::V s, const RowConsts<Ops>& k, typename Ops::V c_hi,
-                                               typename Ops::V c_lo) {
-  auto zero = Ops::Set(0.0f);
-  auto d = Ops::Sub(t, s);
-  auto bb = Ops::Sub(d, t);
-  auto e = Ops::Add(Ops::Sub(t, Ops::Sub(d, bb)), Ops::Sub(Ops::Sub(zero, s), bb));
-  auto lo = Ops::Fma(d, k.inv_t_lo, Ops::Fma(e, k.inv_t, c_lo));
-  lo = Ops::Select(Ops::Eq(lo, lo), lo, zero);
-  return Ops::Add(Ops::Fma(d, k.inv_t, c_hi), lo);
 }
 
 // a - b or c - d, whichever has the smaller operands (they are equal in exact
@@ -403,12 +417,12 @@ RLK_VDIV_INLINE typename Ops::V TighterDiff(typename Ops::V a, typename Ops::V b
 }
 
 // Pass 3: the gradients (derivation: d log p_j / d z_i = 1[i = j] - p_i).
-//   forward KL: d/dzs = p_s - p_t;            d/dzt = p_t (x - KL)
-//   reverse KL: d/dzs = p_s (-x - KL);        d/dzt = p_t - p_s
+//   forward KL: d/dzs = p_s - p_t;            d/dzt = p_t (x - KL) = p_t (d_j - sum p_t d) / T
+//   reverse KL: d/dzs = p_s (-x - KL) = p_s (sum p_s d - d_j) / T;  d/dzt = p_t - p_s
 //   jsd:        d/dzs = (1 - beta) p_s (y_s - KL(p_s || M)) = (1 - beta) p_s (a_s - sum p_s a_s);
 //               d/dzt = beta p_t (y_t - KL(p_t || M)) = beta p_t (a_t - sum p_t a_t)
 // each times 1/T for the logits; p = 0 gives exactly 0 (its log is -inf).
-// c: forward KL c[0] + c[1] = xoff - KL; reverse KL c[0] + c[1] = xoff + KL;
+// c: the KLs c[0] = sum_k w_k d_k (RefDiff);
 // jsd c = {KL(p_t || M), KL(p_s || M), sum p_t a_t, sum p_s a_s}.
 template <class Ops, DivergenceKind kKind, class TS, class TT>
 RLK_VDIV_INLINE void GradPass(const TS* s, const TT* t, int64_t nv, const RowConsts<Ops>& k, const float c[4], TS* gs, TT* gt) {
@@ -425,9 +439,9 @@ RLK_VDIV_INLINE void GradPass(const TS* s, const TT* t, int64_t nv, const RowCon
     V g_s, g_t;
     if constexpr (kKind == DivergenceKind::kForwardKl) {
       g_s = DiffSt<Ops>(q);
-      g_t = Ops::Select(Ops::Eq(q.pt, zero), zero, Ops::Mul(q.pt, ScaledDiffPlus<Ops>(tv, sv, k, c0, c1)));
+      g_t = Ops::Select(Ops::Eq(q.pt, zero), zero, Ops::Mul(Ops::Mul(q.pt, Ops::Sub(RefDiff<Ops>(tv, sv, k), c0)), k.inv_t));
     } else if constexpr (kKind == DivergenceKind::kReverseKl) {
-      g_s = Ops::Select(Ops::Eq(q.ps, zero), zero, Ops::Mul(q.ps, Ops::Sub(zero, ScaledDiffPlus<Ops>(tv, sv, k, c0, c1))));
+      g_s = Ops::Select(Ops::Eq(q.ps, zero), zero, Ops::Mul(Ops::Mul(q.ps, Ops::Sub(c0, RefDiff<Ops>(tv, sv, k))), k.inv_t));
       g_t = Ops::Sub(zero, DiffSt<Ops>(q));
     } else {
       const JsdRatios<Ops> y = JsdLogRatios<Ops>(q, k);
@@ -474,7 +488,6 @@ RLK_VDIV_INLINE void Row(const VocabDivergenceParams& p, DivergenceKind kind, in
   k.tmax = Ops::Set(n.tmax);
   k.smax = Ops::Set(n.smax);
   k.inv_t = Ops::Set(p.inv_temperature);
-  k.inv_t_lo = Ops::Set(p.inv_temperature_lo);
   k.rst = Ops::Set(float(1.0 / n.tsum));
   k.rss = Ops::Set(float(1.0 / n.ssum));
   const double inv_t = double(p.inv_temperature) + double(p.inv_temperature_lo);
@@ -482,6 +495,13 @@ RLK_VDIV_INLINE void Row(const VocabDivergenceParams& p, DivergenceKind kind, in
   k.xoff = Ops::Set(float(xoff));
   k.beta = Ops::Set(p.beta);
   k.omb = Ops::Set(1.0f - p.beta);
+  if (kind == DivergenceKind::kForwardKl) {
+    k.tref = Ops::Set(ToFloat(t[n.targ]));
+    k.sref = Ops::Set(ToFloat(s[n.targ]));
+  } else if (kind == DivergenceKind::kReverseKl) {
+    k.tref = Ops::Set(ToFloat(t[n.sarg]));
+    k.sref = Ops::Set(ToFloat(s[n.sarg]));
+  }
   if (kind == DivergenceKind::kJsd) {
     const double b = p.beta;
     k.lbt = Ops::Set(float(-std::log(b)));
@@ -496,16 +516,14 @@ RLK_VDIV_INLINE void Row(const VocabDivergenceParams& p, DivergenceKind kind, in
         ValuePass<Ops, DivergenceKind::kForwardKl, true>(s, t, nv, k, sums, gs);
       } else {
         ValuePass<Ops, DivergenceKind::kForwardKl, false>(s, t, nv, k, sums, gs);
-        const double xk = xoff - sums[0];
-        const float c[4] = {float(xk), float(xk - double(float(xk))), 0.0f, 0.0f};
+        const float c[4] = {float(sums[1]), 0.0f, 0.0f, 0.0f};
         GradPass<Ops, DivergenceKind::kForwardKl>(s, t, nv, k, c, gs, gt);
       }
       p.values[r] = float(sums[0]);
       break;
     case DivergenceKind::kReverseKl: {
       ValuePass<Ops, DivergenceKind::kReverseKl, false>(s, t, nv, k, sums, gs);
-      const double xk = xoff + sums[0];
-      const float c[4] = {float(xk), float(xk - double(float(xk))), 0.0f, 0.0f};
+      const float c[4] = {float(sums[1]), 0.0f, 0.0f, 0.0f};
       GradPass<Ops, DivergenceKind::kReverseKl>(s, t, nv, k, c, gs, gt);
       p.values[r] = float(sums[0]);
       break;
