@@ -140,7 +140,7 @@ struct Avx2Ops {
 // ---- element math (generic) ------------------------------------------------------
 // e^r - 1 - r = r^2 P(r) for |r| < ln2/2, the polynomial of simd::Exp.
 template <class Ops>
-RLK_VDIV_INLINE typename Ops::V ExpPoly(typename Ops::V r) {
+RLK_VDIV_INLINE typename Ops::V ExpPoly(const typename Ops::V& r) {
   using namespace simd::detail;
   auto p = Ops::Fma(Ops::Set(kP0), r, Ops::Set(kP1));
   p = Ops::Fma(p, r, Ops::Set(kP2));
@@ -151,7 +151,7 @@ RLK_VDIV_INLINE typename Ops::V ExpPoly(typename Ops::V r) {
 
 // e^r - 1 without cancellation near 0.
 template <class Ops>
-RLK_VDIV_INLINE typename Ops::V Expm1(typename Ops::V r) {
+RLK_VDIV_INLINE typename Ops::V Expm1(const typename Ops::V& r) {
   auto small = Ops::Fma(ExpPoly<Ops>(r), Ops::Mul(r, r), r);
   auto big = Ops::Sub(Ops::Exp(r), Ops::Set(1.0f));
   return Ops::Select(Ops::Lt(Ops::Abs(r), Ops::Set(kSmall)), small, big);
@@ -159,13 +159,13 @@ RLK_VDIV_INLINE typename Ops::V Expm1(typename Ops::V r) {
 
 
 template <class Ops>
-RLK_VDIV_INLINE typename Ops::V Expm1Small(typename Ops::V r) {
+RLK_VDIV_INLINE typename Ops::V Expm1Small(const typename Ops::V& r) {
   return Ops::Fma(ExpPoly<Ops>(r), Ops::Mul(r, r), r);
 }
 
 // log(1 + w) for w > -1, with the rounding of 1 + w corrected.
 template <class Ops>
-RLK_VDIV_INLINE typename Ops::V Log1p(typename Ops::V w) {
+RLK_VDIV_INLINE typename Ops::V Log1p(const typename Ops::V& w) {
   auto one = Ops::Set(1.0f);
   auto u = Ops::Add(one, w);
   auto v = Ops::Add(Ops::Log(u), Ops::Div(Ops::Sub(w, Ops::Sub(u, one)), u));
@@ -174,7 +174,7 @@ RLK_VDIV_INLINE typename Ops::V Log1p(typename Ops::V w) {
 
 // p phi(y) with q = p e^-y given (see the file comment); p = 0 gives q.
 template <class Ops>
-RLK_VDIV_INLINE typename Ops::V PhiW(typename Ops::V p, typename Ops::V y, typename Ops::V q) {
+RLK_VDIV_INLINE typename Ops::V PhiW(const typename Ops::V& p, const typename Ops::V& y, const typename Ops::V& q) {
   auto zero = Ops::Set(0.0f);
   auto r = Ops::Sub(zero, y);
   auto small = Ops::Mul(p, Ops::Mul(Ops::Mul(r, r), ExpPoly<Ops>(r)));
@@ -201,7 +201,7 @@ struct Probs {
 };
 
 template <class Ops>
-RLK_VDIV_INLINE Probs<Ops> Prep(typename Ops::V t, typename Ops::V s, const RowConsts<Ops>& k) {
+RLK_VDIV_INLINE Probs<Ops> Prep(const typename Ops::V& t, const typename Ops::V& s, const RowConsts<Ops>& k) {
   auto dt = Ops::Sub(t, k.tmax);
   auto ds = Ops::Sub(s, k.smax);
   Probs<Ops> e;
@@ -274,11 +274,12 @@ RLK_VDIV_INLINE JsdRatios<Ops> JsdLogRatios(const Probs<Ops>& e, const RowConsts
 // subtracts two nearly equal O(10) numbers, whose fp32 rounding would swamp
 // the small difference.
 template <class Ops>
-RLK_VDIV_INLINE typename Ops::V RefDiff(typename Ops::V t, typename Ops::V s, const RowConsts<Ops>& k) {
+RLK_VDIV_INLINE typename Ops::V RefDiff(const typename Ops::V& t, const typename Ops::V& s, const RowConsts<Ops>& k) {
   return Ops::Sub(Ops::Sub(t, k.tref), Ops::Sub(s, k.sref));
 }
 template <class Ops>
-RLK_VDIV_INLINE typename Ops::V WeightedRefDiff(typename Ops::V w, typename Ops::V t, typename Ops::V s, const RowConsts<Ops>& k) {
+RLK_VDIV_INLINE typename Ops::V WeightedRefDiff(const typename Ops::V& w, const typename Ops::V& t, const typename Ops::V& s,
+                                                const RowConsts<Ops>& k) {
   auto zero = Ops::Set(0.0f);
   return Ops::Select(Ops::Eq(w, zero), zero, Ops::Mul(w, RefDiff<Ops>(t, s, k)));
 }
@@ -410,7 +411,8 @@ RLK_VDIV_INLINE void ValuePass(const TS* s, const TT* t, int64_t nv, const RowCo
 // a - b or c - d, whichever has the smaller operands (they are equal in exact
 // arithmetic): the fp32 error of a difference scales with its operands.
 template <class Ops>
-RLK_VDIV_INLINE typename Ops::V TighterDiff(typename Ops::V a, typename Ops::V b, typename Ops::V c, typename Ops::V d) {
+RLK_VDIV_INLINE typename Ops::V TighterDiff(const typename Ops::V& a, const typename Ops::V& b, const typename Ops::V& c,
+                                            const typename Ops::V& d) {
   auto m1 = Ops::Max(Ops::Abs(a), Ops::Abs(b));
   auto m2 = Ops::Max(Ops::Abs(c), Ops::Abs(d));
   return Ops::Select(Ops::Lt(m2, m1), Ops::Sub(c, d), Ops::Sub(a, b));
