@@ -12,8 +12,8 @@
 //   pass 3 (third read): the gradients, which need the normalisers and the
 //     value (the softmax Jacobian's row sum). Forward KL without a teacher
 //     gradient writes its student gradient in pass 2 and skips pass 3.
-// Loads are 16 bytes wide (8 elements per step) when both rows share their
-// alignment, with scalar head and tail; no float atomics; every launch is
+// Loads and gradient stores are 16 bytes wide (8 elements per step) when both
+// rows share their alignment, with scalar head and tail; no float atomics; every launch is
 // checked. Deterministic: each thread walks a fixed set of elements in a
 // fixed order and the reductions have a fixed shape.
 #include <cuda_runtime.h>
@@ -82,6 +82,70 @@ __device__ __forceinline__ void ForRow(const TS* s, const TT* t, int64_t nv, F&&
     for (int k = 0; k < 8; ++k) f(j0 + k, tv[k], sv[k]);
   }
   for (int64_t j = head + nvec * 8 + tid; j < nv; j += blockDim.x) f(j, ToFloat(t[j]), ToFloat(s[j]));
+}
+
+__device__ __forceinline__ void Store8(float* p, const float v[8]) {
+  reinterpret_cast<float4*>(p)[0] = make_float4(v[0], v[1], v[2], v[3]);
+  reinterpret_cast<float4*>(p)[1] = make_float4(v[4], v[5], v[6], v[7]);
+}
+__device__ __forceinline__ void Store8(bf16_t* p, const float v[8]) {
+  uint32_t w[4];
+#pragma unroll
+  for (int k = 0; k < 4; ++k) w[k] = uint32_t(FloatToBf16(v[2 * k])) | (uint32_t(FloatToBf16(v[2 * k + 1])) << 16);
+  *reinterpret_cast<uint4*>(p) = make_uint4(w[0], w[1], w[2], w[3]);
+}
+__device__ __forceinline__ void Store8(f16_t* p, const float v[8]) {
+  uint32_t w[4];
+#pragma unroll
+  for (int k = 0; k < 4; ++k) w[k] = uint32_t(FloatToHalf(v[2 * k])) | (uint32_t(FloatToHalf(v[2 * k + 1])) << 16);
+  *reinterpret_cast<uint4*>(p) = make_uint4(w[0], w[1], w[2], w[3]);
+}
+
+// As ForRow, for the passes that write gradients: f(j, t_j, s_j, g_s, g_t)
+// sets both outputs; the 8-element steps store them 16 bytes at a time when
+// the outputs share the inputs' alignment (fresh allocations do), else one
+// element at a time. gt may be null.
+template <class TS, class TT, class F>
+__device__ __forceinline__ void ForRowOut(const TS* s, const TT* t, int64_t nv, TS* gs, TT* gt, F&& f) {
+  const int64_t tid = threadIdx.x;
+  const int64_t hs = int64_t((16 - (reinterpret_cast<uintptr_t>(s) & 15)) & 15) / int64_t(sizeof(TS));
+  const int64_t ht = int64_t((16 - (reinterpret_cast<uintptr_t>(t) & 15)) & 15) / int64_t(sizeof(TT));
+  const bool vec = hs == ht && (reinterpret_cast<uintptr_t>(s) % sizeof(TS)) == 0 &&
+                   (reinterpret_cast<uintptr_t>(t) % sizeof(TT)) == 0 && hs < nv;
+  const bool vec_out = ((reinterpret_cast<uintptr_t>(gs) ^ reinterpret_cast<uintptr_t>(s)) & 15) == 0 &&
+                       (!gt || ((reinterpret_cast<uintptr_t>(gt) ^ reinterpret_cast<uintptr_t>(t)) & 15) == 0);
+  const int64_t head = vec ? hs : nv;
+  for (int64_t j = tid; j < head; j += blockDim.x) {
+    float a, b;
+    f(j, ToFloat(t[j]), ToFloat(s[j]), a, b);
+    gs[j] = FromFloat<TS>(a);
+    if (gt) gt[j] = FromFloat<TT>(b);
+  }
+  if (!vec) return;
+  const int64_t nvec = (nv - head) / 8;
+  for (int64_t c = tid; c < nvec; c += blockDim.x) {
+    const int64_t j0 = head + c * 8;
+    float tv[8], sv[8], a[8], b[8];
+    Load8(t + j0, tv);
+    Load8(s + j0, sv);
+#pragma unroll
+    for (int k = 0; k < 8; ++k) f(j0 + k, tv[k], sv[k], a[k], b[k]);
+    if (vec_out) {
+      Store8(gs + j0, a);
+      if (gt) Store8(gt + j0, b);
+    } else {
+      for (int k = 0; k < 8; ++k) {
+        gs[j0 + k] = FromFloat<TS>(a[k]);
+        if (gt) gt[j0 + k] = FromFloat<TT>(b[k]);
+      }
+    }
+  }
+  for (int64_t j = head + nvec * 8 + tid; j < nv; j += blockDim.x) {
+    float a, b;
+    f(j, ToFloat(t[j]), ToFloat(s[j]), a, b);
+    gs[j] = FromFloat<TS>(a);
+    if (gt) gt[j] = FromFloat<TT>(b);
+  }
 }
 
 // Neumaier-compensated fp32 sum.
@@ -319,27 +383,32 @@ __global__ void __launch_bounds__(kThreads) VocabDivergenceKernel(const VocabDiv
     // Pass 2: the value's sums (as the CPU's ValuePass).
     const bool fused = kKind == DivergenceKind::kForwardKl && gt == nullptr;
     CSum acc[4];
-    ForRow(s, t, nv, [&](int64_t j, float tv, float sv) {
-      const Probs q = Prep(tv, sv, k);
-      if (kKind == DivergenceKind::kForwardKl) {
+    if (fused) {
+      ForRowOut(s, t, nv, gs, static_cast<TT*>(nullptr), [&](int64_t, float tv, float sv, float& g_s, float& g_t) {
+        const Probs q = Prep(tv, sv, k);
         acc[0].Add(PhiW(q.pt, q.x, q.ps));
-        if (fused) {
-          gs[j] = FromFloat<TS>(DiffSt(q) * inv_t);
-        } else {
+        g_s = DiffSt(q) * inv_t;
+        g_t = 0.0f;
+      });
+    } else {
+      ForRow(s, t, nv, [&](int64_t, float tv, float sv) {
+        const Probs q = Prep(tv, sv, k);
+        if (kKind == DivergenceKind::kForwardKl) {
+          acc[0].Add(PhiW(q.pt, q.x, q.ps));
           acc[1].Add(q.pt == 0.0f ? 0.0f : q.pt * RefDiff(tv, sv, k));
+        } else if (kKind == DivergenceKind::kReverseKl) {
+          acc[0].Add(PhiW(q.ps, -q.x, q.pt));
+          acc[1].Add(q.ps == 0.0f ? 0.0f : q.ps * RefDiff(tv, sv, k));
+        } else {
+          const JsdRatios y = Jsd(q, k);
+          const float mm = fmaf(k.beta, q.pt, k.omb * q.ps);
+          acc[0].Add(PhiW(q.pt, y.yt, mm));
+          acc[1].Add(PhiW(q.ps, y.ys, mm));
+          acc[2].Add(q.pt == 0.0f ? 0.0f : q.pt * y.at);
+          acc[3].Add(q.ps == 0.0f ? 0.0f : q.ps * y.as);
         }
-      } else if (kKind == DivergenceKind::kReverseKl) {
-        acc[0].Add(PhiW(q.ps, -q.x, q.pt));
-        acc[1].Add(q.ps == 0.0f ? 0.0f : q.ps * RefDiff(tv, sv, k));
-      } else {
-        const JsdRatios y = Jsd(q, k);
-        const float mm = fmaf(k.beta, q.pt, k.omb * q.ps);
-        acc[0].Add(PhiW(q.pt, y.yt, mm));
-        acc[1].Add(PhiW(q.ps, y.ys, mm));
-        acc[2].Add(q.pt == 0.0f ? 0.0f : q.pt * y.at);
-        acc[3].Add(q.ps == 0.0f ? 0.0f : q.ps * y.as);
-      }
-    });
+      });
+    }
     double sums[4] = {acc[0].Value(), acc[1].Value(), acc[2].Value(), acc[3].Value()};
     BlockSum<4>(sums, red);
     if (threadIdx.x == 0) {
@@ -349,9 +418,8 @@ __global__ void __launch_bounds__(kThreads) VocabDivergenceKernel(const VocabDiv
     if (fused) continue;
     // Pass 3: the gradients (derivation above GradPass in the CPU file).
     const float c0 = float(sums[0]), c1 = float(sums[1]), c2 = float(sums[2]), c3 = float(sums[3]);
-    ForRow(s, t, nv, [&](int64_t j, float tv, float sv) {
+    ForRowOut(s, t, nv, gs, gt, [&](int64_t, float tv, float sv, float& g_s, float& g_t) {
       const Probs q = Prep(tv, sv, k);
-      float g_s, g_t;
       if (kKind == DivergenceKind::kForwardKl) {
         g_s = DiffSt(q);
         g_t = q.pt == 0.0f ? 0.0f : q.pt * (RefDiff(tv, sv, k) - c1) * inv_t;
@@ -363,8 +431,8 @@ __global__ void __launch_bounds__(kThreads) VocabDivergenceKernel(const VocabDiv
         g_s = q.ps == 0.0f ? 0.0f : k.omb * q.ps * TighterDiff(y.ys, c1, y.as, c3);
         g_t = q.pt == 0.0f ? 0.0f : k.beta * q.pt * TighterDiff(y.yt, c0, y.at, c2);
       }
-      gs[j] = FromFloat<TS>(g_s * inv_t);
-      if (gt) gt[j] = FromFloat<TT>(g_t * inv_t);
+      g_s *= inv_t;
+      g_t *= inv_t;
     });
   }
 }
