@@ -14,6 +14,10 @@
 //     softmax Jacobian brings in the sum over the row), so they cannot be
 //     formed in pass 1. Forward KL without a teacher gradient, the common
 //     distillation case, writes its gradient in pass 2 and skips pass 3.
+// Only pass 1 reads from memory: a row (two rows of logits, up to 2 MB at
+// V = 262144 in fp32) is still in L2 for passes 2 and 3. The value is formed
+// in pass 2 rather than online in pass 1 because its cancellation-free form
+// below, and JSD's log M_j, need both rows' normalisers first.
 //
 // Cancellation-free value: with x_j = log p_t_j - log p_s_j formed as
 // (t - s) / T + (max s - max t) / T - log(S_t / S_s) (the constant in double;
