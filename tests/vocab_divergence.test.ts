@@ -576,6 +576,15 @@ describeCuda('vocabDivergence (cuda)', () => {
     }
   });
 
+  test('tensors on different devices throw TypeError naming the argument', () => {
+    const sc = rlk.zeros([2, 5], { device: 'cuda' });
+    const tc = rlk.zeros([2, 5], { device: 'cuda' });
+    const s = rlk.zeros([2, 5]);
+    expect(() => rlk.vocabDivergence(sc, s, { kind: 'jsd' })).toThrow(TypeError);
+    expect(() => rlk.vocabDivergence(sc, s, { kind: 'jsd' })).toThrow(/teacherLogits must be on cuda:0 like studentLogits, got cpu/);
+    expect(() => rlk.vocabDivergence(sc, tc, { kind: 'jsd', mask: rlk.zeros([2], { dtype: 'uint8' }) })).toThrow(/mask must be on cuda:0/);
+  });
+
   test('edge cases on cuda: identical logits, -inf, NaN isolation, masks, determinism', async () => {
     const seed = freshSeed();
     const r = rng(seed);
