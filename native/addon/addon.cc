@@ -9,6 +9,7 @@ void InitGroupAdvantages(Napi::Env env, Napi::Object exports);
 void InitTokenLogprobs(Napi::Env env, Napi::Object exports);
 void InitPolicyLoss(Napi::Env env, Napi::Object exports);
 void InitKlPenalty(Napi::Env env, Napi::Object exports);
+void InitVocabDivergence(Napi::Env env, Napi::Object exports);
 }  // namespace rlk::addon
 
 static Napi::Object Init(Napi::Env env, Napi::Object exports) {
@@ -17,6 +18,7 @@ static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   rlk::addon::InitTokenLogprobs(env, exports);
   rlk::addon::InitPolicyLoss(env, exports);
   rlk::addon::InitKlPenalty(env, exports);
+  rlk::addon::InitVocabDivergence(env, exports);
   return exports;
 }
 

@@ -298,13 +298,6 @@ Napi::Value BuildInfo(const Napi::CallbackInfo& info) {
   o.Set("cudaDevices", names);
   o.Set("threads", NumThreads());
   o.Set("napiVersion", NAPI_VERSION);
-#if defined(__AVX512F__)
-  o.Set("compiledSimd", "avx512");
-#elif defined(__AVX2__)
-  o.Set("compiledSimd", "avx2");
-#else
-  o.Set("compiledSimd", "baseline");
-#endif
   // The path the kernels take: the CPU's best, lowered by RLK_SIMD=avx2|baseline.
   o.Set("cpuSimd", simd::IsaName(simd::Isa()));
   return o;

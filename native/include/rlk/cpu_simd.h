@@ -196,3 +196,105 @@ RLK_AVX2 inline float ReduceMax(V v) {
 }  // namespace avx2
 
 }  // namespace rlk::simd
+
+// ==== Log (added with the vocabulary divergences) ===========================
+// Cephes' logf: x = 2^e m with m in [sqrt(1/2), sqrt(2)), f = m - 1 exactly,
+// log x = f - f^2/2 + f^3 P(f) + e ln2 (ln2 split in a hi part exact in
+// float and a lo part), P of degree 8. Relative error about 1e-7 for positive
+// normal and subnormal x (checked against float64 through the divergence
+// tests, whose JSD path uses it); log(0) = -inf, log(x < 0) = NaN,
+// log(inf) = inf, NaN gives NaN. The vector versions and the scalar twin use
+// the same reduction and polynomial, so every ISA path gives the same value
+// up to FMA contraction.
+namespace rlk::simd {
+namespace detail {
+constexpr float kSqrtHalf = 0.707106781186547524f, kSqrt2 = 1.41421356237309505f;
+constexpr float kL0 = 7.0376836292e-2f, kL1 = -1.1514610310e-1f, kL2 = 1.1676998740e-1f;
+constexpr float kL3 = -1.2420140846e-1f, kL4 = 1.4249322787e-1f, kL5 = -1.6668057665e-1f;
+constexpr float kL6 = 2.0000714765e-1f, kL7 = -2.4999993993e-1f, kL8 = 3.3333331174e-1f;
+}  // namespace detail
+
+inline float Log(float x) {
+  using namespace detail;
+  if (x != x) return x;
+  if (x < 0.0f) return NAN;
+  if (x == 0.0f) return -INFINITY;
+  if (x == INFINITY) return x;
+  int e;
+  float m = std::frexp(x, &e);  // [0.5, 1)
+  if (m < kSqrtHalf) {
+    m = m + m;
+    e -= 1;
+  }
+  float f = m - 1.0f;
+  float z = f * f;
+  float p = std::fma(std::fma(std::fma(std::fma(std::fma(std::fma(std::fma(std::fma(kL0, f, kL1), f, kL2), f, kL3), f, kL4), f, kL5), f, kL6), f, kL7), f, kL8);
+  float ef = float(e);
+  float y = std::fma(p * f, z, ef * kLn2Lo);
+  y = std::fma(-0.5f, z, y);
+  return std::fma(ef, kLn2Hi, f + y);
+}
+
+namespace avx512 {
+RLK_AVX512 inline V Log(V x) {
+  using namespace detail;
+  // getexp/getmant read subnormals correctly, so no pre-scaling is needed.
+  V e = _mm512_getexp_ps(x);
+  V m = _mm512_getmant_ps(x, _MM_MANT_NORM_1_2, _MM_MANT_SIGN_src);
+  __mmask16 big = _mm512_cmp_ps_mask(m, _mm512_set1_ps(kSqrt2), _CMP_GE_OQ);
+  m = _mm512_mask_mul_ps(m, big, m, _mm512_set1_ps(0.5f));
+  e = _mm512_mask_add_ps(e, big, e, _mm512_set1_ps(1.0f));
+  V f = _mm512_sub_ps(m, _mm512_set1_ps(1.0f));
+  V z = _mm512_mul_ps(f, f);
+  V p = _mm512_fmadd_ps(_mm512_set1_ps(kL0), f, _mm512_set1_ps(kL1));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(kL2));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(kL3));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(kL4));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(kL5));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(kL6));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(kL7));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(kL8));
+  V y = _mm512_fmadd_ps(_mm512_mul_ps(p, f), z, _mm512_mul_ps(e, _mm512_set1_ps(kLn2Lo)));
+  y = _mm512_fmadd_ps(_mm512_set1_ps(-0.5f), z, y);
+  V r = _mm512_fmadd_ps(e, _mm512_set1_ps(kLn2Hi), _mm512_add_ps(f, y));
+  // Specials: 0 -> -inf, negative -> NaN, inf -> inf, NaN -> NaN.
+  r = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(x, _mm512_setzero_ps(), _CMP_EQ_OQ), r, _mm512_set1_ps(-INFINITY));
+  r = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(x, _mm512_setzero_ps(), _CMP_LT_OQ), r, _mm512_set1_ps(NAN));
+  r = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(x, _mm512_set1_ps(INFINITY), _CMP_EQ_OQ), r, x);
+  return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q), r, x);
+}
+}  // namespace avx512
+
+namespace avx2 {
+RLK_AVX2 inline V Log(V x) {
+  using namespace detail;
+  // Subnormals: scale by 2^23 first so the exponent field is meaningful.
+  V sub = _mm256_cmp_ps(x, _mm256_set1_ps(1.17549435e-38f), _CMP_LT_OQ);
+  V xs = _mm256_blendv_ps(x, _mm256_mul_ps(x, _mm256_set1_ps(8388608.0f)), sub);
+  __m256i bits = _mm256_castps_si256(xs);
+  V e = _mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_srli_epi32(bits, 23), _mm256_set1_epi32(127)));
+  e = _mm256_sub_ps(e, _mm256_and_ps(sub, _mm256_set1_ps(23.0f)));
+  V m = _mm256_castsi256_ps(_mm256_or_si256(_mm256_and_si256(bits, _mm256_set1_epi32(0x7FFFFF)), _mm256_set1_epi32(0x3F800000)));
+  V big = _mm256_cmp_ps(m, _mm256_set1_ps(kSqrt2), _CMP_GE_OQ);
+  m = _mm256_blendv_ps(m, _mm256_mul_ps(m, _mm256_set1_ps(0.5f)), big);
+  e = _mm256_add_ps(e, _mm256_and_ps(big, _mm256_set1_ps(1.0f)));
+  V f = _mm256_sub_ps(m, _mm256_set1_ps(1.0f));
+  V z = _mm256_mul_ps(f, f);
+  V p = _mm256_fmadd_ps(_mm256_set1_ps(kL0), f, _mm256_set1_ps(kL1));
+  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(kL2));
+  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(kL3));
+  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(kL4));
+  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(kL5));
+  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(kL6));
+  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(kL7));
+  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(kL8));
+  V y = _mm256_fmadd_ps(_mm256_mul_ps(p, f), z, _mm256_mul_ps(e, _mm256_set1_ps(kLn2Lo)));
+  y = _mm256_fmadd_ps(_mm256_set1_ps(-0.5f), z, y);
+  V r = _mm256_fmadd_ps(e, _mm256_set1_ps(kLn2Hi), _mm256_add_ps(f, y));
+  r = _mm256_blendv_ps(r, _mm256_set1_ps(-INFINITY), _mm256_cmp_ps(x, _mm256_setzero_ps(), _CMP_EQ_OQ));
+  r = _mm256_blendv_ps(r, _mm256_set1_ps(NAN), _mm256_cmp_ps(x, _mm256_setzero_ps(), _CMP_LT_OQ));
+  r = _mm256_blendv_ps(r, x, _mm256_cmp_ps(x, _mm256_set1_ps(INFINITY), _CMP_EQ_OQ));
+  return _mm256_blendv_ps(r, x, _mm256_cmp_ps(x, x, _CMP_UNORD_Q));
+}
+}  // namespace avx2
+}  // namespace rlk::simd

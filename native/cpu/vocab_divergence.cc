@@ -1,0 +1,592 @@
+// CPU kernels of the vocabulary divergences (DESIGN 3.5). Threads over rows
+// (ParallelFor); each row is done by one thread, so results do not depend on
+// the thread count. Inner loops run on AVX-512, AVX2 or scalar code chosen at
+// run time (simd::Isa()).
+//
+// Per row, with z = logits / T, p = softmax(z), dt = t - max(t), ds = s - max(s):
+//   pass 1 (one read of both logits, online): max and sum of exp of each side,
+//     blockwise (a block's max, then its sum of exp from L1, merged into the
+//     running pair in double with a rescale when the max grows);
+//   pass 2 (second read, from cache): the value, in a cancellation-free form
+//     (below), accumulated in fp32 lanes and in double across blocks;
+//   pass 3 (third read): the gradients. They need the row's normalisers and,
+//     for all but the forward-KL student gradient, the value itself (the
+//     softmax Jacobian brings in the sum over the row), so they cannot be
+//     formed in pass 1. Forward KL without a teacher gradient, the common
+//     distillation case, writes its gradient in pass 2 and skips pass 3.
+// Only pass 1 reads from memory: a row (two rows of logits, up to 2 MB at
+// V = 262144 in fp32) is still in L2 for passes 2 and 3. The value is formed
+// in pass 2 rather than online in pass 1 because its cancellation-free form
+// below, and JSD's log M_j, need both rows' normalisers first.
+//
+// Cancellation-free value: with x_j = log p_t_j - log p_s_j formed as
+// (t - s) / T + (max s - max t) / T - log(S_t / S_s) (the constant in double;
+// no large log-sum-exp subtracted per element),
+//   KL(p_t || p_s) = sum_j p_t phi(x_j),  phi(y) = e^-y - 1 + y >= 0,
+// because sum_j p_t e^-x_j = sum_j p_s = 1. Every term is >= 0, so a small
+// divergence between close distributions keeps its relative accuracy, and an
+// error in log(S_t / S_s) enters only to second order. phi is evaluated as
+// p y^2 P(-y) for |y| < 0.34 (P: the Exp polynomial, e^r = 1 + r + r^2 P(r))
+// and as p y + (q - p) with q = p e^-y otherwise (no overflow of e^-y); a term
+// with p = 0 contributes q (the mass the decomposition still owes).
+
+// The row code is written once over an `Ops` class and always inlined into one
+// function per ISA that carries the target attribute. GCC warns (-Wpsabi) that
+// the generic templates take vector types without the ISA enabled; they never
+// exist out of line, so no call crosses that ABI.
+#pragma GCC diagnostic ignored "-Wpsabi"
+// GCC 12's AVX-512 intrinsics self-initialise their undefined operands
+// (`__m512 __Y = __Y;`), which -Wmaybe-uninitialized reports at every inlined
+// use; the operand is a don't-care by definition.
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+
+#include "rlk/vocab_divergence.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
+#include "rlk/cpu_simd.h"
+#include "rlk/runtime.h"
+
+namespace rlk::cpu {
+namespace {
+
+#define RLK_VDIV_INLINE __attribute__((always_inline)) inline
+
+constexpr int64_t kBlock = 1024;     // elements per online block (two fp32 blocks fit L1)
+constexpr float kSmall = 0.34f;      // |r| < ln2/2: the Exp polynomial gives e^r - 1 - r without cancellation
+constexpr float kJsdClamp = 80.0f;   // |x| beyond this: e^|x| would overflow in the log1p forms
+
+// ---- ISA wrappers -------------------------------------------------------------
+struct ScalarOps {
+  using V = float;
+  using M = bool;
+  static constexpr int kLanes = 1;
+  static V Set(float v) { return v; }
+  template <class T> static V Load(const T* p) { return ToFloat(*p); }
+  template <class T> static V LoadTail(const T* p, int64_t, float) { return ToFloat(*p); }
+  template <class T> static void Store(T* p, V v) { *p = FromFloat<T>(v); }
+  template <class T> static void StoreTail(T* p, V v, int64_t) { *p = FromFloat<T>(v); }
+  static V Add(V a, V b) { return a + b; }
+  static V Sub(V a, V b) { return a - b; }
+  static V Mul(V a, V b) { return a * b; }
+  static V Div(V a, V b) { return a / b; }
+  static V Fma(V a, V b, V c) { return std::fma(a, b, c); }
+  static V Max(V a, V b) { return a > b ? a : b; }  // maxps semantics: b when either is NaN
+  static V Min(V a, V b) { return a < b ? a : b; }
+  static V Abs(V a) { return std::fabs(a); }
+  static M Lt(V a, V b) { return a < b; }
+  static M Gt(V a, V b) { return a > b; }
+  static M Eq(V a, V b) { return a == b; }
+  static V Select(M m, V t, V f) { return m ? t : f; }
+  static V Exp(V a) { return simd::Exp(a); }
+  static V Log(V a) { return simd::Log(a); }
+  static float ReduceAdd(V a) { return a; }
+  static float ReduceMax(V a) { return a; }
+};
+
+struct Avx512Ops {
+  using V = __m512;
+  using M = __mmask16;
+  static constexpr int kLanes = 16;
+  RLK_AVX512 static V Set(float v) { return _mm512_set1_ps(v); }
+  template <class T> RLK_AVX512 static V Load(const T* p) { return simd::avx512::Load(p); }
+  template <class T> RLK_AVX512 static V LoadTail(const T* p, int64_t n, float fill) { return simd::avx512::LoadTail(p, n, fill); }
+  template <class T> RLK_AVX512 static void Store(T* p, V v) { simd::avx512::Store(p, v); }
+  template <class T> RLK_AVX512 static void StoreTail(T* p, V v, int64_t n) { simd::avx512::StoreTail(p, v, n); }
+  RLK_AVX512 static V Add(V a, V b) { return _mm512_add_ps(a, b); }
+  RLK_AVX512 static V Sub(V a, V b) { return _mm512_sub_ps(a, b); }
+  RLK_AVX512 static V Mul(V a, V b) { return _mm512_mul_ps(a, b); }
+  RLK_AVX512 static V Div(V a, V b) { return _mm512_div_ps(a, b); }
+  RLK_AVX512 static V Fma(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }
+  RLK_AVX512 static V Max(V a, V b) { return _mm512_max_ps(a, b); }
+  RLK_AVX512 static V Min(V a, V b) { return _mm512_min_ps(a, b); }
+  RLK_AVX512 static V Abs(V a) { return _mm512_abs_ps(a); }
+  RLK_AVX512 static M Lt(V a, V b) { return _mm512_cmp_ps_mask(a, b, _CMP_LT_OQ); }
+  RLK_AVX512 static M Gt(V a, V b) { return _mm512_cmp_ps_mask(a, b, _CMP_GT_OQ); }
+  RLK_AVX512 static M Eq(V a, V b) { return _mm512_cmp_ps_mask(a, b, _CMP_EQ_OQ); }
+  RLK_AVX512 static V Select(M m, V t, V f) { return _mm512_mask_blend_ps(m, f, t); }
+  RLK_AVX512 static V Exp(V a) { return simd::avx512::Exp(a); }
+  RLK_AVX512 static V Log(V a) { return simd::avx512::Log(a); }
+  RLK_AVX512 static float ReduceAdd(V a) { return simd::avx512::ReduceAdd(a); }
+  RLK_AVX512 static float ReduceMax(V a) { return simd::avx512::ReduceMax(a); }
+};
+
+struct Avx2Ops {
+  using V = __m256;
+  using M = __m256;
+  static constexpr int kLanes = 8;
+  RLK_AVX2 static V Set(float v) { return _mm256_set1_ps(v); }
+  template <class T> RLK_AVX2 static V Load(const T* p) { return simd::avx2::Load(p); }
+  template <class T> RLK_AVX2 static V LoadTail(const T* p, int64_t n, float fill) { return simd::avx2::LoadTail(p, n, fill); }
+  template <class T> RLK_AVX2 static void Store(T* p, V v) { simd::avx2::Store(p, v); }
+  template <class T> RLK_AVX2 static void StoreTail(T* p, V v, int64_t n) { simd::avx2::StoreTail(p, v, n); }
+  RLK_AVX2 static V Add(V a, V b) { return _mm256_add_ps(a, b); }
+  RLK_AVX2 static V Sub(V a, V b) { return _mm256_sub_ps(a, b); }
+  RLK_AVX2 static V Mul(V a, V b) { return _mm256_mul_ps(a, b); }
+  RLK_AVX2 static V Div(V a, V b) { return _mm256_div_ps(a, b); }
+  RLK_AVX2 static V Fma(V a, V b, V c) { return _mm256_fmadd_ps(a, b, c); }
+  RLK_AVX2 static V Max(V a, V b) { return _mm256_max_ps(a, b); }
+  RLK_AVX2 static V Min(V a, V b) { return _mm256_min_ps(a, b); }
+  RLK_AVX2 static V Abs(V a) { return _mm256_andnot_ps(_mm256_set1_ps(-0.0f), a); }
+  RLK_AVX2 static M Lt(V a, V b) { return _mm256_cmp_ps(a, b, _CMP_LT_OQ); }
+  RLK_AVX2 static M Gt(V a, V b) { return _mm256_cmp_ps(a, b, _CMP_GT_OQ); }
+  RLK_AVX2 static M Eq(V a, V b) { return _mm256_cmp_ps(a, b, _CMP_EQ_OQ); }
+  RLK_AVX2 static V Select(M m, V t, V f) { return _mm256_blendv_ps(f, t, m); }
+  RLK_AVX2 static V Exp(V a) { return simd::avx2::Exp(a); }
+  RLK_AVX2 static V Log(V a) { return simd::avx2::Log(a); }
+  RLK_AVX2 static float ReduceAdd(V a) { return simd::avx2::ReduceAdd(a); }
+  RLK_AVX2 static float ReduceMax(V a) { return simd::avx2::ReduceMax(a); }
+};
+
+// ---- element math (generic) ------------------------------------------------------
+// e^r - 1 - r = r^2 P(r) for |r| < ln2/2, the polynomial of simd::Exp.
+template <class Ops>
+RLK_VDIV_INLINE typename Ops::V ExpPoly(const typename Ops::V& r) {
+  using namespace simd::detail;
+  auto p = Ops::Fma(Ops::Set(kP0), r, Ops::Set(kP1));
+  p = Ops::Fma(p, r, Ops::Set(kP2));
+  p = Ops::Fma(p, r, Ops::Set(kP3));
+  p = Ops::Fma(p, r, Ops::Set(kP4));
+  return Ops::Fma(p, r, Ops::Set(kP5));
+}
+
+// e^r - 1 without cancellation near 0.
+template <class Ops>
+RLK_VDIV_INLINE typename Ops::V Expm1(const typename Ops::V& r) {
+  auto small = Ops::Fma(ExpPoly<Ops>(r), Ops::Mul(r, r), r);
+  auto big = Ops::Sub(Ops::Exp(r), Ops::Set(1.0f));
+  return Ops::Select(Ops::Lt(Ops::Abs(r), Ops::Set(kSmall)), small, big);
+}
+
+
+template <class Ops>
+RLK_VDIV_INLINE typename Ops::V Expm1Small(const typename Ops::V& r) {
+  return Ops::Fma(ExpPoly<Ops>(r), Ops::Mul(r, r), r);
+}
+
+// log(1 + w) for w > -1, with the rounding of 1 + w corrected.
+template <class Ops>
+RLK_VDIV_INLINE typename Ops::V Log1p(const typename Ops::V& w) {
+  auto one = Ops::Set(1.0f);
+  auto u = Ops::Add(one, w);
+  auto v = Ops::Add(Ops::Log(u), Ops::Div(Ops::Sub(w, Ops::Sub(u, one)), u));
+  return Ops::Select(Ops::Eq(u, one), w, v);
+}
+
+// p phi(y) with q = p e^-y given (see the file comment); p = 0 gives q.
+template <class Ops>
+RLK_VDIV_INLINE typename Ops::V PhiW(const typename Ops::V& p, const typename Ops::V& y, const typename Ops::V& q) {
+  auto zero = Ops::Set(0.0f);
+  auto r = Ops::Sub(zero, y);
+  auto small = Ops::Mul(p, Ops::Mul(Ops::Mul(r, r), ExpPoly<Ops>(r)));
+  auto big = Ops::Fma(p, y, Ops::Sub(q, p));
+  auto v = Ops::Select(Ops::Lt(Ops::Abs(y), Ops::Set(kSmall)), small, big);
+  return Ops::Select(Ops::Eq(p, zero), q, v);
+}
+
+template <class Ops>
+struct RowConsts {
+  typename Ops::V tmax, smax;  // raw row maxima
+  typename Ops::V inv_t;       // 1 / T
+  typename Ops::V rst, rss;    // 1 / sum_j e^{(t_j - tmax) / T}, same for s
+  typename Ops::V xoff;        // (smax - tmax) / T - log(S_t / S_s), so x = (t - s) / T + xoff
+  typename Ops::V beta, omb;   // beta, 1 - beta
+  typename Ops::V tref, sref;  // kl: the logits at the reference index (argmax of the weighting side)
+  typename Ops::V lbt, lbs;    // jsd: -log(beta), -log(1 - beta) (upper bounds of y_t, y_s)
+  typename Ops::V rhot, rhos;  // jsd: (1 - beta) / beta, beta / (1 - beta)
+};
+
+template <class Ops>
+struct Probs {
+  typename Ops::V pt, ps, x;  // p_t, p_s, log p_t - log p_s
+};
+
+template <class Ops>
+RLK_VDIV_INLINE Probs<Ops> Prep(const typename Ops::V& t, const typename Ops::V& s, const RowConsts<Ops>& k) {
+  auto dt = Ops::Sub(t, k.tmax);
+  auto ds = Ops::Sub(s, k.smax);
+  Probs<Ops> e;
+  e.pt = Ops::Mul(Ops::Exp(Ops::Mul(dt, k.inv_t)), k.rst);
+  e.ps = Ops::Mul(Ops::Exp(Ops::Mul(ds, k.inv_t)), k.rss);
+  // x = (t - s) / T + c: two roundings (t - s, then the fma) plus c's one,
+  // rather than going through dt and ds.
+  e.x = Ops::Fma(Ops::Sub(t, s), k.inv_t, k.xoff);
+  return e;
+}
+
+// p_s - p_t: p_t (e^-x - 1) near x = 0 (no cancellation), the plain
+// difference elsewhere (no overflow of e^-x where p_t is tiny).
+template <class Ops>
+RLK_VDIV_INLINE typename Ops::V DiffSt(const Probs<Ops>& e) {
+  auto small = Ops::Mul(e.pt, Expm1Small<Ops>(Ops::Sub(Ops::Set(0.0f), e.x)));
+  auto big = Ops::Sub(e.ps, e.pt);
+  return Ops::Select(Ops::Lt(Ops::Abs(e.x), Ops::Set(kSmall)), small, big);
+}
+
+// JSD log-ratios y_t = log(p_t / M) = -log1p((1 - beta)(e^-x - 1)) and
+// y_s = log(p_s / M) = -log1p(beta (e^x - 1)), and their offsets from their
+// upper bounds, a_t = y_t + log(beta) = -log1p(rho_t e^-x) <= 0 with
+// rho_t = (1 - beta) / beta, a_s = y_s + log(1 - beta) = -log1p(rho_s e^x).
+// The gradients use a_t - sum_k p_t,k a_t,k (= y_t - KL(p_t || M)): for
+// distant distributions y_t and KL(p_t || M) both approach -log(beta), and
+// their fp32 difference would lose its digits; a_t keeps them. Each side
+// forms whichever of y and a is small directly (y near x = 0, a where e^-|x|
+// is small) and the other by adding the constant, so one Exp and one Log per
+// side. Where e^|x| would overflow, y_s = y_t - x (and y_t = y_s + x).
+template <class Ops>
+struct JsdRatios {
+  typename Ops::V yt, ys, at, as;
+};
+
+template <class Ops>
+RLK_VDIV_INLINE JsdRatios<Ops> JsdLogRatios(const Probs<Ops>& e, const RowConsts<Ops>& k) {
+  auto zero = Ops::Set(0.0f), one = Ops::Set(1.0f);
+  auto lo = Ops::Set(-kJsdClamp), hi = Ops::Set(kJsdClamp);
+  auto xc = Ops::Min(Ops::Max(e.x, lo), hi);
+  auto nxc = Ops::Sub(zero, xc);
+  auto small = Ops::Lt(Ops::Abs(xc), Ops::Set(kSmall));
+  // Teacher side: e^-x.
+  auto et = Ops::Exp(nxc);
+  auto emt = Ops::Select(small, Expm1Small<Ops>(nxc), Ops::Sub(et, one));
+  auto far_t = Ops::Gt(xc, one);  // p_t >> p_s: a_t is the small one
+  auto lt = Ops::Sub(zero, Log1p<Ops>(Ops::Select(far_t, Ops::Mul(k.rhot, et), Ops::Mul(k.omb, emt))));
+  // Student side: e^x.
+  auto es = Ops::Exp(xc);
+  auto ems = Ops::Select(small, Expm1Small<Ops>(xc), Ops::Sub(es, one));
+  auto far_s = Ops::Lt(xc, Ops::Sub(zero, one));
+  auto ls = Ops::Sub(zero, Log1p<Ops>(Ops::Select(far_s, Ops::Mul(k.rhos, es), Ops::Mul(k.beta, ems))));
+  JsdRatios<Ops> r;
+  r.yt = Ops::Select(far_t, Ops::Add(lt, k.lbt), lt);
+  r.ys = Ops::Select(far_s, Ops::Add(ls, k.lbs), ls);
+  r.yt = Ops::Select(Ops::Lt(e.x, lo), Ops::Add(r.ys, e.x), r.yt);
+  r.ys = Ops::Select(Ops::Gt(e.x, hi), Ops::Sub(r.yt, e.x), r.ys);
+  r.at = Ops::Select(far_t, lt, Ops::Sub(r.yt, k.lbt));
+  r.as = Ops::Select(far_s, ls, Ops::Sub(r.ys, k.lbs));
+  r.at = Ops::Select(Ops::Lt(e.x, lo), Ops::Sub(r.yt, k.lbt), r.at);
+  r.as = Ops::Select(Ops::Gt(e.x, hi), Ops::Sub(r.ys, k.lbs), r.as);
+  return r;
+}
+
+// For the KL gradients p_t (x_j - KL) (forward, teacher) and p_s (-x_j - KL)
+// (reverse, student): with w the weighting distribution and r the index of
+// its largest logit, x_j - KL = (d_j - sum_k w_k d_k) / T with
+// d_j = (t_j - t_r) - (s_j - s_r) (raw logits). d_r = 0 exactly, so when w is
+// peaked (a confident teacher or student) the dominant term no longer
+// subtracts two nearly equal O(10) numbers, whose fp32 rounding would swamp
+// the small difference.
+template <class Ops>
+RLK_VDIV_INLINE typename Ops::V RefDiff(const typename Ops::V& t, const typename Ops::V& s, const RowConsts<Ops>& k) {
+  return Ops::Sub(Ops::Sub(t, k.tref), Ops::Sub(s, k.sref));
+}
+template <class Ops>
+RLK_VDIV_INLINE typename Ops::V WeightedRefDiff(const typename Ops::V& w, const typename Ops::V& t, const typename Ops::V& s,
+                                                const RowConsts<Ops>& k) {
+  auto zero = Ops::Set(0.0f);
+  return Ops::Select(Ops::Eq(w, zero), zero, Ops::Mul(w, RefDiff<Ops>(t, s, k)));
+}
+
+// Pass 1: row maxima and sums of exp, one read, blockwise online.
+struct RowNorm {
+  float tmax = -INFINITY, smax = -INFINITY;
+  double tsum = 0.0, ssum = 0.0;
+  int64_t targ = 0, sarg = 0;  // an index holding each maximum
+};
+
+// Returns true when the block raised the running maximum.
+inline bool MergeBlock(float* m, double* sum, float bm, double bs, float inv_t) {
+  if (bm == -INFINITY) {  // all -inf: bs is 0, or NaN that must reach the row
+    *sum += bs;
+    return false;
+  }
+  if (bm > *m) {
+    *sum = *sum * std::exp((double(*m) - double(bm)) * inv_t) + bs;
+    *m = bm;
+    return true;
+  }
+  *sum += bs * std::exp((double(bm) - double(*m)) * inv_t);
+  return false;
+}
+
+template <class T>
+int64_t FindFirst(const T* x, int64_t b, int64_t e, float v) {
+  for (int64_t j = b; j < e; ++j)
+    if (ToFloat(x[j]) == v) return j;
+  return b;
+}
+
+template <class Ops, class TS, class TT>
+RLK_VDIV_INLINE RowNorm Normalisers(const TS* s, const TT* t, int64_t nv, float inv_t) {
+  using V = typename Ops::V;
+  constexpr int L = Ops::kLanes;
+  const float ninf = -INFINITY;
+  RowNorm n;
+  const V vinv = Ops::Set(inv_t);
+  for (int64_t b = 0; b < nv; b += kBlock) {
+    const int64_t e = std::min(nv, b + kBlock);
+    V mt = Ops::Set(ninf), ms = Ops::Set(ninf);
+    for (int64_t i = b; i < e; i += L) {
+      const int64_t rem = e - i;
+      V tv = rem >= L ? Ops::Load(t + i) : Ops::LoadTail(t + i, rem, ninf);
+      V sv = rem >= L ? Ops::Load(s + i) : Ops::LoadTail(s + i, rem, ninf);
+      mt = Ops::Max(mt, tv);
+      ms = Ops::Max(ms, sv);
+    }
+    const float bmt = Ops::ReduceMax(mt), bms = Ops::ReduceMax(ms);
+    // An all -inf block is summed against 0: its terms are 0, a NaN stays NaN.
+    const V rt = Ops::Set(bmt == ninf ? 0.0f : bmt), rs = Ops::Set(bms == ninf ? 0.0f : bms);
+    V at0 = Ops::Set(0.0f), at1 = at0, as0 = at0, as1 = at0;
+    int64_t i = b;
+    for (; i + 2 * L <= e; i += 2 * L) {
+      at0 = Ops::Add(at0, Ops::Exp(Ops::Mul(Ops::Sub(Ops::Load(t + i), rt), vinv)));
+      at1 = Ops::Add(at1, Ops::Exp(Ops::Mul(Ops::Sub(Ops::Load(t + i + L), rt), vinv)));
+      as0 = Ops::Add(as0, Ops::Exp(Ops::Mul(Ops::Sub(Ops::Load(s + i), rs), vinv)));
+      as1 = Ops::Add(as1, Ops::Exp(Ops::Mul(Ops::Sub(Ops::Load(s + i + L), rs), vinv)));
+    }
+    for (; i < e; i += L) {
+      const int64_t rem = e - i;
+      V tv = rem >= L ? Ops::Load(t + i) : Ops::LoadTail(t + i, rem, ninf);
+      V sv = rem >= L ? Ops::Load(s + i) : Ops::LoadTail(s + i, rem, ninf);
+      at0 = Ops::Add(at0, Ops::Exp(Ops::Mul(Ops::Sub(tv, rt), vinv)));
+      as0 = Ops::Add(as0, Ops::Exp(Ops::Mul(Ops::Sub(sv, rs), vinv)));
+    }
+    // The argmax is looked up only when the running maximum rises (a scan of
+    // the block, in L1).
+    if (MergeBlock(&n.tmax, &n.tsum, bmt, double(Ops::ReduceAdd(Ops::Add(at0, at1))), inv_t)) n.targ = FindFirst(t, b, e, bmt);
+    if (MergeBlock(&n.smax, &n.ssum, bms, double(Ops::ReduceAdd(Ops::Add(as0, as1))), inv_t)) n.sarg = FindFirst(s, b, e, bms);
+  }
+  // A row with no finite logit has no distribution.
+  if (n.tmax == ninf) n.tsum = NAN;
+  if (n.smax == ninf) n.ssum = NAN;
+  return n;
+}
+
+// Pass 2: the value's sums: for the KLs sums[0] = the KL, sums[1] = sum_j w_j
+// d_j (RefDiff); for jsd sums[0] = KL(p_t || M), sums[1] = KL(p_s || M),
+// sums[2] = sum p_t a_t, sums[3] = sum p_s a_s.
+// With kFusedGrad (forward KL, no teacher gradient) it also writes the
+// student gradient, which does not depend on the value.
+template <class Ops, DivergenceKind kKind, bool kFusedGrad, class TS, class TT>
+RLK_VDIV_INLINE void ValuePass(const TS* s, const TT* t, int64_t nv, const RowConsts<Ops>& k, double sums[4], TS* gs) {
+  using V = typename Ops::V;
+  constexpr int L = Ops::kLanes;
+  const float ninf = -INFINITY;
+  sums[0] = sums[1] = sums[2] = sums[3] = 0.0;
+  for (int64_t b = 0; b < nv; b += kBlock) {
+    const int64_t e = std::min(nv, b + kBlock);
+    V at = Ops::Set(0.0f), as = at, bt = at, bs = at;
+    for (int64_t i = b; i < e; i += L) {
+      const int64_t rem = e - i;
+      V tv = rem >= L ? Ops::Load(t + i) : Ops::LoadTail(t + i, rem, ninf);
+      V sv = rem >= L ? Ops::Load(s + i) : Ops::LoadTail(s + i, rem, ninf);
+      Probs<Ops> q = Prep<Ops>(tv, sv, k);
+      if constexpr (kKind == DivergenceKind::kForwardKl) {
+        at = Ops::Add(at, PhiW<Ops>(q.pt, q.x, q.ps));
+        if constexpr (!kFusedGrad) as = Ops::Add(as, WeightedRefDiff<Ops>(q.pt, tv, sv, k));
+        if constexpr (kFusedGrad) {
+          V g = Ops::Mul(DiffSt<Ops>(q), k.inv_t);
+          if (rem >= L) Ops::Store(gs + i, g);
+          else Ops::StoreTail(gs + i, g, rem);
+        }
+      } else if constexpr (kKind == DivergenceKind::kReverseKl) {
+        at = Ops::Add(at, PhiW<Ops>(q.ps, Ops::Sub(Ops::Set(0.0f), q.x), q.pt));
+        as = Ops::Add(as, WeightedRefDiff<Ops>(q.ps, tv, sv, k));
+      } else {
+        const JsdRatios<Ops> y = JsdLogRatios<Ops>(q, k);
+        V m = Ops::Fma(k.beta, q.pt, Ops::Mul(k.omb, q.ps));
+        V zero = Ops::Set(0.0f);
+        at = Ops::Add(at, PhiW<Ops>(q.pt, y.yt, m));
+        as = Ops::Add(as, PhiW<Ops>(q.ps, y.ys, m));
+        bt = Ops::Add(bt, Ops::Select(Ops::Eq(q.pt, zero), zero, Ops::Mul(q.pt, y.at)));
+        bs = Ops::Add(bs, Ops::Select(Ops::Eq(q.ps, zero), zero, Ops::Mul(q.ps, y.as)));
+      }
+    }
+    sums[0] += double(Ops::ReduceAdd(at));
+    sums[1] += double(Ops::ReduceAdd(as));
+    if constexpr (kKind == DivergenceKind::kJsd) {
+      sums[2] += double(Ops::ReduceAdd(bt));
+      sums[3] += double(Ops::ReduceAdd(bs));
+    }
+  }
+}
+
+// a - b or c - d, whichever has the smaller operands (they are equal in exact
+// arithmetic): the fp32 error of a difference scales with its operands.
+template <class Ops>
+RLK_VDIV_INLINE typename Ops::V TighterDiff(const typename Ops::V& a, const typename Ops::V& b, const typename Ops::V& c,
+                                            const typename Ops::V& d) {
+  auto m1 = Ops::Max(Ops::Abs(a), Ops::Abs(b));
+  auto m2 = Ops::Max(Ops::Abs(c), Ops::Abs(d));
+  return Ops::Select(Ops::Lt(m2, m1), Ops::Sub(c, d), Ops::Sub(a, b));
+}
+
+// Pass 3: the gradients (derivation: d log p_j / d z_i = 1[i = j] - p_i).
+//   forward KL: d/dzs = p_s - p_t;            d/dzt = p_t (x - KL) = p_t (d_j - sum p_t d) / T
+//   reverse KL: d/dzs = p_s (-x - KL) = p_s (sum p_s d - d_j) / T;  d/dzt = p_t - p_s
+//   jsd:        d/dzs = (1 - beta) p_s (y_s - KL(p_s || M)) = (1 - beta) p_s (a_s - sum p_s a_s);
+//               d/dzt = beta p_t (y_t - KL(p_t || M)) = beta p_t (a_t - sum p_t a_t)
+// each times 1/T for the logits; p = 0 gives exactly 0 (its log is -inf).
+// c: the KLs c[0] = sum_k w_k d_k (RefDiff);
+// jsd c = {KL(p_t || M), KL(p_s || M), sum p_t a_t, sum p_s a_s}.
+template <class Ops, DivergenceKind kKind, class TS, class TT>
+RLK_VDIV_INLINE void GradPass(const TS* s, const TT* t, int64_t nv, const RowConsts<Ops>& k, const float c[4], TS* gs, TT* gt) {
+  using V = typename Ops::V;
+  constexpr int L = Ops::kLanes;
+  const float ninf = -INFINITY;
+  const V zero = Ops::Set(0.0f);
+  const V c0 = Ops::Set(c[0]), c1 = Ops::Set(c[1]), c2 = Ops::Set(c[2]), c3 = Ops::Set(c[3]);
+  for (int64_t i = 0; i < nv; i += L) {
+    const int64_t rem = nv - i;
+    V tv = rem >= L ? Ops::Load(t + i) : Ops::LoadTail(t + i, rem, ninf);
+    V sv = rem >= L ? Ops::Load(s + i) : Ops::LoadTail(s + i, rem, ninf);
+    Probs<Ops> q = Prep<Ops>(tv, sv, k);
+    V g_s, g_t;
+    if constexpr (kKind == DivergenceKind::kForwardKl) {
+      g_s = DiffSt<Ops>(q);
+      g_t = Ops::Select(Ops::Eq(q.pt, zero), zero, Ops::Mul(Ops::Mul(q.pt, Ops::Sub(RefDiff<Ops>(tv, sv, k), c0)), k.inv_t));
+    } else if constexpr (kKind == DivergenceKind::kReverseKl) {
+      g_s = Ops::Select(Ops::Eq(q.ps, zero), zero, Ops::Mul(Ops::Mul(q.ps, Ops::Sub(c0, RefDiff<Ops>(tv, sv, k))), k.inv_t));
+      g_t = Ops::Sub(zero, DiffSt<Ops>(q));
+    } else {
+      const JsdRatios<Ops> y = JsdLogRatios<Ops>(q, k);
+      g_s = Ops::Select(Ops::Eq(q.ps, zero), zero, Ops::Mul(Ops::Mul(k.omb, q.ps), TighterDiff<Ops>(y.ys, c1, y.as, c3)));
+      g_t = Ops::Select(Ops::Eq(q.pt, zero), zero, Ops::Mul(Ops::Mul(k.beta, q.pt), TighterDiff<Ops>(y.yt, c0, y.at, c2)));
+    }
+    g_s = Ops::Mul(g_s, k.inv_t);
+    g_t = Ops::Mul(g_t, k.inv_t);
+    if (rem >= L) {
+      Ops::Store(gs + i, g_s);
+      if (gt) Ops::Store(gt + i, g_t);
+    } else {
+      Ops::StoreTail(gs + i, g_s, rem);
+      if (gt) Ops::StoreTail(gt + i, g_t, rem);
+    }
+  }
+}
+
+bool RowIgnored(const VocabDivergenceParams& p, int64_t r) {
+  if (p.mask && p.mask[r] == 0) return true;
+  if (p.targets) {
+    const int64_t target = p.targets_dtype == DType::kInt32 ? int64_t(static_cast<const int32_t*>(p.targets)[r])
+                                                            : static_cast<const int64_t*>(p.targets)[r];
+    if (target == p.ignore_index) return true;
+  }
+  return false;
+}
+
+template <class Ops, class TS, class TT>
+RLK_VDIV_INLINE void Row(const VocabDivergenceParams& p, DivergenceKind kind, int64_t r) {
+  const int64_t nv = p.vocab;
+  const TS* s = static_cast<const TS*>(p.student) + r * nv;
+  const TT* t = static_cast<const TT*>(p.teacher) + r * nv;
+  TS* gs = static_cast<TS*>(p.grad_student) + r * nv;
+  TT* gt = p.grad_teacher ? static_cast<TT*>(p.grad_teacher) + r * nv : nullptr;
+  if (RowIgnored(p, r)) {
+    p.values[r] = 0.0f;
+    std::memset(static_cast<void*>(gs), 0, size_t(nv) * sizeof(TS));  // all-zero bits are +0 in every float format
+    if (gt) std::memset(static_cast<void*>(gt), 0, size_t(nv) * sizeof(TT));
+    return;
+  }
+  const RowNorm n = Normalisers<Ops>(s, t, nv, p.inv_temperature);
+  RowConsts<Ops> k;
+  k.tmax = Ops::Set(n.tmax);
+  k.smax = Ops::Set(n.smax);
+  k.inv_t = Ops::Set(p.inv_temperature);
+  k.rst = Ops::Set(float(1.0 / n.tsum));
+  k.rss = Ops::Set(float(1.0 / n.ssum));
+  const double inv_t = double(p.inv_temperature) + double(p.inv_temperature_lo);
+  const double xoff = (double(n.smax) - double(n.tmax)) * inv_t + std::log(n.ssum) - std::log(n.tsum);
+  k.xoff = Ops::Set(float(xoff));
+  k.beta = Ops::Set(p.beta);
+  k.omb = Ops::Set(1.0f - p.beta);
+  if (kind == DivergenceKind::kForwardKl) {
+    k.tref = Ops::Set(ToFloat(t[n.targ]));
+    k.sref = Ops::Set(ToFloat(s[n.targ]));
+  } else if (kind == DivergenceKind::kReverseKl) {
+    k.tref = Ops::Set(ToFloat(t[n.sarg]));
+    k.sref = Ops::Set(ToFloat(s[n.sarg]));
+  }
+  if (kind == DivergenceKind::kJsd) {
+    const double b = p.beta;
+    k.lbt = Ops::Set(float(-std::log(b)));
+    k.lbs = Ops::Set(float(-std::log1p(-b)));
+    k.rhot = Ops::Set(float((1.0 - b) / b));
+    k.rhos = Ops::Set(float(b / (1.0 - b)));
+  }
+  double sums[4];
+  switch (kind) {
+    case DivergenceKind::kForwardKl:
+      if (!gt) {
+        ValuePass<Ops, DivergenceKind::kForwardKl, true>(s, t, nv, k, sums, gs);
+      } else {
+        ValuePass<Ops, DivergenceKind::kForwardKl, false>(s, t, nv, k, sums, gs);
+        const float c[4] = {float(sums[1]), 0.0f, 0.0f, 0.0f};
+        GradPass<Ops, DivergenceKind::kForwardKl>(s, t, nv, k, c, gs, gt);
+      }
+      p.values[r] = float(sums[0]);
+      break;
+    case DivergenceKind::kReverseKl: {
+      ValuePass<Ops, DivergenceKind::kReverseKl, false>(s, t, nv, k, sums, gs);
+      const float c[4] = {float(sums[1]), 0.0f, 0.0f, 0.0f};
+      GradPass<Ops, DivergenceKind::kReverseKl>(s, t, nv, k, c, gs, gt);
+      p.values[r] = float(sums[0]);
+      break;
+    }
+    case DivergenceKind::kJsd: {
+      ValuePass<Ops, DivergenceKind::kJsd, false>(s, t, nv, k, sums, gs);
+      const float c[4] = {float(sums[0]), float(sums[1]), float(sums[2]), float(sums[3])};
+      GradPass<Ops, DivergenceKind::kJsd>(s, t, nv, k, c, gs, gt);
+      p.values[r] = float(double(p.beta) * sums[0] + (1.0 - double(p.beta)) * sums[1]);
+      break;
+    }
+  }
+}
+
+template <class TS, class TT>
+RLK_AVX512 void RowsAvx512(const VocabDivergenceParams& p, DivergenceKind kind, int64_t b, int64_t e) {
+  for (int64_t r = b; r < e; ++r) Row<Avx512Ops, TS, TT>(p, kind, r);
+}
+template <class TS, class TT>
+RLK_AVX2 void RowsAvx2(const VocabDivergenceParams& p, DivergenceKind kind, int64_t b, int64_t e) {
+  for (int64_t r = b; r < e; ++r) Row<Avx2Ops, TS, TT>(p, kind, r);
+}
+template <class TS, class TT>
+void RowsScalar(const VocabDivergenceParams& p, DivergenceKind kind, int64_t b, int64_t e) {
+  for (int64_t r = b; r < e; ++r) Row<ScalarOps, TS, TT>(p, kind, r);
+}
+
+Status Invalid(const char* m) { return Status{Status::kInvalidArgument, m}; }
+
+}  // namespace
+
+Status VocabDivergence(const VocabDivergenceParams& p) {
+  if (p.rows < 0 || p.vocab < 1) return Invalid("vocabDivergence: rows must be >= 0 and vocab >= 1");
+  if (!(p.beta >= 0.0f && p.beta <= 1.0f)) return Status{Status::kOutOfRange, "vocabDivergence: beta must be in [0, 1]"};
+  if (!(p.inv_temperature > 0.0f) || !std::isfinite(p.inv_temperature))
+    return Status{Status::kOutOfRange, "vocabDivergence: temperature must be a finite number > 0"};
+  if (p.targets && p.targets_dtype != DType::kInt32 && p.targets_dtype != DType::kInt64)
+    return Invalid("vocabDivergence: targets must be int32 or int64");
+  if (p.rows == 0) return Status::Ok();
+  if (!p.student || !p.teacher || !p.values || !p.grad_student) return Invalid("vocabDivergence: missing tensor");
+  const DivergenceKind kind = EffectiveKind(p);
+  const simd::IsaKind isa = simd::Isa();
+  const int64_t grain = std::max<int64_t>(1, (int64_t(1) << 15) / p.vocab);
+  return RLK_DISPATCH_FLOATING(p.student_dtype, "vocabDivergence", [&] {
+    using TS = T;
+    return RLK_DISPATCH_FLOATING(p.teacher_dtype, "vocabDivergence", [&] {
+      using TT = T;
+      ParallelFor(p.rows, grain, [&](int64_t b, int64_t e) {
+        switch (isa) {
+          case simd::IsaKind::kAvx512: RowsAvx512<TS, TT>(p, kind, b, e); break;
+          case simd::IsaKind::kAvx2: RowsAvx2<TS, TT>(p, kind, b, e); break;
+          default: RowsScalar<TS, TT>(p, kind, b, e); break;
+        }
+      });
+      return Status::Ok();
+    });
+  });
+}
+
+}  // namespace rlk::cpu
