@@ -3,14 +3,10 @@
 // beside PyTorch 1.13 (vectorised, bench/torch_group_advantages.py) with the
 // same thread count, run from here.
 // Usage: node bench/group_advantages.bench.mjs [--threads=N]   (after npm run build)
-import { spawnSync } from 'node:child_process';
-import { existsSync } from 'node:fs';
-import { dirname, join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { Bench } from 'tinybench';
 import * as rlk from '../dist/index.js';
+import { normal, rng, runTorch } from './common.mjs';
 
-const here = dirname(fileURLToPath(import.meta.url));
 const threadsArg = process.argv.find((a) => a.startsWith('--threads='));
 const THREADS = threadsArg ? Number(threadsArg.split('=')[1]) : 2;
 const SIZES = [4096, 65536];
@@ -19,19 +15,6 @@ const TASKS = 8;
 const ITERS = 50;
 rlk.setNumThreads(THREADS);
 
-function rng(seed) {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-function normal(r) {
-  return Math.sqrt(-2 * Math.log(1 - r())) * Math.cos(2 * Math.PI * r());
-}
 
 const bench = new Bench({ iterations: ITERS, time: 0, warmupIterations: 3, warmupTime: 0 });
 for (const B of SIZES) {
@@ -57,13 +40,7 @@ for (const B of SIZES) {
 }
 await bench.run();
 
-let torch = {};
-const py = '/usr/bin/python3';
-if (existsSync(py)) {
-  const res = spawnSync(py, [join(here, 'torch_group_advantages.py'), String(THREADS), String(ITERS)], { encoding: 'utf8' });
-  if (res.status === 0) torch = JSON.parse(res.stdout.trim().split('\n').pop());
-  else console.error(`PyTorch comparison unavailable: ${(res.stderr || '').trim().split('\n').pop()}`);
-}
+const torch = runTorch('torch_group_advantages.py', [String(THREADS), String(ITERS)]);
 
 console.log(`\ngroupAdvantages, CPU fp32 rewards, groups of ${GS}, ${THREADS} threads (${rlk.buildInfo().cpu.simd}); median of ${ITERS} runs\n`);
 console.log('| case | rlkernels (ms) | PyTorch 1.13 vectorised (ms) | speedup |');

@@ -3,33 +3,16 @@
 // and 512 x 8192 fp32, beside PyTorch 1.13 eager + autograd on the same
 // formulas (bench/torch_policy_loss.py) with the same thread count.
 // Usage: node bench/policy_loss.bench.mjs [--threads=N]   (after npm run build)
-import { spawnSync } from 'node:child_process';
-import { existsSync } from 'node:fs';
-import { dirname, join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { Bench } from 'tinybench';
 import * as rlk from '../dist/index.js';
+import { normal, rng, runTorch } from './common.mjs';
 
-const here = dirname(fileURLToPath(import.meta.url));
 const threadsArg = process.argv.find((a) => a.startsWith('--threads='));
 const THREADS = threadsArg ? Number(threadsArg.split('=')[1]) : 2;
 const SHAPES = [[64, 32768], [512, 8192]];
 const ITERS = 10;
 rlk.setNumThreads(THREADS);
 
-function rng(seed) {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-function normal(r) {
-  return Math.sqrt(-2 * Math.log(1 - r())) * Math.cos(2 * Math.PI * r());
-}
 
 function inputs(B, T) {
   const r = rng(1);
@@ -73,13 +56,7 @@ for (const [B, T] of SHAPES) {
 }
 await bench.run();
 
-let torch = {};
-const py = '/usr/bin/python3';
-if (existsSync(py)) {
-  const r = spawnSync(py, [join(here, 'torch_policy_loss.py'), String(THREADS), String(ITERS)], { encoding: 'utf8' });
-  if (r.status === 0) torch = JSON.parse(r.stdout.trim().split('\n').pop());
-  else console.error(`PyTorch comparison unavailable: ${(r.stderr || '').trim().split('\n').pop()}`);
-}
+const torch = runTorch('torch_policy_loss.py', [String(THREADS), String(ITERS)]);
 
 const gb = (B, T) => (B * T * (4 * 4 + 1 + 4)) / 1e9; // logp, old, adv, ref, mask read; grad written
 console.log(`\npolicyLoss, CPU fp32, ${THREADS} threads (${rlk.buildInfo().cpu.simd}); median of ${ITERS} runs; forward + gradient + stats\n`);
