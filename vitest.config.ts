@@ -8,6 +8,8 @@ export default defineConfig({
     maxWorkers: 2,
     // The GC-backstop test needs global.gc.
     execArgv: ['--expose-gc'],
+    // Every new tensor starts as 0xFF bytes (NaN): unwritten outputs fail (native/addon/tensor.cc).
+    env: { RLK_POISON_ALLOC: '1' },
     testTimeout: 120_000,
     hookTimeout: 120_000,
     reporters: ['default'],

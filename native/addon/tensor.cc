@@ -377,7 +377,24 @@ std::shared_ptr<Storage> AllocStorage(Napi::Env env, const char* fn, size_t byte
                                std::to_string(device) + " (" + st.message + ")");
     ThrowIfError(env, st, fn);
   }
-  return std::make_shared<Storage>(p, bytes, device);
+  auto storage = std::make_shared<Storage>(p, bytes, device);
+  // RLK_POISON_ALLOC=1 (set by the test suite) fills every new block with
+  // 0xFF bytes (NaN for the float dtypes, -1 or 255 for the integers), so an
+  // op that leaves part of a freshly allocated output unwritten fails its
+  // tests instead of passing on memory that happened to be zero.
+  static const bool poison = [] {
+    const char* v = std::getenv("RLK_POISON_ALLOC");
+    return v && v[0] == '1';
+  }();
+  if (poison && bytes) {
+    if (device == kCpu) {
+      std::memset(p, 0xFF, bytes);
+    } else {
+      const uint8_t ff = 0xFF;
+      ThrowIfError(env, FillDevice(device, p, &ff, 1, int64_t(bytes)), fn);
+    }
+  }
+  return storage;
 }
 
 Napi::Function Tensor::Define(Napi::Env env) {
