@@ -337,6 +337,13 @@ describe('lifetime', () => {
 });
 
 describe('runtime', () => {
+  it('the suite runs with poisoned allocations, so unwritten outputs are caught', () => {
+    // vitest.config.ts sets RLK_POISON_ALLOC=1: a new tensor is all 0xFF bytes.
+    expect(Array.from(rlk.empty([3]).toArraySync() as Float32Array).every(Number.isNaN)).toBe(true);
+    expect(Array.from(rlk.empty([2], { dtype: 'int32' }).toArraySync())).toEqual([-1, -1]);
+    expect(Array.from(rlk.empty([2], { dtype: 'bfloat16' }).toArraySync() as Float32Array).every(Number.isNaN)).toBe(true);
+  });
+
   it('buildInfo describes the binary', () => {
     const info = rlk.buildInfo();
     expect(info.version).toMatch(/^\d+\.\d+\.\d+/);
