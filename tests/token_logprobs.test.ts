@@ -732,6 +732,24 @@ describeCuda('tokenLogprobs (cuda)', () => {
     expectClose('after the error', (await ok.logprobs.toArray()) as Float32Array, new Array(3).fill(-Math.log(10)), 1e-6, 0);
   });
 
+  // The launchers set the tensor's device: the runtime sets it only when it creates a
+  // stream or cudaMallocs, so after work on cuda:0 served from the cache, cuda:1's
+  // launch would go to the wrong device.
+  it('runs on the tensors\' device whichever device was used last (2 GPUs or more)', (ctx) => {
+    if (rlk.cuda.deviceCount() < 2) ctx.skip();
+    const seed = freshSeed();
+    const cases = [makeCase(seed, [5, 300], 'float32', { device: 'cuda:0' }), makeCase(seed + 1, [5, 3000], 'bfloat16', { device: 'cuda:1' })];
+    for (let round = 0; round < 3; round++) {
+      for (const c of [cases[round % 2], cases[(round + 1) % 2]]) {
+        const res = rlk.tokenLogprobs(c.logits, c.targets, { entropy: true });
+        const ref = refForward(refInput(c));
+        expectClose(`logprobs on ${c.logits.device}`, f32(res.logprobs), ref.logprobs, fwdTol(c.logits.dtype as FloatDType), c.seed);
+        res.logprobs.dispose();
+        res.entropy!.dispose();
+      }
+    }
+  });
+
   it('reports a bad per-row temperature at the next read, on an ignored row too (as the CPU throws)', async () => {
     const logits = rlk.zeros([3, 10], { device: 'cuda' });
     const targets = rlk.tensor(Int32Array.from([0, -100, 1]), { device: 'cuda' });
