@@ -169,10 +169,11 @@ Status TokenLogprobsCombine(const TokenLogprobsCombineParams& p);
 }  // namespace cpu
 
 namespace cuda {
-// Enqueued on p.stream. A target outside [0, vocab_size) that is not
-// ignore_index, or a per-row temperature that is not positive and finite,
-// sets the device error word (the row's outputs are NaN) and is reported at
-// the next read.
+// Make p.device current, then enqueue on p.stream. A target outside
+// [0, vocab_size) that is not ignore_index (the row's outputs are NaN), or a
+// per-row temperature that is not positive and finite with a finite inverse
+// (on any row, ignored ones included, as the CPU binding checks them all),
+// sets the device error word, reported at the next read.
 Status TokenLogprobsFwd(const TokenLogprobsFwdParams& p);
 Status TokenLogprobsBwd(const TokenLogprobsBwdParams& p);
 Status TokenLogprobsCombine(const TokenLogprobsCombineParams& p);
