@@ -171,7 +171,7 @@ function parseTemperature(fn: string, v: unknown, ref: [string, Tensor], targets
   if (v === undefined) return { value: DEFAULT_TEMPERATURE, tensor: null };
   if (typeof v === 'number') {
     checkNumber(fn, 'temperature', v, { greaterThan: 0 });
-    if (!Number.isFinite(1 / v) || Math.fround(1 / v) === 0) throw rangeError(fn, `temperature must be a positive finite number whose inverse is a finite float32, got ${v}`);
+    if (!Number.isFinite(Math.fround(1 / v)) || Math.fround(1 / v) === 0) throw rangeError(fn, `temperature must be a positive finite number whose inverse is a finite float32, got ${v}`);
     return { value: v, tensor: null };
   }
   if (!(v instanceof Tensor)) throw typeError(fn, `temperature must be a number or a float32 tensor, got ${describe(v)}`);

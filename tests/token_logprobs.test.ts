@@ -464,6 +464,21 @@ function shardSuite(device: rlk.Device): void {
         for (let r = 0; r < 6; r++) for (let j = 0; j < w; j++) got[r * V + cp[i] + j] = gs[r * w + j];
       });
       expectGradClose(`sharded gradient ${dtype}`, got, gref, dtype, seed + k);
+      // Stats combined from 3-column partials hold no entropy (NaN): a backward without
+      // gradEntropy must not let it reach any element (the target's included).
+      const comb3 = rlk.combineTokenLogprobs(p3, c.targets, { temperature, saveForBackward: true });
+      const gref3 = refBackward(refInput(c, tRef), g);
+      const got3 = new Float32Array(6 * V);
+      // Fresh shards: the loop above overwrote half of them in place.
+      const fresh = cp.slice(0, -1).map((a, i) => slice(c, dtype, a, cp[i + 1]));
+      fresh.forEach((s, i) => {
+        const gs = f32(
+          rlk.tokenLogprobsShardBackward(s, c.targets, rlk.tensor(g, { device }), { vocabStart: cp[i], vocabSize: V, stats: comb3.stats!, temperature }),
+        );
+        const w = cp[i + 1] - cp[i];
+        for (let r = 0; r < 6; r++) for (let j = 0; j < w; j++) got3[r * V + cp[i] + j] = gs[r * w + j];
+      });
+      expectGradClose(`sharded gradient from 3-column stats ${dtype}`, got3, gref3, dtype, seed + k);
     });
   });
 
@@ -589,12 +604,14 @@ describe('tokenLogprobs rejects bad input', () => {
     expectThrow(() => f(disposed, targets), rlk.DisposedError, /logits was disposed/);
     expectThrow(() => f(logits, targets, { temprature: 1 }), TypeError, /unknown option 'temprature'/);
     expectThrow(() => f(logits, targets, 5), TypeError, /options must be an object/);
-    for (const t of [0, -1, NaN, Infinity, 1e-320]) expectThrow(() => f(logits, targets, { temperature: t }), RangeError, /temperature/);
+    for (const t of [0, -1, NaN, Infinity, 1e-320, 1e-40]) expectThrow(() => f(logits, targets, { temperature: t }), RangeError, /temperature/);
     expectThrow(() => f(logits, targets, { temperature: '1' }), TypeError, /temperature/);
     expectThrow(() => f(logits, targets, { temperature: rlk.zeros([3], { dtype: 'bfloat16' }) }), TypeError, /temperature must be float32/);
     expectThrow(() => f(logits, targets, { temperature: rlk.zeros([4]) }), RangeError, /temperature must have shape/);
     expectThrow(() => f(logits, targets, { temperature: rlk.tensor([1, 0, 1]) }), RangeError, /temperature\[1\]/);
     expectThrow(() => f(logits, targets, { temperature: rlk.tensor([1, NaN, 1]) }), RangeError, /temperature\[1\]/);
+    // 1e-40 is a float32 subnormal whose inverse overflows float32 (finite in double).
+    expectThrow(() => f(logits, targets, { temperature: rlk.tensor([1, 1e-40, 1]) }), RangeError, /temperature\[1\]/);
     expectThrow(() => f(logits, targets, { entropy: 1 }), TypeError, /entropy must be a boolean/);
     expectThrow(() => f(logits, targets, { ignoreIndex: 1.5 }), RangeError, /ignoreIndex/);
     expectThrow(() => f(logits, targets, { ignoreIndex: 2 ** 60 }), RangeError, /ignoreIndex/);
@@ -713,5 +730,35 @@ describeCuda('tokenLogprobs (cuda)', () => {
     // The error is taken once: the next op and read succeed.
     const ok = rlk.tokenLogprobs(logits, rlk.tensor(Int32Array.from([0, 9, 1]), { device: 'cuda' }));
     expectClose('after the error', (await ok.logprobs.toArray()) as Float32Array, new Array(3).fill(-Math.log(10)), 1e-6, 0);
+  });
+
+  // The launchers set the tensor's device: the runtime sets it only when it creates a
+  // stream or cudaMallocs, so after work on cuda:0 served from the cache, cuda:1's
+  // launch would go to the wrong device.
+  it('runs on the tensors\' device whichever device was used last (2 GPUs or more)', (ctx) => {
+    if (rlk.cuda.deviceCount() < 2) ctx.skip();
+    const seed = freshSeed();
+    const cases = [makeCase(seed, [5, 300], 'float32', { device: 'cuda:0' }), makeCase(seed + 1, [5, 3000], 'bfloat16', { device: 'cuda:1' })];
+    for (let round = 0; round < 3; round++) {
+      for (const c of [cases[round % 2], cases[(round + 1) % 2]]) {
+        const res = rlk.tokenLogprobs(c.logits, c.targets, { entropy: true });
+        const ref = refForward(refInput(c));
+        expectClose(`logprobs on ${c.logits.device}`, f32(res.logprobs), ref.logprobs, fwdTol(c.logits.dtype as FloatDType), c.seed);
+        res.logprobs.dispose();
+        res.entropy!.dispose();
+      }
+    }
+  });
+
+  it('reports a bad per-row temperature at the next read, on an ignored row too (as the CPU throws)', async () => {
+    const logits = rlk.zeros([3, 10], { device: 'cuda' });
+    const targets = rlk.tensor(Int32Array.from([0, -100, 1]), { device: 'cuda' });
+    for (const bad of [0, 1e-40]) {
+      const temperature = rlk.tensor(Float32Array.from([1, bad, 1]), { device: 'cuda' });
+      const res = rlk.tokenLogprobs(logits, targets, { temperature });
+      await expect(res.logprobs.toArray()).rejects.toThrow(RangeError);
+      const g = rlk.tokenLogprobsBackward(logits, targets, rlk.full([3], 1, { device: 'cuda' }), { temperature });
+      await expect(g.toArray()).rejects.toThrow(RangeError);
+    }
   });
 });

@@ -59,7 +59,10 @@ Temperature TemperatureArgs(const Napi::CallbackInfo& info, size_t ni, size_t ti
   Napi::Env env = info.Env();
   Temperature t;
   double v = NumberArg(info, ni, fn, "temperature");
-  if (!(v > 0) || !std::isfinite(v) || !std::isfinite(1.0 / v) || !(float(1.0 / v) > 0))
+  // The kernels take 1/T as a float32: a T below ~3e-39 has a finite double
+  // inverse that rounds to +inf in float32, and (x - max) * inf is NaN at the
+  // row's maximum, so the float32 inverse itself must be finite.
+  if (!(v > 0) || !std::isfinite(v) || !std::isfinite(float(1.0 / v)) || !(float(1.0 / v) > 0))
     ThrowRangeError(env, Str(fn) + "temperature must be a positive finite number, got " + Describe(info[ni]));
   t.inv = float(1.0 / v);
   if (Tensor* tt = OptionalTensorArg(info, ti, fn, "temperature")) {
@@ -75,7 +78,9 @@ Temperature TemperatureArgs(const Napi::CallbackInfo& info, size_t ni, size_t ti
     if (r.device == kCpu) {
       for (int64_t i = 0; i < r.rows; ++i) {
         float x = t.per_row[i];
-        if (!(x > 0) || !std::isfinite(x) || !std::isfinite(1.0 / double(x)))
+        // As above: the CPU kernel uses float(1 / T), which must be finite
+        // (the CUDA kernels report such a row through the error word).
+        if (!(x > 0) || !std::isfinite(x) || !std::isfinite(float(1.0 / double(x))))
           ThrowRangeError(env, Str(fn) + "temperature[" + std::to_string(i) + "] must be a positive finite number, got " +
                                    Describe(Napi::Number::New(env, x)));
       }
@@ -207,6 +212,7 @@ Napi::Value Forward(const Napi::CallbackInfo& info) {
   p.entropy_out = static_cast<float*>(ent.data);
   p.stats = static_cast<float*>(st.data);
   p.error_word = q.error_word;
+  p.device = r.device;
   p.stream = q.stream;
   ThrowIfError(env, RunFwd(r.device, p), fn);
   Napi::Array res = Napi::Array::New(env, 3);
@@ -276,6 +282,7 @@ Napi::Value Backward(const Napi::CallbackInfo& info) {
   p.vocab_size = vocab_size;
   p.ignore_index = ignore;
   p.error_word = q.error_word;
+  p.device = r.device;
   p.stream = q.stream;
   ThrowIfError(env, RunBwd(r.device, p), fn);
   return g.value;
@@ -314,6 +321,7 @@ Napi::Value Partials(const Napi::CallbackInfo& info) {
   p.entropy = entropy;
   p.partials = static_cast<float*>(o.data);
   p.error_word = q.error_word;
+  p.device = r.device;
   p.stream = q.stream;
   ThrowIfError(env, RunFwd(r.device, p), fn);
   return o.value;
@@ -389,6 +397,7 @@ Napi::Value Combine(const Napi::CallbackInfo& info) {
   p.entropy_out = static_cast<float*>(ent.data);
   p.stats = static_cast<float*>(st.data);
   p.error_word = q.error_word;
+  p.device = r.device;
   p.stream = q.stream;
   ThrowIfError(env, RunCombine(r.device, p), fn);
   Napi::Array res = Napi::Array::New(env, 3);

@@ -42,7 +42,7 @@ RowStats MergeLanes(const float* ml, const double* sl, const double* tl, int lan
     double delta = (double(ml[l]) - double(big)) * double(inv_t);
     double a = std::exp(delta);
     s += a * sl[l];
-    if (sl[l] != 0.0) t += a * (tl[l] + delta * sl[l]);
+    t += TlpShiftEntropy(a, delta, sl[l], tl[l]);
   }
   return {big, s, t};
 }
@@ -57,7 +57,7 @@ RowStats RowStatsScalar(const T* x, int64_t n, float inv_t) {
     if (v > m) {
       double delta = (double(m) - double(v)) * double(inv_t);
       double a = std::exp(delta);
-      if (kEntropy) t = a * (t + (s != 0 ? delta * s : 0.0));
+      if (kEntropy) t = TlpShiftEntropy(a, delta, s, t);
       s *= a;
       m = v;
     }
@@ -74,8 +74,7 @@ void RowGradScalar(const T* x, T* out, int64_t n, float m, float inv_t, float in
   for (int64_t j = 0; j < n; ++j) {
     double d = (double(ToFloat(x[j])) - double(m)) * double(inv_t);
     double p = std::exp(d) * double(inv_s);
-    double gr = -double(g) * p;
-    if (kEntropy && p != 0) gr -= double(ge) * p * (d + double(c));
+    double gr = TlpGradTerm<kEntropy>(p, d, double(g), double(ge), double(c));
     out[j] = FromFloat<T>(float(gr * double(inv_t)));
   }
 }
@@ -155,14 +154,6 @@ struct Avx512Isa {
   }
 };
 
-template <class Idx>
-inline int64_t TargetAt(const void* targets, int64_t r) {
-  return int64_t(static_cast<const Idx*>(targets)[r]);
-}
-
-inline float InvTemperature(const float* temperature, float fixed, int64_t r) {
-  return temperature ? float(1.0 / double(temperature[r])) : fixed;
-}
 
 // Rows per ParallelFor slice: enough elements that a slice outweighs its
 // scheduling, few enough that two threads share a small batch.
@@ -177,18 +168,16 @@ void FwdRows(const TokenLogprobsFwdParams& p, int64_t begin, int64_t end) {
   const bool entropy = p.entropy || (!partial && p.stats);
   const int cols = p.entropy ? kTlpPartialColsEntropy : kTlpPartialCols;
   for (int64_t r = begin; r < end; ++r) {
-    const int64_t tg = TargetAt<Idx>(p.targets, r);
+    const int64_t tg = TlpTargetAt<Idx>(p.targets, r);
     if (tg == p.ignore_index) {
       if (partial) {
         for (int k = 0; k < cols; ++k) p.partials[r * cols + k] = 0.0f;
       } else {
-        p.logprobs[r] = 0.0f;
-        if (p.entropy_out) p.entropy_out[r] = 0.0f;
-        if (p.stats) for (int k = 0; k < kTlpStatsCols; ++k) p.stats[r * kTlpStatsCols + k] = 0.0f;
+        TlpZeroRow(p.logprobs, p.entropy_out, p.stats, r);
       }
       continue;
     }
-    const float inv_t = InvTemperature(p.temperature, p.inv_temperature, r);
+    const float inv_t = TlpRowInvTemperature(p.temperature, p.inv_temperature, r);
     const T* x = logits + r * p.vocab;
     const RowStats st = entropy ? Isa::template Stats<T, true>(x, p.vocab, inv_t) : Isa::template Stats<T, false>(x, p.vocab, inv_t);
     const int64_t local = tg - p.vocab_start;
@@ -203,10 +192,8 @@ void FwdRows(const TokenLogprobsFwdParams& p, int64_t begin, int64_t end) {
       continue;
     }
     const double log_s = std::log(st.s);
-    double lp = in_row ? (double(ToFloat(x[local])) - double(st.m)) * double(inv_t) - log_s : double(kNaN);
-    if (lp > 0) lp = 0;  // log_s >= 0 and x_t <= m; guards the last rounding only
-    double h = log_s - st.t / st.s;
-    if (h < 0) h = 0;
+    const double lp = in_row ? TlpLogprob(double(ToFloat(x[local])), double(st.m), double(inv_t), log_s) : double(kNaN);
+    const double h = TlpEntropy(log_s, st.t, st.s);
     p.logprobs[r] = float(lp);
     if (p.entropy_out) p.entropy_out[r] = float(h);
     if (p.stats) {
@@ -223,14 +210,14 @@ void BwdRows(const TokenLogprobsBwdParams& p, int64_t begin, int64_t end) {
   const T* logits = static_cast<const T*>(p.logits);
   T* grad = static_cast<T*>(p.grad_logits);
   for (int64_t r = begin; r < end; ++r) {
-    const int64_t tg = TargetAt<Idx>(p.targets, r);
+    const int64_t tg = TlpTargetAt<Idx>(p.targets, r);
     T* out = grad + r * p.vocab;
     const T* x = logits + r * p.vocab;
     if (tg == p.ignore_index) {
       std::memset(static_cast<void*>(out), 0, size_t(p.vocab) * sizeof(T));  // +0 in all three dtypes
       continue;
     }
-    const float inv_t = InvTemperature(p.temperature, p.inv_temperature, r);
+    const float inv_t = TlpRowInvTemperature(p.temperature, p.inv_temperature, r);
     const float g = p.grad_logprobs[r];
     const float ge = p.grad_entropy ? p.grad_entropy[r] : 0.0f;
     float m;
@@ -243,8 +230,7 @@ void BwdRows(const TokenLogprobsBwdParams& p, int64_t begin, int64_t end) {
       const RowStats st = p.grad_entropy ? Isa::template Stats<T, true>(x, p.vocab, inv_t) : Isa::template Stats<T, false>(x, p.vocab, inv_t);
       m = st.m;
       s = st.s;
-      h = std::log(st.s) - st.t / st.s;
-      if (h < 0) h = 0;
+      h = TlpEntropy(std::log(st.s), st.t, st.s);
     }
     const int64_t local = tg - p.vocab_start;
     const bool in_row = local >= 0 && local < p.vocab;
@@ -262,8 +248,11 @@ void BwdRows(const TokenLogprobsBwdParams& p, int64_t begin, int64_t end) {
     } else if (in_row) {
       const double d = (double(xt) - double(m)) * double(inv_t);
       const double pt = std::exp(d) * inv_s;
-      double gr = -double(g) * pt;
-      if (pt != 0) gr -= double(ge) * pt * (d + c);
+      // Without gradEntropy the entropy term must be skipped, not multiplied
+      // by ge = 0: stats from partials without entropy hold H = NaN, and
+      // 0 * NaN made the target's gradient NaN.
+      double gr = p.grad_entropy ? TlpGradTerm<true>(pt, d, double(g), double(ge), c)
+                                 : TlpGradTerm<false>(pt, d, double(g), double(ge), c);
       // The 1[j = target] term; dropped for a -inf target logit, whose
       // log-prob is the constant -inf (DESIGN 4: a finite gradient).
       if (xt != -INFINITY) gr += double(g);
@@ -276,13 +265,11 @@ template <class Idx>
 void CombineRows(const TokenLogprobsCombineParams& p, int64_t begin, int64_t end) {
   const int cols = p.cols;
   for (int64_t r = begin; r < end; ++r) {
-    if (TargetAt<Idx>(p.targets, r) == p.ignore_index) {
-      p.logprobs[r] = 0.0f;
-      if (p.entropy_out) p.entropy_out[r] = 0.0f;
-      if (p.stats) for (int k = 0; k < kTlpStatsCols; ++k) p.stats[r * kTlpStatsCols + k] = 0.0f;
+    if (TlpTargetAt<Idx>(p.targets, r) == p.ignore_index) {
+      TlpZeroRow(p.logprobs, p.entropy_out, p.stats, r);
       continue;
     }
-    const double inv_t = InvTemperature(p.temperature, p.inv_temperature, r);
+    const double inv_t = TlpRowInvTemperature(p.temperature, p.inv_temperature, r);
     float big = -FLT_MAX;
     double xt = 0;
     for (int k = 0; k < p.shards; ++k) {
@@ -296,16 +283,11 @@ void CombineRows(const TokenLogprobsCombineParams& p, int64_t begin, int64_t end
       const double delta = (double(q[0]) - double(big)) * inv_t;
       const double a = std::exp(delta);
       s += a * double(q[1]);
-      if (cols == kTlpPartialColsEntropy && q[1] != 0.0f) t += a * (double(q[3]) + delta * double(q[1]));
+      if (cols == kTlpPartialColsEntropy) t += TlpShiftEntropy(a, delta, double(q[1]), double(q[3]));
     }
     const double log_s = std::log(s);
-    double lp = (xt - double(big)) * inv_t - log_s;
-    if (lp > 0) lp = 0;
-    double h = kNaN;
-    if (cols == kTlpPartialColsEntropy) {
-      h = log_s - t / s;
-      if (h < 0) h = 0;
-    }
+    const double lp = TlpLogprob(xt, double(big), inv_t, log_s);
+    const double h = cols == kTlpPartialColsEntropy ? TlpEntropy(log_s, t, s) : double(kNaN);
     p.logprobs[r] = float(lp);
     if (p.entropy_out) p.entropy_out[r] = float(h);
     if (p.stats) {

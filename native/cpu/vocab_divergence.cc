@@ -56,8 +56,8 @@ namespace {
 #define RLK_VDIV_INLINE __attribute__((always_inline)) inline
 
 constexpr int64_t kBlock = 1024;     // elements per online block (two fp32 blocks fit L1)
-constexpr float kSmall = 0.34f;      // |r| < ln2/2: the Exp polynomial gives e^r - 1 - r without cancellation
-constexpr float kJsdClamp = 80.0f;   // |x| beyond this: e^|x| would overflow in the log1p forms
+constexpr float kSmall = kVdivSmall;
+constexpr float kJsdClamp = kVdivJsdClamp;
 
 // ---- ISA wrappers -------------------------------------------------------------
 struct ScalarOps {
@@ -466,16 +466,6 @@ RLK_VDIV_INLINE void GradPass(const TS* s, const TT* t, int64_t nv, const RowCon
   }
 }
 
-bool RowIgnored(const VocabDivergenceParams& p, int64_t r) {
-  if (p.mask && p.mask[r] == 0) return true;
-  if (p.targets) {
-    const int64_t target = p.targets_dtype == DType::kInt32 ? int64_t(static_cast<const int32_t*>(p.targets)[r])
-                                                            : static_cast<const int64_t*>(p.targets)[r];
-    if (target == p.ignore_index) return true;
-  }
-  return false;
-}
-
 template <class Ops, class TS, class TT>
 RLK_VDIV_INLINE void Row(const VocabDivergenceParams& p, DivergenceKind kind, int64_t r) {
   const int64_t nv = p.vocab;
@@ -483,22 +473,21 @@ RLK_VDIV_INLINE void Row(const VocabDivergenceParams& p, DivergenceKind kind, in
   const TT* t = static_cast<const TT*>(p.teacher) + r * nv;
   TS* gs = static_cast<TS*>(p.grad_student) + r * nv;
   TT* gt = p.grad_teacher ? static_cast<TT*>(p.grad_teacher) + r * nv : nullptr;
-  if (RowIgnored(p, r)) {
+  if (VdivRowIgnored(p, r)) {
     p.values[r] = 0.0f;
     std::memset(static_cast<void*>(gs), 0, size_t(nv) * sizeof(TS));  // all-zero bits are +0 in every float format
     if (gt) std::memset(static_cast<void*>(gt), 0, size_t(nv) * sizeof(TT));
     return;
   }
   const RowNorm n = Normalisers<Ops>(s, t, nv, p.inv_temperature);
+  const VdivRowScalars rk = VdivRowConstants(p, kind, n.tmax, n.smax, n.tsum, n.ssum);
   RowConsts<Ops> k;
   k.tmax = Ops::Set(n.tmax);
   k.smax = Ops::Set(n.smax);
   k.inv_t = Ops::Set(p.inv_temperature);
-  k.rst = Ops::Set(float(1.0 / n.tsum));
-  k.rss = Ops::Set(float(1.0 / n.ssum));
-  const double inv_t = double(p.inv_temperature) + double(p.inv_temperature_lo);
-  const double xoff = (double(n.smax) - double(n.tmax)) * inv_t + std::log(n.ssum) - std::log(n.tsum);
-  k.xoff = Ops::Set(float(xoff));
+  k.rst = Ops::Set(rk.rst);
+  k.rss = Ops::Set(rk.rss);
+  k.xoff = Ops::Set(rk.xoff);
   k.beta = Ops::Set(p.beta);
   k.omb = Ops::Set(1.0f - p.beta);
   if (kind == DivergenceKind::kForwardKl) {
@@ -509,11 +498,10 @@ RLK_VDIV_INLINE void Row(const VocabDivergenceParams& p, DivergenceKind kind, in
     k.sref = Ops::Set(ToFloat(s[n.sarg]));
   }
   if (kind == DivergenceKind::kJsd) {
-    const double b = p.beta;
-    k.lbt = Ops::Set(float(-std::log(b)));
-    k.lbs = Ops::Set(float(-std::log1p(-b)));
-    k.rhot = Ops::Set(float((1.0 - b) / b));
-    k.rhos = Ops::Set(float(b / (1.0 - b)));
+    k.lbt = Ops::Set(rk.lbt);
+    k.lbs = Ops::Set(rk.lbs);
+    k.rhot = Ops::Set(rk.rhot);
+    k.rhos = Ops::Set(rk.rhos);
   }
   double sums[4];
   switch (kind) {
@@ -525,20 +513,20 @@ RLK_VDIV_INLINE void Row(const VocabDivergenceParams& p, DivergenceKind kind, in
         const float c[4] = {float(sums[1]), 0.0f, 0.0f, 0.0f};
         GradPass<Ops, DivergenceKind::kForwardKl>(s, t, nv, k, c, gs, gt);
       }
-      p.values[r] = float(sums[0]);
+      p.values[r] = VdivRowValue(kind, p.beta, sums);
       break;
     case DivergenceKind::kReverseKl: {
       ValuePass<Ops, DivergenceKind::kReverseKl, false>(s, t, nv, k, sums, gs);
       const float c[4] = {float(sums[1]), 0.0f, 0.0f, 0.0f};
       GradPass<Ops, DivergenceKind::kReverseKl>(s, t, nv, k, c, gs, gt);
-      p.values[r] = float(sums[0]);
+      p.values[r] = VdivRowValue(kind, p.beta, sums);
       break;
     }
     case DivergenceKind::kJsd: {
       ValuePass<Ops, DivergenceKind::kJsd, false>(s, t, nv, k, sums, gs);
       const float c[4] = {float(sums[0]), float(sums[1]), float(sums[2]), float(sums[3])};
       GradPass<Ops, DivergenceKind::kJsd>(s, t, nv, k, c, gs, gt);
-      p.values[r] = float(double(p.beta) * sums[0] + (1.0 - double(p.beta)) * sums[1]);
+      p.values[r] = VdivRowValue(kind, p.beta, sums);
       break;
     }
   }
@@ -557,19 +545,11 @@ void RowsScalar(const VocabDivergenceParams& p, DivergenceKind kind, int64_t b, 
   for (int64_t r = b; r < e; ++r) Row<ScalarOps, TS, TT>(p, kind, r);
 }
 
-Status Invalid(const char* m) { return Status{Status::kInvalidArgument, m}; }
-
 }  // namespace
 
 Status VocabDivergence(const VocabDivergenceParams& p) {
-  if (p.rows < 0 || p.vocab < 1) return Invalid("vocabDivergence: rows must be >= 0 and vocab >= 1");
-  if (!(p.beta >= 0.0f && p.beta <= 1.0f)) return Status{Status::kOutOfRange, "vocabDivergence: beta must be in [0, 1]"};
-  if (!(p.inv_temperature > 0.0f) || !std::isfinite(p.inv_temperature))
-    return Status{Status::kOutOfRange, "vocabDivergence: temperature must be a finite number > 0"};
-  if (p.targets && p.targets_dtype != DType::kInt32 && p.targets_dtype != DType::kInt64)
-    return Invalid("vocabDivergence: targets must be int32 or int64");
+  if (Status st = VocabDivergenceCheck(p); !st.ok()) return st;
   if (p.rows == 0) return Status::Ok();
-  if (!p.student || !p.teacher || !p.values || !p.grad_student) return Invalid("vocabDivergence: missing tensor");
   const DivergenceKind kind = EffectiveKind(p);
   const simd::IsaKind isa = simd::Isa();
   const int64_t grain = std::max<int64_t>(1, (int64_t(1) << 15) / p.vocab);

@@ -24,6 +24,10 @@ constexpr int kBlockThreads = 512;   // block-per-row kernels
 constexpr int kWarpBlockThreads = 256;  // warp-per-row kernels: 8 rows a block
 constexpr int64_t kWarpRowMaxVocab = 2048;
 constexpr int64_t kMaxGrid = int64_t(1) << 20;  // grid-stride beyond this
+// GroupReduce: whole warps (full-mask shuffles) and at most 32 per-warp
+// slots, which warp 0 reduces.
+static_assert(kBlockThreads % 32 == 0 && kBlockThreads / 32 <= 32, "block reduction needs full warps, at most 32");
+static_assert(kWarpBlockThreads % 32 == 0, "warp-per-row blocks must hold whole warps");
 
 Status CudaCheck(cudaError_t err, const char* what) {
   if (err == cudaSuccess) return Status::Ok();
@@ -66,8 +70,7 @@ __device__ __forceinline__ void Rescale(Lse& a, float new_max, float inv_t) {
     Fold(a);
     const float delta = (a.m - new_max) * inv_t;
     const float e = Exp(delta);
-    // s == 0 (nothing finite seen yet): delta may be -inf, and -inf * 0 is NaN.
-    if (kEntropy) a.t = e * (a.t + (a.s != 0.0f ? delta * a.s : 0.0f));
+    if (kEntropy) a.t = TlpShiftEntropy(e, delta, a.s, a.t);
     a.s *= e;
     a.m = new_max;
   }
@@ -94,7 +97,7 @@ __device__ __forceinline__ Lse Merge(Lse a, Lse b, float inv_t) {
   r.t = 0.0f;
   r.cs = 0.0f;
   r.ct = 0.0f;
-  if (kEntropy) r.t = (a.s != 0.0f ? ea * (a.t + da * a.s) : 0.0f) + (b.s != 0.0f ? eb * (b.t + db * b.s) : 0.0f);
+  if (kEntropy) r.t = TlpShiftEntropy(ea, da, a.s, a.t) + TlpShiftEntropy(eb, db, b.s, b.t);
   return r;
 }
 
@@ -222,11 +225,6 @@ __device__ Lse RowLse(const T* row, int64_t vocab, float inv_t, int lane, Lse* s
   return GroupReduce<kGroup, kEntropy>(a, inv_t, smem);
 }
 
-template <class Idx>
-__device__ __forceinline__ int64_t TargetAt(const void* targets, int64_t r) {
-  return int64_t(static_cast<const Idx*>(targets)[r]);
-}
-
 __device__ __forceinline__ void ReportError(int32_t* word, int32_t code) {
   if (word) atomicCAS(word, 0, code);
 }
@@ -234,13 +232,8 @@ __device__ __forceinline__ void ReportError(int32_t* word, int32_t code) {
 // The row's 1/T, or 0 for a bad per-row temperature (reported once per row).
 __device__ __forceinline__ float RowInvTemperature(const float* temperature, float fixed, int64_t r, int32_t* word,
                                                    bool report) {
-  if (!temperature) return fixed;
-  const float t = temperature[r];
-  const float inv = 1.0f / t;
-  if (!(t > 0.0f) || !isfinite(t) || !isfinite(inv) || !(inv > 0.0f)) {
-    if (report) ReportError(word, kDeviceErrorBadTemperature);
-    return 0.0f;
-  }
+  const float inv = TlpRowInvTemperature(temperature, fixed, r);
+  if (inv == 0.0f && report) ReportError(word, kDeviceErrorBadTemperature);
   return inv;
 }
 
@@ -266,17 +259,17 @@ __global__ void TokenLogprobsFwdKernel(TokenLogprobsFwdParams p) {
   int lane;
   GroupIndex<kGroup>(&first, &stride, &lane);
   for (int64_t r = first; r < p.rows; r += stride) {
-    const int64_t tg = TargetAt<Idx>(p.targets, r);
+    const int64_t tg = TlpTargetAt<Idx>(p.targets, r);
     const bool leader = lane == 0;
     if (tg == p.ignore_index) {
       if (leader) {
+        // The binding rejects a bad per-row temperature on the CPU whether or
+        // not the row is ignored; report it here too so both devices agree.
+        RowInvTemperature(p.temperature, p.inv_temperature, r, p.error_word, true);
         if (partial) {
           for (int k = 0; k < cols; ++k) p.partials[r * cols + k] = 0.0f;
         } else {
-          p.logprobs[r] = 0.0f;
-          if (p.entropy_out) p.entropy_out[r] = 0.0f;
-          if (p.stats)
-            for (int k = 0; k < kTlpStatsCols; ++k) p.stats[r * kTlpStatsCols + k] = 0.0f;
+          TlpZeroRow(p.logprobs, p.entropy_out, p.stats, r);
         }
       }
       continue;  // uniform over the group: every thread read the same target
@@ -300,10 +293,8 @@ __global__ void TokenLogprobsFwdKernel(TokenLogprobsFwdParams p) {
       continue;
     }
     const float log_s = logf(a.s);
-    float lp = (xt - a.m) * inv_t - log_s;
-    if (lp > 0.0f) lp = 0.0f;  // x_t <= m and s >= 1; guards the last rounding (keeps NaN)
-    float h = log_s - a.t / a.s;
-    if (h < 0.0f) h = 0.0f;
+    const float lp = TlpLogprob(xt, a.m, inv_t, log_s);
+    const float h = TlpEntropy(log_s, a.t, a.s);
     p.logprobs[r] = bad ? QuietNaN() : lp;
     if (p.entropy_out) p.entropy_out[r] = bad ? QuietNaN() : h;
     if (p.stats) {
@@ -316,18 +307,17 @@ __global__ void TokenLogprobsFwdKernel(TokenLogprobsFwdParams p) {
 }
 
 // d logits_j = [g (1[j = t] - p_j) - gE p_j (log p_j + H)] / T with
-// p_j = e^{(x_j - m)/T} / s and log p_j + H = (x_j - m)/T + c, c = H - log s.
-// The one-hot term is skipped for a -inf target logit (its log-prob is the
-// constant -inf; DESIGN 4 asks for a finite gradient).
+// p_j = e^{(x_j - m)/T} / s and log p_j + H = (x_j - m)/T + c, c = H - log s
+// (TlpGradTerm). The one-hot term is skipped for a -inf target logit (its
+// log-prob is the constant -inf; DESIGN 4 asks for a finite gradient).
 template <bool kEntropy>
-__device__ __forceinline__ float GradAt(float x, bool is_target, float m, float inv_t, float inv_s, float neg_g_t,
-                                        float neg_ge_t, float c, float g_t) {
+__device__ __forceinline__ float GradAt(float x, bool is_target, float m, float inv_t, float inv_s, float g, float ge,
+                                        float c) {
   const float d = (x - m) * inv_t;
   const float pj = Exp(d) * inv_s;
-  float gr = neg_g_t * pj;
-  if (kEntropy && pj != 0.0f) gr += neg_ge_t * pj * (d + c);
-  if (is_target && x != -INFINITY) gr += g_t;
-  return gr;
+  float gr = TlpGradTerm<kEntropy>(pj, d, g, ge, c);
+  if (is_target && x != -INFINITY) gr += g;
+  return gr * inv_t;
 }
 
 template <int kGroup, class T, class Idx, bool kEntropy>
@@ -340,11 +330,12 @@ __global__ void TokenLogprobsBwdKernel(TokenLogprobsBwdParams p) {
   GroupIndex<kGroup>(&first, &stride, &lane);
   constexpr int kN = Pack<T>::kN;
   for (int64_t r = first; r < p.rows; r += stride) {
-    const int64_t tg = TargetAt<Idx>(p.targets, r);
+    const int64_t tg = TlpTargetAt<Idx>(p.targets, r);
     const T* row = logits + r * p.vocab;
     T* out = grad + r * p.vocab;
     const bool leader = lane == 0;
     if (tg == p.ignore_index) {
+      RowInvTemperature(p.temperature, p.inv_temperature, r, p.error_word, leader);  // reported as on the CPU
       for (int64_t j = lane; j < p.vocab; j += kGroup) out[j] = FromFloat<T>(0.0f);
       continue;
     }
@@ -362,8 +353,7 @@ __global__ void TokenLogprobsBwdKernel(TokenLogprobsBwdParams p) {
                                    : RowLse<kGroup, T, false>(row, p.vocab, inv_t, lane, smem);
       m = a.m;
       s = a.s;
-      h = logf(a.s) - a.t / a.s;
-      if (h < 0.0f) h = 0.0f;
+      h = TlpEntropy(logf(a.s), a.t, a.s);
     }
     if (bad) {
       for (int64_t j = lane; j < p.vocab; j += kGroup) out[j] = FromFloat<T>(QuietNaN());
@@ -373,7 +363,6 @@ __global__ void TokenLogprobsBwdKernel(TokenLogprobsBwdParams p) {
     const float ge = p.grad_entropy ? p.grad_entropy[r] : 0.0f;
     const float inv_s = 1.0f / s;
     const float c = h - logf(s);
-    const float neg_g_t = -g * inv_t, neg_ge_t = -ge * inv_t, g_t = g * inv_t;
     const int64_t local = tg - p.vocab_start;  // may be outside [0, vocab): no target here
     int64_t head, vecs;
     RowSplit(row, p.vocab, &head, &vecs);
@@ -384,7 +373,7 @@ __global__ void TokenLogprobsBwdKernel(TokenLogprobsBwdParams p) {
       vecs = 0;
     }
     for (int64_t j = lane; j < head; j += kGroup)
-      out[j] = FromFloat<T>(GradAt<kEntropy>(ToFloat(row[j]), j == local, m, inv_t, inv_s, neg_g_t, neg_ge_t, c, g_t));
+      out[j] = FromFloat<T>(GradAt<kEntropy>(ToFloat(row[j]), j == local, m, inv_t, inv_s, g, ge, c));
     for (int64_t v = lane; v < vecs; v += kGroup) {
       const int64_t base = head + v * kN;
       // Read before write: in place, each thread overwrites only what it read.
@@ -393,11 +382,11 @@ __global__ void TokenLogprobsBwdKernel(TokenLogprobsBwdParams p) {
 #pragma unroll
       for (int k = 0; k < kN; ++k)
         o.v[k] = FromFloat<T>(
-            GradAt<kEntropy>(ToFloat(x.v[k]), base + k == local, m, inv_t, inv_s, neg_g_t, neg_ge_t, c, g_t));
+            GradAt<kEntropy>(ToFloat(x.v[k]), base + k == local, m, inv_t, inv_s, g, ge, c));
       StorePack(out + base, o);
     }
     for (int64_t j = head + vecs * kN + lane; j < p.vocab; j += kGroup)
-      out[j] = FromFloat<T>(GradAt<kEntropy>(ToFloat(row[j]), j == local, m, inv_t, inv_s, neg_g_t, neg_ge_t, c, g_t));
+      out[j] = FromFloat<T>(GradAt<kEntropy>(ToFloat(row[j]), j == local, m, inv_t, inv_s, g, ge, c));
   }
 }
 
@@ -405,11 +394,9 @@ template <class Idx>
 __global__ void TokenLogprobsCombineKernel(TokenLogprobsCombineParams p) {
   const int cols = p.cols;
   for (int64_t r = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; r < p.rows; r += int64_t(gridDim.x) * blockDim.x) {
-    if (TargetAt<Idx>(p.targets, r) == p.ignore_index) {
-      p.logprobs[r] = 0.0f;
-      if (p.entropy_out) p.entropy_out[r] = 0.0f;
-      if (p.stats)
-        for (int k = 0; k < kTlpStatsCols; ++k) p.stats[r * kTlpStatsCols + k] = 0.0f;
+    if (TlpTargetAt<Idx>(p.targets, r) == p.ignore_index) {
+      RowInvTemperature(p.temperature, p.inv_temperature, r, p.error_word, true);  // reported as on the CPU
+      TlpZeroRow(p.logprobs, p.entropy_out, p.stats, r);
       continue;
     }
     const float inv_t = RowInvTemperature(p.temperature, p.inv_temperature, r, p.error_word, true);
@@ -426,16 +413,11 @@ __global__ void TokenLogprobsCombineKernel(TokenLogprobsCombineParams p) {
       const float delta = (q[0] - big) * inv_t;
       const float a = Exp(delta);
       s += a * q[1];
-      if (cols == kTlpPartialColsEntropy && q[1] != 0.0f) t += a * (q[3] + delta * q[1]);
+      if (cols == kTlpPartialColsEntropy) t += TlpShiftEntropy(a, delta, q[1], q[3]);
     }
     const float log_s = logf(s);
-    float lp = (xt - big) * inv_t - log_s;
-    if (lp > 0.0f) lp = 0.0f;
-    float h = QuietNaN();
-    if (cols == kTlpPartialColsEntropy) {
-      h = log_s - t / s;
-      if (h < 0.0f) h = 0.0f;
-    }
+    const float lp = TlpLogprob(xt, big, inv_t, log_s);
+    const float h = cols == kTlpPartialColsEntropy ? TlpEntropy(log_s, t, s) : QuietNaN();
     const bool bad = inv_t == 0.0f;
     p.logprobs[r] = bad ? QuietNaN() : lp;
     if (p.entropy_out) p.entropy_out[r] = bad ? QuietNaN() : h;
@@ -446,6 +428,17 @@ __global__ void TokenLogprobsCombineKernel(TokenLogprobsCombineParams p) {
       out[2] = bad ? QuietNaN() : h;
     }
   }
+}
+
+// A kernel goes to the calling thread's current device, but p.stream and the
+// tensors belong to p.device: with another device current the launch fails
+// (invalid resource handle). DeviceStream and DeviceAlloc set the device
+// only when they create a stream or cudaMalloc a block, so after any op on
+// another GPU the current device is stale; the launcher sets it itself.
+Status SetDevice(int device, const char* what) {
+  if (cudaSetDevice(device) == cudaSuccess) return Status::Ok();
+  cudaGetLastError();
+  return Status{Status::kCudaError, what};
 }
 
 unsigned GridFor(int64_t groups) {
@@ -476,6 +469,7 @@ Status LaunchRows(int64_t rows, int64_t vocab, cudaStream_t stream, const char* 
 
 Status TokenLogprobsFwd(const TokenLogprobsFwdParams& p) {
   if (p.rows == 0) return Status::Ok();
+  if (Status st = SetDevice(p.device, "tokenLogprobs: cudaSetDevice failed"); !st.ok()) return st;
   cudaStream_t stream = static_cast<cudaStream_t>(p.stream);
   const bool entropy = p.entropy || (p.partials == nullptr && p.stats != nullptr);
   const char* what = p.partials ? "tokenLogprobsPartials: kernel launch failed" : "tokenLogprobs: kernel launch failed";
@@ -493,6 +487,7 @@ Status TokenLogprobsFwd(const TokenLogprobsFwdParams& p) {
 
 Status TokenLogprobsBwd(const TokenLogprobsBwdParams& p) {
   if (p.rows == 0) return Status::Ok();
+  if (Status st = SetDevice(p.device, "tokenLogprobsBackward: cudaSetDevice failed"); !st.ok()) return st;
   cudaStream_t stream = static_cast<cudaStream_t>(p.stream);
   return RLK_DISPATCH_FLOATING(p.logits_dtype, "tokenLogprobsBackward", [&] {
     return DispatchIndex(p.targets_dtype, "tokenLogprobsBackward: targets must be int32 or int64", [&](auto idx) {
@@ -509,6 +504,7 @@ Status TokenLogprobsBwd(const TokenLogprobsBwdParams& p) {
 
 Status TokenLogprobsCombine(const TokenLogprobsCombineParams& p) {
   if (p.rows == 0) return Status::Ok();
+  if (Status st = SetDevice(p.device, "combineTokenLogprobs: cudaSetDevice failed"); !st.ok()) return st;
   cudaStream_t stream = static_cast<cudaStream_t>(p.stream);
   return DispatchIndex(p.targets_dtype, "combineTokenLogprobs: targets must be int32 or int64", [&](auto idx) {
     using Idx = decltype(idx);

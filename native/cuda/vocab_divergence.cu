@@ -29,8 +29,11 @@ namespace {
 
 constexpr int kThreads = 256;
 constexpr int kWarps = kThreads / 32;
-constexpr float kSmall = 0.34f;     // |r| < ln2/2: the polynomial gives e^r - 1 - r without cancellation
-constexpr float kJsdClamp = 80.0f;  // |x| beyond this, e^|x| would overflow in the log1p forms
+// BlockSum/BlockCombine: full warps (the shuffles use a full mask) and at most
+// 32 per-warp slots, reduced by warp 0.
+static_assert(kThreads % 32 == 0 && kWarps <= 32, "block reductions need full warps, at most 32");
+constexpr float kSmall = kVdivSmall;
+constexpr float kJsdClamp = kVdivJsdClamp;
 
 // ---- loads ----------------------------------------------------------------
 __device__ __forceinline__ void Load8(const float* p, float v[8]) {
@@ -303,16 +306,6 @@ __device__ __forceinline__ float TighterDiff(float a, float b, float c, float d)
   return fmaxf(fabsf(c), fabsf(d)) < fmaxf(fabsf(a), fabsf(b)) ? c - d : a - b;
 }
 
-__device__ __forceinline__ bool RowIgnored(const VocabDivergenceParams& p, int64_t r) {
-  if (p.mask && p.mask[r] == 0) return true;
-  if (p.targets) {
-    const int64_t target = p.targets_dtype == DType::kInt32 ? int64_t(static_cast<const int32_t*>(p.targets)[r])
-                                                            : static_cast<const int64_t*>(p.targets)[r];
-    if (target == p.ignore_index) return true;
-  }
-  return false;
-}
-
 template <class TS, class TT, DivergenceKind kKind>
 __global__ void __launch_bounds__(kThreads) VocabDivergenceKernel(const VocabDivergenceParams p) {
   __shared__ double red[kWarps][4];
@@ -324,7 +317,7 @@ __global__ void __launch_bounds__(kThreads) VocabDivergenceKernel(const VocabDiv
     const TT* t = static_cast<const TT*>(p.teacher) + row * nv;
     TS* gs = static_cast<TS*>(p.grad_student) + row * nv;
     TT* gt = p.grad_teacher ? static_cast<TT*>(p.grad_teacher) + row * nv : nullptr;
-    if (RowIgnored(p, row)) {
+    if (VdivRowIgnored(p, row)) {
       for (int64_t j = threadIdx.x; j < nv; j += blockDim.x) {
         gs[j] = FromFloat<TS>(0.0f);
         if (gt) gt[j] = FromFloat<TT>(0.0f);
@@ -357,28 +350,25 @@ __global__ void __launch_bounds__(kThreads) VocabDivergenceKernel(const VocabDiv
     BlockCombine(ms, red_ms, inv_t);
     const double tsum = ms[0].m == -INFINITY ? NAN : ms[0].s;  // a row with no finite logit has no distribution
     const double ssum = ms[1].m == -INFINITY ? NAN : ms[1].s;
+    const VdivRowScalars rk = VdivRowConstants(p, kKind, ms[0].m, ms[1].m, tsum, ssum);
     RowConsts k;
     k.tmax = ms[0].m;
     k.smax = ms[1].m;
     k.inv_t = inv_t;
-    k.rst = float(1.0 / tsum);
-    k.rss = float(1.0 / ssum);
-    const double inv_t_d = double(p.inv_temperature) + double(p.inv_temperature_lo);
-    k.xoff = float((double(k.smax) - double(k.tmax)) * inv_t_d + log(ssum) - log(tsum));
+    k.rst = rk.rst;
+    k.rss = rk.rss;
+    k.xoff = rk.xoff;
     k.beta = p.beta;
     k.omb = 1.0f - p.beta;
     k.tref = k.sref = 0.0f;
-    k.lbt = k.lbs = k.rhot = k.rhos = 0.0f;
+    k.lbt = rk.lbt;
+    k.lbs = rk.lbs;
+    k.rhot = rk.rhot;
+    k.rhos = rk.rhos;
     if (kKind == DivergenceKind::kForwardKl || kKind == DivergenceKind::kReverseKl) {
       const int64_t r = kKind == DivergenceKind::kForwardKl ? ms[0].idx : ms[1].idx;
       k.tref = ToFloat(t[r]);
       k.sref = ToFloat(s[r]);
-    } else {
-      const double b = p.beta;
-      k.lbt = float(-log(b));
-      k.lbs = float(-log1p(-b));
-      k.rhot = float((1.0 - b) / b);
-      k.rhos = float(b / (1.0 - b));
     }
     // Pass 2: the value's sums (as the CPU's ValuePass).
     const bool fused = kKind == DivergenceKind::kForwardKl && gt == nullptr;
@@ -411,10 +401,7 @@ __global__ void __launch_bounds__(kThreads) VocabDivergenceKernel(const VocabDiv
     }
     double sums[4] = {acc[0].Value(), acc[1].Value(), acc[2].Value(), acc[3].Value()};
     BlockSum<4>(sums, red);
-    if (threadIdx.x == 0) {
-      p.values[row] = kKind == DivergenceKind::kJsd ? float(double(p.beta) * sums[0] + (1.0 - double(p.beta)) * sums[1])
-                                                    : float(sums[0]);
-    }
+    if (threadIdx.x == 0) p.values[row] = VdivRowValue(kKind, p.beta, sums);
     if (fused) continue;
     // Pass 3: the gradients (derivation above GradPass in the CPU file).
     const float c0 = float(sums[0]), c1 = float(sums[1]), c2 = float(sums[2]), c3 = float(sums[3]);
@@ -436,8 +423,6 @@ __global__ void __launch_bounds__(kThreads) VocabDivergenceKernel(const VocabDiv
     });
   }
 }
-
-Status Invalid(const char* m) { return Status{Status::kInvalidArgument, m}; }
 
 Status CheckLaunch(const char* what) {
   const cudaError_t err = cudaGetLastError();
@@ -464,14 +449,8 @@ Status LaunchTyped(const VocabDivergenceParams& p, DivergenceKind kind, int grid
 }  // namespace
 
 Status VocabDivergence(const VocabDivergenceParams& p) {
-  if (p.rows < 0 || p.vocab < 1) return Invalid("vocabDivergence: rows must be >= 0 and vocab >= 1");
-  if (!(p.beta >= 0.0f && p.beta <= 1.0f)) return Status{Status::kOutOfRange, "vocabDivergence: beta must be in [0, 1]"};
-  if (!(p.inv_temperature > 0.0f) || !std::isfinite(p.inv_temperature))
-    return Status{Status::kOutOfRange, "vocabDivergence: temperature must be a finite number > 0"};
-  if (p.targets && p.targets_dtype != DType::kInt32 && p.targets_dtype != DType::kInt64)
-    return Invalid("vocabDivergence: targets must be int32 or int64");
+  if (Status st = VocabDivergenceCheck(p); !st.ok()) return st;
   if (p.rows == 0) return Status::Ok();
-  if (!p.student || !p.teacher || !p.values || !p.grad_student) return Invalid("vocabDivergence: missing tensor");
   if (cudaSetDevice(p.device) != cudaSuccess) {
     cudaGetLastError();
     return Status{Status::kCudaError, "vocabDivergence: cudaSetDevice failed"};

@@ -8,6 +8,7 @@
 // one rounding whatever the magnitude of the logits, which a log-sum-exp
 // stored in z units (|lse| up to 1e4 / T) could not give in fp32.
 #pragma once
+#include <cfloat>
 #include <cstdint>
 
 #include "rlk/common.h"
@@ -47,7 +48,8 @@ struct TokenLogprobsFwdParams {
   float* stats = nullptr;            // [rows, kTlpStatsCols] or nullptr (computes the entropy column)
   float* partials = nullptr;         // [rows, 3 or 4 with entropy] or nullptr
   int32_t* error_word = nullptr;     // CUDA: the device error word (runtime.h)
-  void* stream = nullptr;            // CUDA: cudaStream_t
+  int device = 0;                    // CUDA: the ordinal (the launcher makes it current)
+  void* stream = nullptr;            // CUDA: cudaStream_t of `device`
 };
 
 // d logits_j = [g (1[j = target] - p_j) - gE p_j (log p_j + H)] / T, over full
@@ -70,6 +72,7 @@ struct TokenLogprobsBwdParams {
   int64_t vocab_size = 0;
   int64_t ignore_index = -100;
   int32_t* error_word = nullptr;
+  int device = 0;
   void* stream = nullptr;
 };
 
@@ -88,8 +91,74 @@ struct TokenLogprobsCombineParams {
   float* entropy_out = nullptr;      // [rows] or nullptr (needs cols == 4)
   float* stats = nullptr;            // [rows, kTlpStatsCols] or nullptr (entropy column NaN when cols == 3)
   int32_t* error_word = nullptr;
+  int device = 0;
   void* stream = nullptr;
 };
+
+// ---- row math shared by the CPU and CUDA kernels --------------------------------
+// One copy of each scalar formula (STYLE 1). F is double where the CPU keeps
+// its row sums in fp64 and float on the GPU.
+
+template <class Idx>
+RLK_HD int64_t TlpTargetAt(const void* targets, int64_t r) {  // targets: [rows]
+  return int64_t(static_cast<const Idx*>(targets)[r]);
+}
+
+// The row's 1/T, or 0 when a per-row temperature is not positive and finite
+// or its float32 inverse is not (the CUDA kernels report that row; the binding
+// has rejected such rows before the CPU kernels run). 1.0f / t is correctly
+// rounded, so it equals float(1.0 / double(t)).
+RLK_HD float TlpRowInvTemperature(const float* temperature, float fixed, int64_t r) {  // temperature: [rows] or null
+  if (!temperature) return fixed;
+  const float t = temperature[r];
+  const float inv = 1.0f / t;
+  if (!(t > 0.0f) || !(t <= FLT_MAX) || !(inv > 0.0f) || !(inv <= FLT_MAX)) return 0.0f;  // also NaN
+  return inv;
+}
+
+// An ignored row (target == ignore_index): logprob, entropy and stats exactly 0.
+RLK_HD void TlpZeroRow(float* logprobs, float* entropy_out, float* stats, int64_t r) {
+  logprobs[r] = 0.0f;
+  if (entropy_out) entropy_out[r] = 0.0f;
+  if (stats)
+    for (int k = 0; k < kTlpStatsCols; ++k) stats[r * kTlpStatsCols + k] = 0.0f;
+}
+
+// Moves an entropy sum t = sum e^{(x - m)/T} (x - m)/T, whose exp sum is s, to
+// a larger max m': with delta = (m - m')/T and a = e^delta,
+// t' = a (t + delta s). 0 when s == 0 (then t == 0 too, and delta may be
+// -inf: -inf * 0 would be NaN).
+template <class F>
+RLK_HD F TlpShiftEntropy(F a, F delta, F s, F t) {
+  return s != F(0) ? a * (t + delta * s) : F(0);
+}
+
+// logprob = (x_t - m)/T - log s. x_t <= m and s >= 1 make it <= 0; the clamp
+// guards the last rounding only (and keeps NaN).
+template <class F>
+RLK_HD F TlpLogprob(F xt, F m, F inv_t, F log_s) {
+  const F lp = (xt - m) * inv_t - log_s;
+  return lp > F(0) ? F(0) : lp;
+}
+
+// entropy = log s - t/s, clamped at 0 (keeps NaN).
+template <class F>
+RLK_HD F TlpEntropy(F log_s, F t, F s) {
+  const F h = log_s - t / s;
+  return h < F(0) ? F(0) : h;
+}
+
+// T times the gradient of one logit without the target's one-hot term:
+// -g p - gE p (d + c), with d = (x - m)/T, p = e^d / s and c = H - log s
+// (log p + H = d + c). The entropy term is skipped where p == 0 (d = -inf)
+// and without an entropy gradient (c may be NaN then: stats from partials
+// without entropy carry no H).
+template <bool kEntropy, class F>
+RLK_HD F TlpGradTerm(F p, F d, F g, F ge, F c) {
+  F gr = -g * p;
+  if (kEntropy && p != F(0)) gr -= ge * p * (d + c);
+  return gr;
+}
 
 namespace cpu {
 // Synchronous. Targets and temperatures are assumed checked by the caller; a
@@ -100,10 +169,11 @@ Status TokenLogprobsCombine(const TokenLogprobsCombineParams& p);
 }  // namespace cpu
 
 namespace cuda {
-// Enqueued on p.stream. A target outside [0, vocab_size) that is not
-// ignore_index, or a per-row temperature that is not positive and finite,
-// sets the device error word (the row's outputs are NaN) and is reported at
-// the next read.
+// Make p.device current, then enqueue on p.stream. A target outside
+// [0, vocab_size) that is not ignore_index (the row's outputs are NaN), or a
+// per-row temperature that is not positive and finite with a finite inverse
+// (on any row, ignored ones included, as the CPU binding checks them all),
+// sets the device error word, reported at the next read.
 Status TokenLogprobsFwd(const TokenLogprobsFwdParams& p);
 Status TokenLogprobsBwd(const TokenLogprobsBwdParams& p);
 Status TokenLogprobsCombine(const TokenLogprobsCombineParams& p);

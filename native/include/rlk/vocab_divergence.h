@@ -11,6 +11,7 @@
 //               do, beta = 0 means forward KL and beta = 1 reverse KL (the
 //               launchers remap those two).
 #pragma once
+#include <cmath>
 #include <cstdint>
 
 #include "rlk/common.h"
@@ -44,6 +45,70 @@ inline DivergenceKind EffectiveKind(const VocabDivergenceParams& p) {
   if (p.kind == DivergenceKind::kJsd && p.beta == 0.0f) return DivergenceKind::kForwardKl;
   if (p.kind == DivergenceKind::kJsd && p.beta == 1.0f) return DivergenceKind::kReverseKl;
   return p.kind;
+}
+
+// ---- shared by the CPU and CUDA launchers and kernels ----------------------------
+// One copy of each scalar formula (STYLE 1); the element math itself is
+// written per target (vector ops on the CPU, scalar on the GPU).
+
+constexpr float kVdivSmall = 0.34f;     // |r| < ln2/2: the exp polynomial gives e^r - 1 - r without cancellation
+constexpr float kVdivJsdClamp = 80.0f;  // |x| beyond this: e^|x| would overflow in the log1p forms
+
+// The launchers' own checks (the binding has checked the same before).
+inline Status VocabDivergenceCheck(const VocabDivergenceParams& p) {
+  if (p.rows < 0 || p.vocab < 1) return Status{Status::kInvalidArgument, "vocabDivergence: rows must be >= 0 and vocab >= 1"};
+  if (!(p.beta >= 0.0f && p.beta <= 1.0f)) return Status{Status::kOutOfRange, "vocabDivergence: beta must be in [0, 1]"};
+  if (!(p.inv_temperature > 0.0f) || !std::isfinite(p.inv_temperature))
+    return Status{Status::kOutOfRange, "vocabDivergence: temperature must be a finite number > 0"};
+  if (p.targets && p.targets_dtype != DType::kInt32 && p.targets_dtype != DType::kInt64)
+    return Status{Status::kInvalidArgument, "vocabDivergence: targets must be int32 or int64"};
+  if (p.rows > 0 && (!p.student || !p.teacher || !p.values || !p.grad_student))
+    return Status{Status::kInvalidArgument, "vocabDivergence: missing tensor"};
+  return Status::Ok();
+}
+
+// A row that is masked out or whose target is ignore_index: value 0, zero gradients.
+RLK_HD bool VdivRowIgnored(const VocabDivergenceParams& p, int64_t r) {
+  if (p.mask && p.mask[r] == 0) return true;
+  if (p.targets) {
+    const int64_t target = p.targets_dtype == DType::kInt32 ? int64_t(static_cast<const int32_t*>(p.targets)[r])
+                                                            : static_cast<const int64_t*>(p.targets)[r];
+    if (target == p.ignore_index) return true;
+  }
+  return false;
+}
+
+// A row's constants from its maxima and sums of exp (pass 1), for the
+// element math: x = (t - s)/T + xoff = log p_t - log p_s.
+struct VdivRowScalars {
+  float rst, rss;    // 1 / sum_j e^{(t_j - tmax)/T}, the same for s
+  float xoff;        // (smax - tmax)/T - log(S_t / S_s), formed in double
+  float lbt, lbs;    // jsd: -log(beta), -log(1 - beta) (upper bounds of y_t, y_s)
+  float rhot, rhos;  // jsd: (1 - beta)/beta, beta/(1 - beta)
+};
+
+RLK_HD VdivRowScalars VdivRowConstants(const VocabDivergenceParams& p, DivergenceKind kind, float tmax, float smax,
+                                       double tsum, double ssum) {
+  VdivRowScalars k;
+  k.rst = float(1.0 / tsum);
+  k.rss = float(1.0 / ssum);
+  const double inv_t = double(p.inv_temperature) + double(p.inv_temperature_lo);
+  k.xoff = float((double(smax) - double(tmax)) * inv_t + log(ssum) - log(tsum));
+  k.lbt = k.lbs = k.rhot = k.rhos = 0.0f;
+  if (kind == DivergenceKind::kJsd) {
+    const double b = p.beta;
+    k.lbt = float(-log(b));
+    k.lbs = float(-log1p(-b));
+    k.rhot = float((1.0 - b) / b);
+    k.rhos = float(b / (1.0 - b));
+  }
+  return k;
+}
+
+// The row's value from pass 2's sums: the KL (sums[0]), or for jsd
+// beta KL(p_t || M) + (1 - beta) KL(p_s || M).
+RLK_HD float VdivRowValue(DivergenceKind kind, float beta, const double sums[4]) {
+  return kind == DivergenceKind::kJsd ? float(double(beta) * sums[0] + (1.0 - double(beta)) * sums[1]) : float(sums[0]);
 }
 
 namespace cpu {
