@@ -125,24 +125,14 @@ void TokenTileScalar(const PolicyLossParams& p, const Tile& tile, const SeqInfo&
   const bool dual = p.use_dual_clip && !gspo;
   const bool has_kl = p.ref_logprobs != nullptr, has_ent = p.entropy != nullptr;
   auto masked = [&](int64_t t) { return p.mask == nullptr || p.mask[t] != 0; };
-  auto token_weight = [&](int64_t t, double* x) {
-    *x = double(p.old_logprobs[t]) - double(p.rollout_logprobs[t]);
-    return std::exp(Clamp(*x, -20.0, 20.0));
-  };
   TileC c;
   for (int64_t t = tile.begin; t < tile.end; ++t) {
     bool keep = masked(t) && !q.rejected;
     double w = 1.0;
     if (keep && tis) {
       if (p.tis_level == kTisToken) {
-        double x;
-        double wt = token_weight(t, &x);
-        if (p.tis_mode == kTisMask) {
-          keep = wt >= p.tis_lower && wt <= p.tis_upper;
-          w = wt;
-        } else {
-          w = std::min(wt, p.tis_upper);
-        }
+        keep = TokenRolloutWeight<double>(p.tis_mode, double(p.old_logprobs[t]) - double(p.rollout_logprobs[t]),
+                                          p.tis_lower, p.tis_upper, &w);
       } else {
         w = q.weight;
       }
@@ -561,11 +551,6 @@ Status PolicyLoss(const PolicyLossParams& p) {
   const bool tis_token_mask = p.tis_level == kTisToken && p.tis_mode == kTisMask;
   const bool gspo = p.mode == kPolicyGspo;
   auto masked = [&](int64_t t) { return p.mask == nullptr || p.mask[t] != 0; };
-  // Rollout weight of a token from its log-weight (DESIGN: clamp at +-20).
-  auto token_weight = [&](int64_t t, double* x) {
-    *x = double(p.old_logprobs[t]) - double(p.rollout_logprobs[t]);
-    return std::exp(Clamp(*x, -20.0, 20.0));
-  };
 
   // ---- A: per-tile partials for the per-sequence decisions.
   {
@@ -589,12 +574,10 @@ Status PolicyLoss(const PolicyLossParams& p) {
           a.n0 += 1;
           bool keep = true;
           if (tis) {
-            double x;
+            const double x = double(p.old_logprobs[t]) - double(p.rollout_logprobs[t]);
             if (tis_token_mask) {
-              double w = token_weight(t, &x);
-              keep = w >= p.tis_lower && w <= p.tis_upper;
-            } else {
-              x = double(p.old_logprobs[t]) - double(p.rollout_logprobs[t]);
+              double w;
+              keep = TokenRolloutWeight<double>(kTisMask, x, p.tis_lower, p.tis_upper, &w);
             }
             a.sum_x += x;
             a.min_x = std::min(a.min_x, x);
@@ -636,19 +619,9 @@ Status PolicyLoss(const PolicyLossParams& p) {
       }
       if (p.tis_level == kTisSequence || p.tis_level == kTisGeometric) {
         double lw = p.tis_level == kTisSequence ? s.sum_x : (s.n0 > 0 ? s.sum_x / s.n0 : 0.0);
-        double w = std::exp(Clamp(lw, -20.0, 20.0));
-        if (p.tis_mode == kTisMask) {
-          if (w < p.tis_lower || w > p.tis_upper) q.rejected = true;
-          q.weight = w;
-        } else {
-          q.weight = std::min(w, p.tis_upper);
-        }
+        if (!SequenceRolloutWeight<double>(p.tis_mode, lw, p.tis_lower, p.tis_upper, &q.weight)) q.rejected = true;
       }
-      if (gspo && s.nk > 0) {
-        double mean = s.sum_d / s.nk;
-        q.gspo_s = std::exp(std::min(mean, 10.0));
-        q.gspo_grad = mean <= 10.0;  // clamp(max = 10) passes the gradient at and below 10
-      }
+      if (gspo && s.nk > 0) q.gspo_s = GspoRatio<double>(s.sum_d / s.nk, &q.gspo_grad);
       double n = q.rejected ? 0.0 : s.nk;
       n_kept[size_t(i)] = n;
       tokens += n;
