@@ -84,8 +84,6 @@ struct Kahan {
   __device__ double Value() const { return double(s) - double(c); }
 };
 
-__device__ __forceinline__ float ClampF(float v, float lo, float hi) { return v < lo ? lo : (v > hi ? hi : v); }
-
 __device__ __forceinline__ void ReportBadOffsets(int32_t* error_word) {
   if (error_word) atomicCAS(error_word, 0, int32_t(kDeviceErrorIndexOutOfRange));
 }
@@ -250,15 +248,9 @@ __global__ void __launch_bounds__(kThreads) PolicyLossKernel(PolicyLossParams p,
     const float coef = p.aggregation == kAggSeqMeanTokenMean ? base / float(q.n_kept) : base;
     const float lp = p.logprobs[t];
     const float d = lp - p.old_logprobs[t];
-    const float lr = ClampF(d, -20.f, 20.f);
-    float r, dr;
-    if (gspo) {
-      r = q.gspo_s;
-      dr = (q.flags & kSeqGspoGrad) ? r : 0.f;
-    } else {
-      r = expf(lr);
-      dr = (d >= -20.f && d <= 20.f) ? r : 0.f;
-    }
+    const float lr = ClampLogRatio(d);
+    float dr;
+    const float r = TokenRatio<float>(gspo, d, q.gspo_s, (q.flags & kSeqGspoGrad) != 0, &dr);
     const float A = p.advantages[p.adv_per_sequence ? i : t];
     float dl_dr;
     uint32_t flags;

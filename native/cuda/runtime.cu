@@ -36,7 +36,8 @@ Status CudaStatus(cudaError_t err, const char* what) {
 struct DeviceState {
   std::mutex mu;
   cudaStream_t stream = nullptr;
-  int32_t* error_word = nullptr;
+  int32_t* error_word = nullptr;                  // [2], see TakeErrorKernel
+  std::mutex take_mu;                             // one TakeDeviceError at a time: they share word[1]
   std::multimap<size_t, void*> cached;            // size -> block
   std::unordered_map<void*, size_t> live;         // block -> size
   DeviceMemoryStats stats;
@@ -69,6 +70,12 @@ Status ReleaseCached(int device, DeviceState& s) {
 }
 
 Status Bad(const char* m) { return Status{Status::kInvalidArgument, m}; }
+
+// Takes the error word's code and clears it in one step, in stream order.
+// Reading the word, synchronizing and then clearing it (three steps) lost
+// an error: a kernel queued by another thread in between found the word
+// still set, so its atomicCAS failed, and the clear then erased its report.
+__global__ void TakeErrorKernel(int32_t* word /*[2]: the word, then the taken code*/) { word[1] = atomicExch(word, 0); }
 
 }  // namespace
 
@@ -111,8 +118,9 @@ Status DeviceStream(int device, void** stream) {
     cudaStream_t stream = nullptr;
     int32_t* word = nullptr;
     RLK_CUDA_RETURN(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking), "cudaStreamCreate");
-    cudaError_t err = cudaMalloc(&word, sizeof(int32_t));
-    if (err == cudaSuccess) err = cudaMemsetAsync(word, 0, sizeof(int32_t), stream);
+    // Two int32: the word kernels set, and the slot TakeDeviceError reads.
+    cudaError_t err = cudaMalloc(&word, 2 * sizeof(int32_t));
+    if (err == cudaSuccess) err = cudaMemsetAsync(word, 0, 2 * sizeof(int32_t), stream);
     if (err != cudaSuccess) {
       if (word) cudaFree(word);
       cudaStreamDestroy(stream);
@@ -153,10 +161,12 @@ Status TakeDeviceError(int device, int32_t* code) {
   cudaStream_t stream;
   Status st = StreamOf(device, &stream);
   if (!st.ok()) return st;
+  std::lock_guard<std::mutex> lock(State(device).take_mu);
   int32_t* word = State(device).error_word;
-  RLK_CUDA_RETURN(cudaMemcpyAsync(code, word, sizeof(int32_t), cudaMemcpyDeviceToHost, stream), "cudaMemcpyAsync(D2H)");
+  TakeErrorKernel<<<1, 1, 0, stream>>>(word);
+  RLK_CUDA_RETURN(cudaGetLastError(), "error word kernel launch");
+  RLK_CUDA_RETURN(cudaMemcpyAsync(code, word + 1, sizeof(int32_t), cudaMemcpyDeviceToHost, stream), "cudaMemcpyAsync(D2H)");
   RLK_CUDA_RETURN(cudaStreamSynchronize(stream), "cudaStreamSynchronize");
-  if (*code != 0) RLK_CUDA_RETURN(cudaMemsetAsync(word, 0, sizeof(int32_t), stream), "cudaMemsetAsync");
   return Status::Ok();
 }
 

@@ -145,9 +145,28 @@ RLK_HD double Exp(double x) { return ::exp(x); }
 inline float Exp(float x) { return std::exp(x); }
 inline double Exp(double x) { return std::exp(x); }
 #endif
-template <class F>
-RLK_HD F ClampLogWeight(F x) { return x < F(-20) ? F(-20) : (x > F(20) ? F(20) : x); }
 }  // namespace policy_detail
+
+// DESIGN 3.3's clamp of log-ratios and rollout log-weights to [-20, 20].
+template <class F>
+RLK_HD F ClampLogRatio(F x) { return x < F(-20) ? F(-20) : (x > F(20) ? F(20) : x); }
+
+// One token's ratio and its derivative dr/dlogp from d = logp - old.
+// Vanilla: r = exp(clamp(d, -20, 20)); the clamp passes the gradient inside
+// its bounds (inclusive), so dr = r there and 0 outside. GSPO: r = s, the
+// sequence ratio, whose derivative with respect to the token's own logp is s
+// (verl's exp(logp_t - sg(logp_t) + sg(mean))), or 0 where the sequence's
+// clamp at 10 blocks it (gspo_grad false).
+template <class F>
+RLK_HD F TokenRatio(bool gspo, F d, F gspo_s, bool gspo_grad, F* dr) {
+  if (gspo) {
+    *dr = gspo_grad ? gspo_s : F(0);
+    return gspo_s;
+  }
+  const F r = policy_detail::Exp(ClampLogRatio(d));
+  *dr = (d >= F(-20) && d <= F(20)) ? r : F(0);
+  return r;
+}
 
 // The per-token and per-sequence decisions below are shared by the CPU (F =
 // double) and CUDA (F = float) kernels. Their minimum is std::min's,
@@ -162,7 +181,7 @@ RLK_HD F ClampLogWeight(F x) { return x < F(-20) ? F(-20) : (x > F(20) ? F(20) :
 // the same x so both passes agree bit for bit.
 template <class F>
 RLK_HD bool TokenRolloutWeight(int32_t tis_mode, F x, F lower, F upper, F* w) {
-  const F wt = policy_detail::Exp(policy_detail::ClampLogWeight(x));
+  const F wt = policy_detail::Exp(ClampLogRatio(x));
   if (tis_mode == kTisMask) {
     *w = wt;
     return wt >= lower && wt <= upper;
@@ -176,7 +195,7 @@ RLK_HD bool TokenRolloutWeight(int32_t tis_mode, F x, F lower, F upper, F* w) {
 // false when mode kTisMask rejects the sequence (w outside [lower, upper]).
 template <class F>
 RLK_HD bool SequenceRolloutWeight(int32_t tis_mode, F lw, F lower, F upper, F* weight) {
-  const F w = policy_detail::Exp(policy_detail::ClampLogWeight(lw));
+  const F w = policy_detail::Exp(ClampLogRatio(lw));
   if (tis_mode == kTisMask) {
     *weight = w;
     return !(w < lower || w > upper);
