@@ -4,6 +4,7 @@
 #include <condition_variable>
 #include <cstdlib>
 #include <limits>
+#include <memory>
 #include <mutex>
 #include <thread>
 
@@ -109,11 +110,16 @@ int DefaultThreads() {
 }
 
 std::mutex g_pool_mu;
-ThreadPool* g_pool = nullptr;  // never destroyed: worker threads must not be joined during static teardown
+// The current pool, shared: ParallelFor runs on libuv worker threads too (an
+// async read casts 16-bit floats with CastHost), so setNumThreads on the
+// event loop must not delete a pool another thread is running in; the old
+// pool goes when its last user lets go. The holder itself is never
+// destroyed: worker threads must not be joined during static teardown.
+std::shared_ptr<ThreadPool>* g_pool = new std::shared_ptr<ThreadPool>();
 
-ThreadPool& Pool() {
+std::shared_ptr<ThreadPool> Pool() {
   std::lock_guard<std::mutex> lock(g_pool_mu);
-  if (!g_pool) g_pool = new ThreadPool(DefaultThreads());
+  if (!*g_pool) *g_pool = std::make_shared<ThreadPool>(DefaultThreads());
   return *g_pool;
 }
 
@@ -121,17 +127,16 @@ ThreadPool& Pool() {
 
 void ParallelFor(int64_t n, int64_t grain, const std::function<void(int64_t, int64_t)>& fn) {
   if (n <= 0) return;
-  Pool().Run(n, std::max<int64_t>(grain, 1), fn);
+  Pool()->Run(n, std::max<int64_t>(grain, 1), fn);
 }
 
-int NumThreads() { return Pool().threads(); }
+int NumThreads() { return Pool()->threads(); }
 
 void SetNumThreads(int n) {
   std::lock_guard<std::mutex> lock(g_pool_mu);
   n = std::max(1, std::min(n, 1024));
-  if (g_pool && g_pool->threads() == n) return;
-  delete g_pool;
-  g_pool = new ThreadPool(n);
+  if (*g_pool && (*g_pool)->threads() == n) return;
+  *g_pool = std::make_shared<ThreadPool>(n);
 }
 
 void* HostAlloc(size_t bytes) {
