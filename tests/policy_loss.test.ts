@@ -505,6 +505,11 @@ function nanSuite(device: rlk.Device): void {
       const out = rlk.policyLoss({ logprobs: t(lp), oldLogprobs: old, advantages: adv }, { kl: { refLogprobs: t(nanLp), estimator, coef: 0.1 } });
       expect(await out.loss.item(), `kl ${estimator} with a NaN reference log-prob`).toBeNaN();
     }
+    // A -inf log-prob (a masked-vocabulary target) with the k1 term: the loss is -inf, not NaN
+    // (the GPU's compensated sum once turned an infinite total into NaN).
+    const ninf = lp.map((r, i) => r.map((v, j) => (i === 1 && j === 2 ? -Infinity : v)));
+    const out = rlk.policyLoss({ logprobs: t(ninf), oldLogprobs: old, advantages: adv }, { kl: { refLogprobs: old, estimator: 'k1', coef: 0.1 } });
+    expect(await out.loss.item(), 'k1 with a -inf log-prob').toBe(-Infinity);
   });
 }
 describe('policyLoss NaN propagation', () => nanSuite('cpu'));

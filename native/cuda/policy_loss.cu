@@ -72,13 +72,16 @@ __device__ double BlockReduce(double v, double* slots) {
 }
 
 // Kahan-compensated float accumulator: the per-token terms have both signs
-// (advantages do), so a plain float sum would lose the small total.
+// (advantages do), so a plain float sum would lose the small total. Once the
+// sum is infinite the compensation is dropped: (inf - inf) - y is NaN, which
+// turned a -inf total (a -inf log-prob with the k1 term; the CPU's double
+// sum gives -inf) into NaN at the next term.
 struct Kahan {
   float s = 0.f, c = 0.f;
   __device__ void Add(float x) {
     float y = x - c;
     float t = s + y;
-    c = (t - s) - y;
+    c = isfinite(t) ? (t - s) - y : 0.f;
     s = t;
   }
   __device__ double Value() const { return double(s) - double(c); }
