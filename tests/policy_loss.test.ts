@@ -472,7 +472,48 @@ describeCuda('policyLoss (cuda) bad cuSeqlens', () => {
       await expect(out.loss.item()).resolves.toBeTypeOf('number');  // the error word was cleared
     }
   });
+  it('a copy to the cpu is a read: to(\'cpu\') reports the error too', () => {
+    const flat = rlk.tensor([-1, -2, -3, -4, -5], { device: 'cuda' });
+    const out = rlk.policyLoss({ logprobs: flat, oldLogprobs: flat, advantages: flat, cuSeqlens: rlk.tensor([0, 2, 9], { dtype: 'int32', device: 'cuda' }) });
+    expect(() => out.grad.to('cpu')).toThrow(RangeError);
+    expect(() => out.grad.to('cpu')).not.toThrow();
+  });
 });
+
+// NaN in an input reaches the loss (DESIGN 4) on every device and CPU path: a clamp or a min
+// must not turn it into a bound (CUDA's fminf, or min/max_pd with the NaN as first operand,
+// gave e^10 for GSPO, `upper` for a truncated weight, e^-20 for a vanilla ratio).
+function nanSuite(device: rlk.Device): void {
+  it(`a NaN log-prob, rollout or reference log-prob gives a NaN loss (${device})`, async () => {
+    const t = (rows: number[][]) => rlk.tensor(rows, { device });
+    const lp = [[-1, -2, -3, -1.25, -0.5, -2, -1, -3, -0.75], [-1, -1.5, -2, -0.25, -1, -1, -2, -1.5, -1]];
+    const nanLp = lp.map((r, i) => r.map((v, j) => (i === 0 && j === 5 ? NaN : v)));
+    const old = t(lp);
+    const adv = t(lp.map((r) => r.map((v, j) => (j % 2 ? -v : v + 0.5))));
+    for (const mode of ['vanilla', 'gspo'] as const) {
+      const out = rlk.policyLoss({ logprobs: t(nanLp), oldLogprobs: old, advantages: adv }, { mode });
+      expect(await out.loss.item(), `${mode} with a NaN log-prob`).toBeNaN();
+    }
+    for (const level of ['token', 'sequence', 'geometric'] as const) {
+      const out = rlk.policyLoss(
+        { logprobs: t(lp), oldLogprobs: old, advantages: adv, rolloutLogprobs: t(nanLp) },
+        { tis: { level, mode: 'truncate', upper: 2 } },
+      );
+      expect(await out.loss.item(), `tis ${level} truncate with a NaN rollout log-prob`).toBeNaN();
+    }
+    for (const estimator of ['k1', 'k3'] as const) {
+      const out = rlk.policyLoss({ logprobs: t(lp), oldLogprobs: old, advantages: adv }, { kl: { refLogprobs: t(nanLp), estimator, coef: 0.1 } });
+      expect(await out.loss.item(), `kl ${estimator} with a NaN reference log-prob`).toBeNaN();
+    }
+    // A -inf log-prob (a masked-vocabulary target) with the k1 term: the loss is -inf, not NaN
+    // (the GPU's compensated sum once turned an infinite total into NaN).
+    const ninf = lp.map((r, i) => r.map((v, j) => (i === 1 && j === 2 ? -Infinity : v)));
+    const out = rlk.policyLoss({ logprobs: t(ninf), oldLogprobs: old, advantages: adv }, { kl: { refLogprobs: old, estimator: 'k1', coef: 0.1 } });
+    expect(await out.loss.item(), 'k1 with a -inf log-prob').toBe(-Infinity);
+  });
+}
+describe('policyLoss NaN propagation', () => nanSuite('cpu'));
+describeCuda('policyLoss NaN propagation (cuda)', () => nanSuite('cuda'));
 
 describe('policyLoss bad input', () => {
   const lp = rlk.tensor([[-1, -2, -3], [-1, -1, -1]]);

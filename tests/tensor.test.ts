@@ -179,6 +179,10 @@ describe('conversions with to()', () => {
     }
     expect(Array.from(rlk.tensor([2n ** 40n + 1n]).to({ dtype: 'int32' }).toArraySync())).toEqual([2147483647]);
     expect(Array.from(rlk.tensor([NaN, Infinity, -Infinity]).to({ dtype: 'int32' }).toArraySync())).toEqual([0, 2147483647, -2147483648]);
+    // Beyond int64: saturate at the int64 bounds themselves (2^63 - 1, not the largest double below 2^63).
+    expect(Array.from(rlk.tensor([1e19, -1e19, NaN, 2 ** 62]).to({ dtype: 'int64' }).toArraySync() as BigInt64Array)).toEqual([
+      9223372036854775807n, -9223372036854775808n, 0n, 2n ** 62n,
+    ]);
   });
 
   it('to() with nothing to change is a view; a dtype change is a copy', () => {
@@ -389,6 +393,18 @@ describeCuda('cuda tensors', () => {
       expect(Array.from(dev.to({ dtype }).toArraySync() as ArrayLike<number>, Number)).toEqual(Array.from(host.to({ dtype }).toArraySync() as ArrayLike<number>, Number));
     }
     expect(Array.from(rlk.full([5], 2.5, { device: 'cuda', dtype: 'float16' }).toArraySync() as ArrayLike<number>)).toEqual([2.5, 2.5, 2.5, 2.5, 2.5]);
+    // Saturation and NaN: the device and the host share one element cast (common.h CastElement).
+    const edge = [1e19, -1e19, NaN, Infinity, -Infinity, 3e9, -3e9, 2 ** 62, 300, -1];
+    const hostEdge = rlk.tensor(edge);
+    const devEdge = rlk.tensor(edge, { device: 'cuda' });
+    for (const dtype of ['int32', 'int64', 'uint8', 'float16', 'bfloat16'] as const) {
+      expect(Array.from(devEdge.to({ dtype }).toArraySync() as ArrayLike<number | bigint>), dtype).toEqual(
+        Array.from(hostEdge.to({ dtype }).toArraySync() as ArrayLike<number | bigint>),
+      );
+    }
+    expect(Array.from(devEdge.to({ dtype: 'int64' }).toArraySync() as BigInt64Array).slice(0, 2)).toEqual([9223372036854775807n, -9223372036854775808n]);
+    const big = rlk.tensor([2n ** 40n + 1n, -(2n ** 40n)], { device: 'cuda' });
+    expect(Array.from(big.to({ dtype: 'int32' }).toArraySync())).toEqual([2147483647, -2147483648]);
   });
 
   it('the caching allocator reuses freed blocks instead of calling cudaMalloc', () => {

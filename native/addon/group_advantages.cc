@@ -342,6 +342,7 @@ Napi::Value BroadcastBinding(const Napi::CallbackInfo& info) {
     ThrowIfError(env, cpu::BroadcastAdvantages(p), fn);
   } else {
 #if RLK_WITH_CUDA
+    p.device = adv->device();
     ThrowIfError(env, DeviceStream(adv->device(), &p.stream), fn);
     ThrowIfError(env, cuda::BroadcastAdvantages(p), fn);
 #else

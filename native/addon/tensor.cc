@@ -533,6 +533,9 @@ Napi::Value Tensor::To(const Napi::CallbackInfo& info) {
       ThrowIfError(env, CopyDeviceToHost(device_, staging.p, data(), src_bytes), fn);
       CastHost(staging.p, dtype_, out->data, dt, numel_);
     }
+    // A copy to the host is a read (runtime.h): a queued op's bad-data report
+    // surfaces here, not as silently wrong values on the CPU tensor.
+    ThrowIfDeviceError(env, device_, fn);
   } else if (dev == device_) {
     ThrowIfError(env, CastDevice(dev, data(), dtype_, out->data, dt, numel_), fn);
   } else if (dt == dtype_) {

@@ -17,30 +17,8 @@ namespace rlk::cpu {
 namespace {
 
 constexpr int64_t kChunk = 4096;  // rows per partial of a batch-wide reduction (fixed: not the thread count)
-constexpr double kWhitenEps = 1e-8;  // verl's masked_whiten: rsqrt(var + 1e-8)
-
-struct Stat {
-  double n = 0, mean = 0, m2 = 0, min = 0, max = 0, key = 0;
-};
-
-// Chan et al.'s pairwise update: exact for equal values (delta = 0), and free
-// of the cancellation of sum-of-squares forms.
-bool Merge(Stat* a, const Stat& b) {
-  if (b.n == 0) return true;
-  if (a->n == 0) {
-    *a = b;
-    return true;
-  }
-  if (a->key != b.key) return false;
-  double n = a->n + b.n;
-  double delta = b.mean - a->mean;
-  a->mean += delta * (b.n / n);
-  a->m2 += b.m2 + delta * delta * (a->n * b.n / n);
-  a->min = std::min(a->min, b.min);
-  a->max = std::max(a->max, b.max);
-  a->n = n;
-  return true;
-}
+using Stat = GroupRecord;  // the per-group math is shared with CUDA (group_advantages.h)
+using Coef = GroupCoef;
 
 inline int64_t LoadIndex(const void* p, DType dt, int64_t i) {
   return dt == DType::kInt64 ? static_cast<const int64_t*>(p)[i] : int64_t(static_cast<const int32_t*>(p)[i]);
@@ -140,30 +118,13 @@ Status GroupStats(const GroupAdvantagesParams& p, const Groups& grp, std::vector
   return Status::Ok();
 }
 
-// Stage 2: the advantage of row r in group g is (r - center) * scale_pos
-// where r > center and (r - center) * scale_neg elsewhere; threshold is
-// tmn-reweight's smoothed mean m.
-struct Coef {
-  double center = 0, scale_pos = 1, scale_neg = 1, threshold = 0;
-};
-
-// The group-of-one convention is verl's (compute_grpo_outcome_advantage,
-// RLOO, REINFORCE++-baseline) and GoLongRL's: mean 0 and std (var) 1.
-inline double GroupMean(const Stat& s) { return s.n > 1 ? s.mean : 0.0; }
-inline double GroupVar(const Stat& s) { return s.n > 1 ? s.m2 / (s.n - 1) : 1.0; }
-
+// Stage 2 (GroupCoef, GroupMean and GroupVar of group_advantages.h).
 void Coefficients(const GroupAdvantagesParams& p, const std::vector<Stat>& s1, std::vector<Coef>* out) {
   const int64_t G = p.num_groups;
   std::vector<Coef>& c = *out;
   c.assign(static_cast<size_t>(G), Coef{});
   if (p.method != AdvantageMethod::kTmnReweight) {
-    for (int64_t g = 0; g < G; ++g) {
-      const Stat& s = s1[size_t(g)];
-      double scale = 1;
-      if (p.method == AdvantageMethod::kGrpo) scale = 1.0 / (std::sqrt(GroupVar(s)) + p.eps);
-      if (p.method == AdvantageMethod::kRloo && s.n > 1) scale = s.n / (s.n - 1);
-      c[size_t(g)] = Coef{GroupMean(s), scale, scale, 0};
-    }
+    for (int64_t g = 0; g < G; ++g) c[size_t(g)] = GroupCoefficient(p.method, s1[size_t(g)], p.eps);
     return;
   }
   // Task aggregates in group order (keys are task + 1 in [1, G]).
@@ -180,10 +141,7 @@ void Coefficients(const GroupAdvantagesParams& p, const std::vector<Stat>& s1, s
     const Stat& s = s1[size_t(g)];
     if (s.n == 0) continue;
     size_t t = size_t(s.key) - 1;
-    double mean_task = sum_mean[t] / groups[t];
-    double scale = 1.0 / (std::sqrt(sum_var[t] / groups[t]) + p.eps);
-    double m = s.n > 1 ? p.alpha * s.mean + (1 - p.alpha) * mean_task : mean_task;
-    c[size_t(g)] = Coef{GroupMean(s), scale, scale, m};
+    c[size_t(g)] = TmnCoefficient(s, sum_mean[t] / groups[t], sum_var[t] / groups[t], p.eps, p.alpha);
   }
 }
 
@@ -191,13 +149,7 @@ void Coefficients(const GroupAdvantagesParams& p, const std::vector<Stat>& s1, s
 // rewards above m: w = exp(gamma (0.5 - p)); A w above the group mean, A / w
 // elsewhere.
 void ApplyReweight(const GroupAdvantagesParams& p, const std::vector<Stat>& s2, std::vector<Coef>* c) {
-  for (int64_t g = 0; g < p.num_groups; ++g) {
-    Coef& k = (*c)[size_t(g)];
-    double w = std::exp(p.gamma * (0.5 - s2[size_t(g)].mean));
-    double scale = k.scale_pos;
-    k.scale_pos = scale * w;
-    k.scale_neg = scale / w;
-  }
+  for (int64_t g = 0; g < p.num_groups; ++g) ApplyTmnReweight(&(*c)[size_t(g)], s2[size_t(g)].mean, p.gamma);
 }
 
 // Tokens per row for REINFORCE++'s whitening (mask rows or token counts).
@@ -236,10 +188,9 @@ Status Round2(const GroupAdvantagesParams& p, const Groups& grp, const std::vect
       for (int64_t g = g0; g < g1; ++g) {
         int64_t b = grp.Begin(g), e = grp.End(g);
         if (b == e) continue;
-        double m = c[size_t(g)].threshold, above = 0, n = double(e - b);
+        double m = c[size_t(g)].threshold, above = 0;
         for (int64_t k = b; k < e; ++k) above += double(p.rewards[grp.Row(k)]) > m;
-        double frac = above / n;
-        s[g] = Stat{n, frac, above * (1 - frac), above == n ? 1.0 : 0.0, above > 0 ? 1.0 : 0.0, 1};
+        s[g] = AboveRecord(above, double(e - b));
       }
     });
     return Status::Ok();
@@ -273,7 +224,7 @@ Status Round2(const GroupAdvantagesParams& p, const Groups& grp, const std::vect
     }
   });
   out->assign(1, Stat{});
-  for (const Stat& s : part) Merge(&(*out)[0], s);
+  for (const Stat& s : part) MergeGroupRecord(&(*out)[0], s);
   return Status::Ok();
 }
 
@@ -286,12 +237,7 @@ Status Finalize(const GroupAdvantagesParams& p, const std::vector<Stat>& s1, con
   if (whiten) {
     Status st = TokenCounts(p, &counts);
     if (!st.ok()) return st;
-    const Stat& w = (*s2)[0];
-    // verl's masked_var raises for fewer than two tokens; here the variance
-    // is 0 then, and the lone token (x = mean) gets 0.
-    double var = w.n > 1 ? w.m2 / (w.n - 1) : 0.0;
-    mu = w.mean;
-    inv_std = 1.0 / std::sqrt(var + kWhitenEps);
+    WhitenMoments((*s2)[0], &mu, &inv_std);
   }
   // Locals, not p's fields, in the loop: the stores through `out` could
   // alias p for all the compiler knows, which reloads every field per row.
@@ -300,10 +246,7 @@ Status Finalize(const GroupAdvantagesParams& p, const std::vector<Stat>& s1, con
   const Coef* coef = c.data();
   const int64_t* cnt = counts.data();
   auto row = [=](int64_t i, const Coef& k) {
-    const double r = rewards[i];
-    double a = (r - k.center) * (r > k.center ? k.scale_pos : k.scale_neg);
-    if (whiten) a = cnt[i] == 0 ? 0.0 : (a - mu) * inv_std;
-    out[i] = float(a);
+    out[i] = float(RowAdvantage(rewards[i], k, whiten, whiten ? cnt[i] : 0, mu, inv_std));
   };
   if (p.group_ids) {
     const void* ids = p.group_ids;
@@ -326,28 +269,14 @@ Status Finalize(const GroupAdvantagesParams& p, const std::vector<Stat>& s1, con
   return Status::Ok();
 }
 
-void Pack(const Stat& s, float* o) {
-  o[kStatCount] = float(s.n);
-  o[kStatMean] = float(s.mean);
-  o[kStatMeanLo] = float(s.mean - double(o[kStatMean]));
-  o[kStatM2] = float(s.m2);
-  o[kStatMin] = float(s.min);
-  o[kStatMax] = float(s.max);
-  o[kStatKey] = float(s.key);
-}
-
-Stat Unpack(const float* r) {
-  return Stat{r[kStatCount], double(r[kStatMean]) + double(r[kStatMeanLo]), r[kStatM2], r[kStatMin], r[kStatMax], r[kStatKey]};
-}
-
 void ToFloat(const std::vector<Stat>& s, float* out) {
-  for (size_t k = 0; k < s.size(); ++k) Pack(s[k], out + k * kGroupStatCols);
+  for (size_t k = 0; k < s.size(); ++k) PackGroupRecord(s[k], out + k * kGroupStatCols);
 }
 
 std::vector<Stat> FromFloat(const float* in, int64_t rows) {
   std::vector<Stat> s(static_cast<size_t>(rows));
   for (int64_t k = 0; k < rows; ++k) {
-    s[size_t(k)] = Unpack(in + k * kGroupStatCols);
+    s[size_t(k)] = UnpackGroupRecord(in + k * kGroupStatCols);
   }
   return s;
 }
@@ -356,7 +285,7 @@ std::vector<Stat> FromFloat(const float* in, int64_t rows) {
 // that stage 2 indexes inside its arrays.
 Status CheckRecords(const std::vector<Stat>& s, int64_t num_groups, const char* what) {
   for (const Stat& r : s) {
-    if (!(r.n >= 0) || (r.n > 0 && !(r.key >= 1 && r.key <= double(num_groups) && r.key == std::floor(r.key))))
+    if (!(r.n >= 0) || !GroupKeyValid(r, num_groups))
       return Status{Status::kOutOfRange, what};
   }
   return Status::Ok();
@@ -426,9 +355,9 @@ Status GroupAdvantagesCombine(const float* const* parts, int64_t num_parts, int6
     for (int64_t k = b; k < e; ++k) {
       Stat acc;
       for (int64_t r = 0; r < num_parts; ++r) {
-        if (!Merge(&acc, Unpack(parts[r] + k * kGroupStatCols))) mismatch.store(true);
+        if (!MergeGroupRecord(&acc, UnpackGroupRecord(parts[r] + k * kGroupStatCols))) mismatch.store(true);
       }
-      Pack(acc, out + k * kGroupStatCols);
+      PackGroupRecord(acc, out + k * kGroupStatCols);
     }
   });
   if (mismatch.load())

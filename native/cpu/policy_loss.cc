@@ -65,7 +65,6 @@ struct SeqInfo {
   bool rejected = false;
 };
 
-inline double Clamp(double v, double lo, double hi) { return v < lo ? lo : (v > hi ? hi : v); }
 
 // ---- AVX-512 token pass (phase C) -------------------------------------------
 // The same per-token math as the scalar path below, in double, 8 tokens at a
@@ -79,7 +78,9 @@ using D = __m512d;
 using M = __mmask8;
 
 RLK_AVX512 inline D Set(double v) { return _mm512_set1_pd(v); }
-RLK_AVX512 inline D Clamp(D v, double lo, double hi) { return _mm512_min_pd(_mm512_max_pd(v, Set(lo)), Set(hi)); }
+// min/max_pd return their second operand when either is NaN: v goes second
+// so a NaN stays NaN, as in the scalar pass (and CUDA).
+RLK_AVX512 inline D Clamp(D v, double lo, double hi) { return _mm512_min_pd(Set(hi), _mm512_max_pd(Set(lo), v)); }
 RLK_AVX512 inline D LoadF(const float* p, M valid) { return _mm512_cvtps_pd(_mm256_maskz_loadu_ps(valid, p)); }
 RLK_AVX512 inline void StoreF(float* p, M valid, D v) { _mm256_mask_storeu_ps(p, valid, _mm512_cvtpd_ps(v)); }
 
@@ -125,24 +126,14 @@ void TokenTileScalar(const PolicyLossParams& p, const Tile& tile, const SeqInfo&
   const bool dual = p.use_dual_clip && !gspo;
   const bool has_kl = p.ref_logprobs != nullptr, has_ent = p.entropy != nullptr;
   auto masked = [&](int64_t t) { return p.mask == nullptr || p.mask[t] != 0; };
-  auto token_weight = [&](int64_t t, double* x) {
-    *x = double(p.old_logprobs[t]) - double(p.rollout_logprobs[t]);
-    return std::exp(Clamp(*x, -20.0, 20.0));
-  };
   TileC c;
   for (int64_t t = tile.begin; t < tile.end; ++t) {
     bool keep = masked(t) && !q.rejected;
     double w = 1.0;
     if (keep && tis) {
       if (p.tis_level == kTisToken) {
-        double x;
-        double wt = token_weight(t, &x);
-        if (p.tis_mode == kTisMask) {
-          keep = wt >= p.tis_lower && wt <= p.tis_upper;
-          w = wt;
-        } else {
-          w = std::min(wt, p.tis_upper);
-        }
+        keep = TokenRolloutWeight<double>(p.tis_mode, double(p.old_logprobs[t]) - double(p.rollout_logprobs[t]),
+                                          p.tis_lower, p.tis_upper, &w);
       } else {
         w = q.weight;
       }
@@ -153,15 +144,9 @@ void TokenTileScalar(const PolicyLossParams& p, const Tile& tile, const SeqInfo&
       continue;
     }
     const double d = double(p.logprobs[t]) - double(p.old_logprobs[t]);
-    const double lr = Clamp(d, -20.0, 20.0);
-    double r, dr;
-    if (gspo) {
-      r = q.gspo_s;
-      dr = q.gspo_grad ? r : 0.0;  // d/dlogp_t exp(logp_t - sg(logp_t) + sg(mean)) = s
-    } else {
-      r = std::exp(lr);
-      dr = (d >= -20.0 && d <= 20.0) ? r : 0.0;
-    }
+    const double lr = ClampLogRatio(d);
+    double dr;
+    const double r = TokenRatio<double>(gspo, d, q.gspo_s, q.gspo_grad, &dr);
     const double A = double(p.advantages[p.adv_per_sequence ? tile.seq : t]);
     double dl_dr;
     uint32_t flags;
@@ -228,7 +213,7 @@ RLK_AVX512 void TokenTileAvx512(const PolicyLossParams& p, const Tile& tile, con
     if (tis) {
       if (p.tis_level == kTisToken) {  // truncate
         const D x = _mm512_sub_pd(LoadF(p.old_logprobs + t, valid), LoadF(p.rollout_logprobs + t, valid));
-        w = _mm512_min_pd(ExpPd(Clamp(x, -20.0, 20.0)), upper);
+        w = _mm512_min_pd(upper, ExpPd(Clamp(x, -20.0, 20.0)));  // NaN stays NaN, as std::min(w, upper)
       } else {
         w = seq_w;
       }
@@ -248,7 +233,7 @@ RLK_AVX512 void TokenTileAvx512(const PolicyLossParams& p, const Tile& tile, con
     const D A = p.adv_per_sequence ? seq_adv : LoadF(p.advantages + t, valid);
     const D neg_a = _mm512_sub_pd(zero, A);
     const D l1 = _mm512_mul_pd(neg_a, r);
-    const D l2 = _mm512_mul_pd(neg_a, _mm512_min_pd(_mm512_max_pd(r, lo), hi));
+    const D l2 = _mm512_mul_pd(neg_a, _mm512_min_pd(hi, _mm512_max_pd(lo, r)));  // NaN r stays NaN
     D L = _mm512_max_pd(l1, l2);
     D g = _mm512_maskz_mov_pd(_mm512_cmp_pd_mask(l1, l2, _CMP_GE_OQ), neg_a);
     const M a_neg = _mm512_cmp_pd_mask(A, zero, _CMP_LT_OQ), a_pos = _mm512_cmp_pd_mask(A, zero, _CMP_GT_OQ);
@@ -306,8 +291,8 @@ RLK_AVX512 void TokenTileAvx512(const PolicyLossParams& p, const Tile& tile, con
     low += __builtin_popcount(unsigned(keep & f_low));
     high += __builtin_popcount(unsigned(keep & f_high));
     dualn += __builtin_popcount(unsigned(keep & f_dual));
-    rmin = _mm512_mask_min_pd(rmin, keep, rmin, r);
-    rmax = _mm512_mask_max_pd(rmax, keep, rmax, r);
+    rmin = _mm512_mask_min_pd(rmin, keep, r, rmin);  // a NaN r is skipped, as std::min(rmin, r)
+    rmax = _mm512_mask_max_pd(rmax, keep, r, rmax);
   }
   TileC c;
   c.obj = _mm512_reduce_add_pd(obj);
@@ -332,7 +317,7 @@ namespace avx2v {
 using D = __m256d;
 
 RLK_AVX2 inline D Set(double v) { return _mm256_set1_pd(v); }
-RLK_AVX2 inline D Clamp(D v, double lo, double hi) { return _mm256_min_pd(_mm256_max_pd(v, Set(lo)), Set(hi)); }
+RLK_AVX2 inline D Clamp(D v, double lo, double hi) { return _mm256_min_pd(Set(hi), _mm256_max_pd(Set(lo), v)); }  // NaN stays NaN
 RLK_AVX2 inline D LoadF(const float* p) { return _mm256_cvtps_pd(_mm_loadu_ps(p)); }
 #define RLK_CMP(a, b, op) _mm256_cmp_pd((a), (b), (op))
 RLK_AVX2 inline D And(D m, D v) { return _mm256_and_pd(m, v); }
@@ -402,7 +387,7 @@ RLK_AVX2 void TokenTileAvx2(const PolicyLossParams& p, const Tile& tile, const S
     if (tis) {
       if (p.tis_level == kTisToken) {  // truncate
         const D x = _mm256_sub_pd(LoadF(p.old_logprobs + t), LoadF(p.rollout_logprobs + t));
-        w = _mm256_min_pd(ExpPd(Clamp(x, -20.0, 20.0)), upper);
+        w = _mm256_min_pd(upper, ExpPd(Clamp(x, -20.0, 20.0)));  // NaN stays NaN
       } else {
         w = seq_w;
       }
@@ -421,7 +406,7 @@ RLK_AVX2 void TokenTileAvx2(const PolicyLossParams& p, const Tile& tile, const S
     const D A = p.adv_per_sequence ? seq_adv : LoadF(p.advantages + t);
     const D neg_a = _mm256_sub_pd(zero, A);
     const D l1 = _mm256_mul_pd(neg_a, r);
-    const D l2 = _mm256_mul_pd(neg_a, _mm256_min_pd(_mm256_max_pd(r, lo), hi));
+    const D l2 = _mm256_mul_pd(neg_a, _mm256_min_pd(hi, _mm256_max_pd(lo, r)));  // NaN r stays NaN
     D L = _mm256_max_pd(l1, l2);
     D g = And(RLK_CMP(l1, l2, _CMP_GE_OQ), neg_a);
     const D a_neg = RLK_CMP(A, zero, _CMP_LT_OQ), a_pos = RLK_CMP(A, zero, _CMP_GT_OQ);
@@ -478,8 +463,8 @@ RLK_AVX2 void TokenTileAvx2(const PolicyLossParams& p, const Tile& tile, const S
     low += __builtin_popcount(unsigned(k & Bits(f_low)));
     high += __builtin_popcount(unsigned(k & Bits(f_high)));
     dualn += __builtin_popcount(unsigned(k & Bits(f_dual)));
-    rmin = Blend(keep, rmin, _mm256_min_pd(rmin, r));
-    rmax = Blend(keep, rmax, _mm256_max_pd(rmax, r));
+    rmin = Blend(keep, rmin, _mm256_min_pd(r, rmin));  // a NaN r is skipped
+    rmax = Blend(keep, rmax, _mm256_max_pd(r, rmax));
   }
   // Horizontal sums in a fixed lane order.
   auto hsum = [](D v) RLK_AVX2 {
@@ -561,11 +546,6 @@ Status PolicyLoss(const PolicyLossParams& p) {
   const bool tis_token_mask = p.tis_level == kTisToken && p.tis_mode == kTisMask;
   const bool gspo = p.mode == kPolicyGspo;
   auto masked = [&](int64_t t) { return p.mask == nullptr || p.mask[t] != 0; };
-  // Rollout weight of a token from its log-weight (DESIGN: clamp at +-20).
-  auto token_weight = [&](int64_t t, double* x) {
-    *x = double(p.old_logprobs[t]) - double(p.rollout_logprobs[t]);
-    return std::exp(Clamp(*x, -20.0, 20.0));
-  };
 
   // ---- A: per-tile partials for the per-sequence decisions.
   {
@@ -589,12 +569,10 @@ Status PolicyLoss(const PolicyLossParams& p) {
           a.n0 += 1;
           bool keep = true;
           if (tis) {
-            double x;
+            const double x = double(p.old_logprobs[t]) - double(p.rollout_logprobs[t]);
             if (tis_token_mask) {
-              double w = token_weight(t, &x);
-              keep = w >= p.tis_lower && w <= p.tis_upper;
-            } else {
-              x = double(p.old_logprobs[t]) - double(p.rollout_logprobs[t]);
+              double w;
+              keep = TokenRolloutWeight<double>(kTisMask, x, p.tis_lower, p.tis_upper, &w);
             }
             a.sum_x += x;
             a.min_x = std::min(a.min_x, x);
@@ -636,19 +614,9 @@ Status PolicyLoss(const PolicyLossParams& p) {
       }
       if (p.tis_level == kTisSequence || p.tis_level == kTisGeometric) {
         double lw = p.tis_level == kTisSequence ? s.sum_x : (s.n0 > 0 ? s.sum_x / s.n0 : 0.0);
-        double w = std::exp(Clamp(lw, -20.0, 20.0));
-        if (p.tis_mode == kTisMask) {
-          if (w < p.tis_lower || w > p.tis_upper) q.rejected = true;
-          q.weight = w;
-        } else {
-          q.weight = std::min(w, p.tis_upper);
-        }
+        if (!SequenceRolloutWeight<double>(p.tis_mode, lw, p.tis_lower, p.tis_upper, &q.weight)) q.rejected = true;
       }
-      if (gspo && s.nk > 0) {
-        double mean = s.sum_d / s.nk;
-        q.gspo_s = std::exp(std::min(mean, 10.0));
-        q.gspo_grad = mean <= 10.0;  // clamp(max = 10) passes the gradient at and below 10
-      }
+      if (gspo && s.nk > 0) q.gspo_s = GspoRatio<double>(s.sum_d / s.nk, &q.gspo_grad);
       double n = q.rejected ? 0.0 : s.nk;
       n_kept[size_t(i)] = n;
       tokens += n;

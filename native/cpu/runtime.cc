@@ -4,6 +4,7 @@
 #include <condition_variable>
 #include <cstdlib>
 #include <limits>
+#include <memory>
 #include <mutex>
 #include <thread>
 
@@ -109,50 +110,33 @@ int DefaultThreads() {
 }
 
 std::mutex g_pool_mu;
-ThreadPool* g_pool = nullptr;  // never destroyed: worker threads must not be joined during static teardown
+// The current pool, shared: ParallelFor runs on libuv worker threads too (an
+// async read casts 16-bit floats with CastHost), so setNumThreads on the
+// event loop must not delete a pool another thread is running in; the old
+// pool goes when its last user lets go. The holder itself is never
+// destroyed: worker threads must not be joined during static teardown.
+std::shared_ptr<ThreadPool>* g_pool = new std::shared_ptr<ThreadPool>();
 
-ThreadPool& Pool() {
+std::shared_ptr<ThreadPool> Pool() {
   std::lock_guard<std::mutex> lock(g_pool_mu);
-  if (!g_pool) g_pool = new ThreadPool(DefaultThreads());
+  if (!*g_pool) *g_pool = std::make_shared<ThreadPool>(DefaultThreads());
   return *g_pool;
-}
-
-template <class Dst>
-Dst SaturatingCast(double v) {
-  if (v != v) return Dst(0);
-  double lo = double(std::numeric_limits<Dst>::lowest()), hi = double(std::numeric_limits<Dst>::max());
-  if (v <= lo) return std::numeric_limits<Dst>::lowest();
-  if (v >= hi) return std::numeric_limits<Dst>::max();
-  return Dst(v);
-}
-
-double LoadAsDouble(const void* p, DType t, int64_t i) {
-  switch (t) {
-    case DType::kFloat32: return static_cast<const float*>(p)[i];
-    case DType::kBFloat16: return Bf16ToFloat(static_cast<const uint16_t*>(p)[i]);
-    case DType::kFloat16: return HalfToFloat(static_cast<const uint16_t*>(p)[i]);
-    case DType::kInt32: return static_cast<const int32_t*>(p)[i];
-    case DType::kInt64: return double(static_cast<const int64_t*>(p)[i]);
-    case DType::kUInt8: return static_cast<const uint8_t*>(p)[i];
-  }
-  return 0;
 }
 
 }  // namespace
 
 void ParallelFor(int64_t n, int64_t grain, const std::function<void(int64_t, int64_t)>& fn) {
   if (n <= 0) return;
-  Pool().Run(n, std::max<int64_t>(grain, 1), fn);
+  Pool()->Run(n, std::max<int64_t>(grain, 1), fn);
 }
 
-int NumThreads() { return Pool().threads(); }
+int NumThreads() { return Pool()->threads(); }
 
 void SetNumThreads(int n) {
   std::lock_guard<std::mutex> lock(g_pool_mu);
   n = std::max(1, std::min(n, 1024));
-  if (g_pool && g_pool->threads() == n) return;
-  delete g_pool;
-  g_pool = new ThreadPool(n);
+  if (*g_pool && (*g_pool)->threads() == n) return;
+  *g_pool = std::make_shared<ThreadPool>(n);
 }
 
 void* HostAlloc(size_t bytes) {
@@ -183,29 +167,7 @@ void CastHost(const void* src, DType st, void* dst, DType dt, int64_t n) {
     return;
   }
   ParallelFor(n, 1 << 16, [&](int64_t b, int64_t e) {
-    // int64 to int64-sized targets must not pass through double (2^53).
-    if (st == DType::kInt64 && dt == DType::kInt32) {
-      auto s = static_cast<const int64_t*>(src);
-      auto d = static_cast<int32_t*>(dst);
-      for (int64_t i = b; i < e; ++i)
-        d[i] = int32_t(std::max<int64_t>(INT32_MIN, std::min<int64_t>(INT32_MAX, s[i])));
-      return;
-    }
-    for (int64_t i = b; i < e; ++i) {
-      double v = LoadAsDouble(src, st, i);
-      switch (dt) {
-        case DType::kFloat32: static_cast<float*>(dst)[i] = float(v); break;
-        case DType::kBFloat16: static_cast<uint16_t*>(dst)[i] = DoubleToBf16(v); break;
-        case DType::kFloat16: static_cast<uint16_t*>(dst)[i] = DoubleToHalf(v); break;
-        case DType::kInt32: static_cast<int32_t*>(dst)[i] = SaturatingCast<int32_t>(v); break;
-        case DType::kInt64:
-          static_cast<int64_t*>(dst)[i] = st == DType::kInt32 ? static_cast<const int32_t*>(src)[i]
-                                          : st == DType::kUInt8 ? static_cast<const uint8_t*>(src)[i]
-                                                                : SaturatingCast<int64_t>(v);
-          break;
-        case DType::kUInt8: static_cast<uint8_t*>(dst)[i] = SaturatingCast<uint8_t>(v); break;
-      }
-    }
+    for (int64_t i = b; i < e; ++i) CastElement(src, st, dst, dt, i);
   });
 }
 

@@ -35,14 +35,9 @@ constexpr int kWarp = 32;
 constexpr int kThreads = 256;
 constexpr int kReduceThreads = 1024;
 constexpr int64_t kMaxBlocks = 65535;  // grid-stride beyond this
-constexpr double kWhitenEps = 1e-8;    // verl's masked_whiten: rsqrt(var + 1e-8)
 
-struct Rec {
-  double n, mean, m2, min, max, key;
-};
-struct Coef {
-  double center, scale_pos, scale_neg, threshold;
-};
+using Rec = GroupRecord;  // the per-group math is shared with the CPU (group_advantages.h)
+using Coef = GroupCoef;
 
 #define RLK_CUDA_CHECK_LAUNCH(what)                                                    \
   do {                                                                                 \
@@ -186,12 +181,19 @@ Status Segments(int32_t* keys, int64_t* values, int64_t n, int64_t num_keys, Wor
   if (n > 0) {
     size_t temp_bytes = 0;
     int bits = KeyBits(num_keys);
-    if (cub::DeviceRadixSort::SortPairs(nullptr, temp_bytes, keys, keys_out, values, *perm, n, 0, bits, stream) != cudaSuccess)
+    // CUB reports launch failures with cudaPeekAtLastError, which leaves the
+    // error pending: clear it, or the next op's launch check would take it
+    // for its own.
+    if (cub::DeviceRadixSort::SortPairs(nullptr, temp_bytes, keys, keys_out, values, *perm, n, 0, bits, stream) != cudaSuccess) {
+      cudaGetLastError();
       return Status{Status::kCudaError, "groupAdvantages: cub::DeviceRadixSort (size query) failed"};
+    }
     uint8_t* temp = nullptr;
     RLK_TRY(ws.Get(int64_t(temp_bytes), &temp));
-    if (cub::DeviceRadixSort::SortPairs(temp, temp_bytes, keys, keys_out, values, *perm, n, 0, bits, stream) != cudaSuccess)
+    if (cub::DeviceRadixSort::SortPairs(temp, temp_bytes, keys, keys_out, values, *perm, n, 0, bits, stream) != cudaSuccess) {
+      cudaGetLastError();
       return Status{Status::kCudaError, "groupAdvantages: cub::DeviceRadixSort failed"};
+    }
   }
   LowerBoundKernel<<<Blocks(num_keys + 1, kThreads), kThreads, 0, stream>>>(keys_out, n, num_keys, *offsets);
   RLK_CUDA_CHECK_LAUNCH("LowerBoundKernel");
@@ -262,18 +264,9 @@ __global__ void GroupStatsKernel(GroupAdvantagesParams p, GroupView v, Rec* out 
 
 // ---- stage 2: coefficients ----------------------------------------------------
 
-// verl's and GoLongRL's group of one: mean 0 and std (var) 1.
-__device__ __forceinline__ double GroupMean(const Rec& s) { return s.n > 1 ? s.mean : 0.0; }
-__device__ __forceinline__ double GroupVar(const Rec& s) { return s.n > 1 ? s.m2 / (s.n - 1) : 1.0; }
-
 __global__ void CoefKernel(const Rec* s1 /*[G]*/, int64_t G, AdvantageMethod method, double eps, Coef* c /*[G]*/) {
-  for (int64_t g = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; g < G; g += int64_t(gridDim.x) * blockDim.x) {
-    const Rec s = s1[g];
-    double scale = 1;
-    if (method == AdvantageMethod::kGrpo) scale = 1.0 / (sqrt(GroupVar(s)) + eps);
-    if (method == AdvantageMethod::kRloo && s.n > 1) scale = s.n / (s.n - 1);
-    c[g] = Coef{GroupMean(s), scale, scale, 0};
-  }
+  for (int64_t g = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; g < G; g += int64_t(gridDim.x) * blockDim.x)
+    c[g] = GroupCoefficient(method, s1[g], eps);
 }
 
 // Sort keys of the groups by task (key - 1); empty groups go to the sentinel G.
@@ -316,9 +309,7 @@ __global__ void TmnCoefKernel(const Rec* s1, int64_t G, const double* task_mean,
       continue;
     }
     const int64_t t = int64_t(s.key) - 1;
-    const double scale = 1.0 / (sqrt(task_var[t]) + eps);
-    const double m = s.n > 1 ? alpha * s.mean + (1 - alpha) * task_mean[t] : task_mean[t];
-    c[g] = Coef{GroupMean(s), scale, scale, m};
+    c[g] = TmnCoefficient(s, task_mean[t], task_var[t], eps, alpha);
   }
 }
 
@@ -352,12 +343,8 @@ Status Coefficients(const GroupAdvantagesParams& p, const Rec* s1, Workspace& ws
 
 // tmn-reweight: w = exp(gamma (0.5 - p)) from the (combined) fraction p.
 __global__ void ReweightKernel(const Rec* s2, int64_t G, double gamma, Coef* c) {
-  for (int64_t g = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; g < G; g += int64_t(gridDim.x) * blockDim.x) {
-    const double w = exp(gamma * (0.5 - s2[g].mean));
-    const double scale = c[g].scale_pos;
-    c[g].scale_pos = scale * w;
-    c[g].scale_neg = scale / w;
-  }
+  for (int64_t g = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; g < G; g += int64_t(gridDim.x) * blockDim.x)
+    ApplyTmnReweight(&c[g], s2[g].mean, gamma);
 }
 
 // ---- stage 3 ------------------------------------------------------------------
@@ -375,8 +362,8 @@ __global__ void AboveKernel(GroupAdvantagesParams p, GroupView v, const Coef* c,
     const double m = c[g].threshold;
     long long above = 0;
     for (int64_t k = b + lane; k < e; k += kWarp) above += double(p.rewards[v.Row(k)]) > m;
-    const double a = double(WarpSum(above)), n = double(e - b), frac = a / n;
-    if (lane == 0) out[g] = Rec{n, frac, a * (1 - frac), a == n ? 1.0 : 0.0, a > 0 ? 1.0 : 0.0, 1};
+    const double a = double(WarpSum(above));
+    if (lane == 0) out[g] = AboveRecord(a, double(e - b));
   }
 }
 
@@ -502,24 +489,14 @@ Status Round2(const GroupAdvantagesParams& p, const GroupView& v, const Coef* c,
 __global__ void FinalizeKernel(GroupAdvantagesParams p, const Coef* c, const int64_t* counts /*[B] or null*/,
                                const Rec* whiten /*[1] or null*/, int32_t* err) {
   double mu = 0, inv_std = 1;
-  if (whiten) {
-    const Rec w = whiten[0];
-    // verl's masked_var raises below two tokens; here the variance is 0.
-    const double var = w.n > 1 ? w.m2 / (w.n - 1) : 0.0;
-    mu = w.mean;
-    inv_std = 1.0 / sqrt(var + kWhitenEps);
-  }
+  if (whiten) WhitenMoments(whiten[0], &mu, &inv_std);
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < p.batch; i += int64_t(gridDim.x) * blockDim.x) {
     const int64_t g = GroupOf(p, i, err);
     if (g < 0) {
       p.advantages[i] = NAN;
       continue;
     }
-    const Coef k = c[g];
-    const double r = p.rewards[i];
-    double a = (r - k.center) * (r > k.center ? k.scale_pos : k.scale_neg);
-    if (whiten) a = counts[i] == 0 ? 0.0 : (a - mu) * inv_std;
-    p.advantages[i] = float(a);
+    p.advantages[i] = float(RowAdvantage(p.rewards[i], c[g], whiten != nullptr, whiten ? counts[i] : 0, mu, inv_std));
   }
 }
 
@@ -550,34 +527,21 @@ Status Finalize(const GroupAdvantagesParams& p, const Rec* s1, const Coef* c, co
 // ---- float32 records (the cross-rank partials) ----------------------------------
 
 // The mean travels as float hi + lo (see the header).
-__device__ __forceinline__ Rec Unpack(const float* x /*[7]*/) {
-  return Rec{x[kStatCount], double(x[kStatMean]) + double(x[kStatMeanLo]), x[kStatM2], x[kStatMin], x[kStatMax], x[kStatKey]};
-}
-
 __global__ void RecToFloatKernel(const Rec* in, int64_t rows, float* out /*[rows, 7]*/) {
-  for (int64_t k = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; k < rows; k += int64_t(gridDim.x) * blockDim.x) {
-    const Rec s = in[k];
-    float* o = out + k * kGroupStatCols;
-    o[kStatCount] = float(s.n);
-    o[kStatMean] = float(s.mean);
-    o[kStatMeanLo] = float(s.mean - double(o[kStatMean]));
-    o[kStatM2] = float(s.m2);
-    o[kStatMin] = float(s.min);
-    o[kStatMax] = float(s.max);
-    o[kStatKey] = float(s.key);
-  }
+  for (int64_t k = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; k < rows; k += int64_t(gridDim.x) * blockDim.x)
+    PackGroupRecord(in[k], out + k * kGroupStatCols);
 }
 
 // check_keys: records of round 1 must have a task key in [1, G] (stage 2
 // indexes by it); a bad one is reported and replaced by 1.
 __global__ void FloatToRecKernel(const float* in /*[rows, 7]*/, int64_t rows, int64_t G, bool check_keys, Rec* out, int32_t* err) {
   for (int64_t k = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; k < rows; k += int64_t(gridDim.x) * blockDim.x) {
-    Rec s = Unpack(in + k * kGroupStatCols);
+    Rec s = UnpackGroupRecord(in + k * kGroupStatCols);
     if (!(s.n >= 0)) {
       SetError(err, kDeviceErrorBadPartials);
       s.n = 0;
     }
-    if (check_keys && s.n > 0 && !(s.key >= 1 && s.key <= double(G) && s.key == floor(s.key))) {
+    if (check_keys && !GroupKeyValid(s, G)) {
       SetError(err, kDeviceErrorBadPartials);
       s.key = 1;
     }
@@ -604,29 +568,17 @@ Status FromFloat(const float* in, int64_t rows, int64_t G, bool check_keys, Work
 // Chan's merge of part into acc, row by row (rank order is the launch order).
 __global__ void MergeKernel(Rec* acc, const float* part /*[rows, 7]*/, int64_t rows, bool first, int32_t* err) {
   for (int64_t k = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; k < rows; k += int64_t(gridDim.x) * blockDim.x) {
-    const Rec b = Unpack(part + k * kGroupStatCols);
-    Rec a = first ? Rec{0, 0, 0, 0, 0, 0} : acc[k];
-    if (b.n != 0) {
-      if (a.n == 0) {
-        a = b;
-      } else {
-        if (a.key != b.key) SetError(err, kDeviceErrorBadPartials);
-        const double n = a.n + b.n, delta = b.mean - a.mean;
-        a.mean += delta * (b.n / n);
-        a.m2 += b.m2 + delta * delta * (a.n * b.n / n);
-        a.min = fmin(a.min, b.min);
-        a.max = fmax(a.max, b.max);
-        a.n = n;
-      }
-    }
+    Rec a = first ? Rec{} : acc[k];
+    if (!MergeGroupRecord(&a, UnpackGroupRecord(part + k * kGroupStatCols))) SetError(err, kDeviceErrorBadPartials);
     acc[k] = a;
   }
 }
 
 struct DeviceGuard {
   static Status Set(int device) {
-    return cudaSetDevice(device) == cudaSuccess ? Status::Ok()
-                                                : Status{Status::kCudaError, "groupAdvantages: cudaSetDevice failed"};
+    if (cudaSetDevice(device) == cudaSuccess) return Status::Ok();
+    cudaGetLastError();  // not left pending for the next launch check
+    return Status{Status::kCudaError, "groupAdvantages: cudaSetDevice failed"};
   }
 };
 
@@ -727,6 +679,9 @@ __global__ void BroadcastKernel(const float* adv /*[B]*/, const uint8_t* mask /*
 
 Status BroadcastAdvantages(const BroadcastAdvantagesParams& p) {
   if (p.batch * p.seq_len == 0) return Status::Ok();
+  // The stream belongs to p.device: launching on it while another device is
+  // current (the thread's last op ran on cuda:0, this one is on cuda:1) fails.
+  RLK_TRY(DeviceGuard::Set(p.device));
   BroadcastKernel<<<Blocks(p.batch * p.seq_len, kThreads), kThreads, 0, static_cast<cudaStream_t>(p.stream)>>>(
       p.advantages, p.mask, p.batch, p.seq_len, p.out);
   RLK_CUDA_CHECK_LAUNCH("BroadcastKernel");

@@ -28,7 +28,10 @@ Status KlPenalty(const KlPenaltyParams& p) {
   if (p.estimator < 0 || p.estimator >= kKlNumEstimators)
     return Status{Status::kInvalidArgument, "unknown KL estimator code"};
   if (p.n == 0) return Status::Ok();
-  if (cudaSetDevice(p.device) != cudaSuccess) return Status{Status::kCudaError, "klPenalty: cudaSetDevice failed"};
+  if (cudaSetDevice(p.device) != cudaSuccess) {
+    cudaGetLastError();  // clear it, or the next op's launch check would report it as its own
+    return Status{Status::kCudaError, "klPenalty: cudaSetDevice failed"};
+  }
   constexpr int kThreads = 256;
   int64_t blocks = (p.n + kThreads - 1) / kThreads;
   if (blocks > 65535LL * 16) blocks = 65535LL * 16;  // grid-stride covers the rest

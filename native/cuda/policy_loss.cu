@@ -72,19 +72,20 @@ __device__ double BlockReduce(double v, double* slots) {
 }
 
 // Kahan-compensated float accumulator: the per-token terms have both signs
-// (advantages do), so a plain float sum would lose the small total.
+// (advantages do), so a plain float sum would lose the small total. Once the
+// sum is infinite the compensation is dropped: (inf - inf) - y is NaN, which
+// turned a -inf total (a -inf log-prob with the k1 term; the CPU's double
+// sum gives -inf) into NaN at the next term.
 struct Kahan {
   float s = 0.f, c = 0.f;
   __device__ void Add(float x) {
     float y = x - c;
     float t = s + y;
-    c = (t - s) - y;
+    c = isfinite(t) ? (t - s) - y : 0.f;
     s = t;
   }
   __device__ double Value() const { return double(s) - double(c); }
 };
-
-__device__ __forceinline__ float ClampF(float v, float lo, float hi) { return v < lo ? lo : (v > hi ? hi : v); }
 
 __device__ __forceinline__ void ReportBadOffsets(int32_t* error_word) {
   if (error_word) atomicCAS(error_word, 0, int32_t(kDeviceErrorIndexOutOfRange));
@@ -135,8 +136,8 @@ __global__ void __launch_bounds__(kThreads) PolicyLossKernel(PolicyLossParams p,
         sum_x.Add(x);
         min_x = fminf(min_x, x);
         if (tis_token_mask) {
-          float w = expf(ClampF(x, -20.f, 20.f));
-          keep = w >= lower && w <= upper;
+          float w;
+          keep = TokenRolloutWeight<float>(kTisMask, x, lower, upper, &w);  // as phase C decides
         }
       }
       if (!keep) continue;
@@ -158,18 +159,12 @@ __global__ void __launch_bounds__(kThreads) PolicyLossKernel(PolicyLossParams p,
       }
       if (p.tis_level == kTisSequence || p.tis_level == kTisGeometric) {
         double lw = p.tis_level == kTisSequence ? sx : (c0 > 0 ? sx / c0 : 0.0);
-        float w = expf(float(lw < -20.0 ? -20.0 : (lw > 20.0 ? 20.0 : lw)));
-        if (p.tis_mode == kTisMask) {
-          if (w < lower || w > upper) rejected = true;
-          q.weight = w;
-        } else {
-          q.weight = fminf(w, upper);
-        }
+        if (!SequenceRolloutWeight<float>(p.tis_mode, float(lw), lower, upper, &q.weight)) rejected = true;
       }
       if (gspo && ck > 0) {
-        float mean = float(sd / ck);
-        q.gspo_s = expf(fminf(mean, 10.f));
-        if (!(mean <= 10.f)) q.flags &= ~kSeqGspoGrad;  // clamp(max = 10) passes the gradient at and below 10
+        bool pass_grad;
+        q.gspo_s = GspoRatio<float>(float(sd / ck), &pass_grad);
+        if (!pass_grad) q.flags &= ~kSeqGspoGrad;
       }
       if (rejected) q.flags |= kSeqRejected;
       q.n_kept = rejected ? 0 : int32_t(ck);
@@ -243,13 +238,7 @@ __global__ void __launch_bounds__(kThreads) PolicyLossKernel(PolicyLossParams p,
     float w = 1.f;
     if (keep && tis) {
       if (p.tis_level == kTisToken) {
-        float wt = expf(ClampF(p.old_logprobs[t] - p.rollout_logprobs[t], -20.f, 20.f));
-        if (p.tis_mode == kTisMask) {
-          keep = wt >= lower && wt <= upper;
-          w = wt;
-        } else {
-          w = fminf(wt, upper);
-        }
+        keep = TokenRolloutWeight<float>(p.tis_mode, p.old_logprobs[t] - p.rollout_logprobs[t], lower, upper, &w);
       } else {
         w = q.weight;
       }
@@ -262,15 +251,9 @@ __global__ void __launch_bounds__(kThreads) PolicyLossKernel(PolicyLossParams p,
     const float coef = p.aggregation == kAggSeqMeanTokenMean ? base / float(q.n_kept) : base;
     const float lp = p.logprobs[t];
     const float d = lp - p.old_logprobs[t];
-    const float lr = ClampF(d, -20.f, 20.f);
-    float r, dr;
-    if (gspo) {
-      r = q.gspo_s;
-      dr = (q.flags & kSeqGspoGrad) ? r : 0.f;
-    } else {
-      r = expf(lr);
-      dr = (d >= -20.f && d <= 20.f) ? r : 0.f;
-    }
+    const float lr = ClampLogRatio(d);
+    float dr;
+    const float r = TokenRatio<float>(gspo, d, q.gspo_s, (q.flags & kSeqGspoGrad) != 0, &dr);
     const float A = p.advantages[p.adv_per_sequence ? i : t];
     float dl_dr;
     uint32_t flags;
@@ -365,6 +348,10 @@ Status CudaError(cudaError_t err, const char* what) {
 }  // namespace
 
 Status PolicyLoss(const PolicyLossParams& p) {
+  // SeqState::n_kept is an int32 count of one sequence's tokens (packed
+  // sequences are bounded by the int32 cuSeqlens; padded ones by T).
+  if (p.cu_seqlens == nullptr && p.seq_len > INT32_MAX)
+    return Status{Status::kUnsupported, "policyLoss: sequences longer than 2^31 - 1 tokens are not supported on CUDA"};
   Status st = CudaError(cudaSetDevice(p.device), "policyLoss: cudaSetDevice failed");
   if (!st.ok()) return st;
   int sms = 0, coop = 0, per_sm = 0;

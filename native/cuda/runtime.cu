@@ -36,7 +36,8 @@ Status CudaStatus(cudaError_t err, const char* what) {
 struct DeviceState {
   std::mutex mu;
   cudaStream_t stream = nullptr;
-  int32_t* error_word = nullptr;
+  int32_t* error_word = nullptr;                  // [2], see TakeErrorKernel
+  std::mutex take_mu;                             // one TakeDeviceError at a time: they share word[1]
   std::multimap<size_t, void*> cached;            // size -> block
   std::unordered_map<void*, size_t> live;         // block -> size
   DeviceMemoryStats stats;
@@ -52,17 +53,29 @@ size_t RoundSize(size_t bytes) {
   return (bytes + kLargeRound - 1) / kLargeRound * kLargeRound;
 }
 
+// Each block leaves the cache as it is freed: returning on a failed cudaFree
+// with the freed blocks still listed would hand them out (or free them)
+// again later.
 Status ReleaseCached(int device, DeviceState& s) {
-  for (auto& kv : s.cached) {
-    cudaError_t err = cudaFree(kv.second);
-    s.stats.reserved -= kv.first;
+  while (!s.cached.empty()) {
+    auto it = s.cached.begin();
+    const size_t size = it->first;
+    void* block = it->second;
+    s.cached.erase(it);
+    s.stats.reserved -= size;
+    cudaError_t err = cudaFree(block);
     if (err != cudaSuccess) return CudaStatus(err, "cudaFree");
   }
-  s.cached.clear();
   return Status::Ok();
 }
 
 Status Bad(const char* m) { return Status{Status::kInvalidArgument, m}; }
+
+// Takes the error word's code and clears it in one step, in stream order.
+// Reading the word, synchronizing and then clearing it (three steps) lost
+// an error: a kernel queued by another thread in between found the word
+// still set, so its atomicCAS failed, and the clear then erased its report.
+__global__ void TakeErrorKernel(int32_t* word /*[2]: the word, then the taken code*/) { word[1] = atomicExch(word, 0); }
 
 }  // namespace
 
@@ -98,10 +111,23 @@ Status DeviceStream(int device, void** stream) {
   DeviceState& s = State(device);
   std::lock_guard<std::mutex> lock(s.mu);
   if (!s.stream) {
+    // Stream and error word are published together: publishing the stream
+    // before a failed cudaMalloc of the word left later calls with a stream
+    // and a null error word, which kernels would atomicCAS into.
     RLK_CUDA_RETURN(cudaSetDevice(device), "cudaSetDevice");
-    RLK_CUDA_RETURN(cudaStreamCreateWithFlags(&s.stream, cudaStreamNonBlocking), "cudaStreamCreate");
-    RLK_CUDA_RETURN(cudaMalloc(&s.error_word, sizeof(int32_t)), "cudaMalloc(error word)");
-    RLK_CUDA_RETURN(cudaMemsetAsync(s.error_word, 0, sizeof(int32_t), s.stream), "cudaMemsetAsync");
+    cudaStream_t stream = nullptr;
+    int32_t* word = nullptr;
+    RLK_CUDA_RETURN(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking), "cudaStreamCreate");
+    // Two int32: the word kernels set, and the slot TakeDeviceError reads.
+    cudaError_t err = cudaMalloc(&word, 2 * sizeof(int32_t));
+    if (err == cudaSuccess) err = cudaMemsetAsync(word, 0, 2 * sizeof(int32_t), stream);
+    if (err != cudaSuccess) {
+      if (word) cudaFree(word);
+      cudaStreamDestroy(stream);
+      return CudaStatus(err, "cudaMalloc/cudaMemsetAsync(error word)");
+    }
+    s.error_word = word;
+    s.stream = stream;
   }
   *stream = s.stream;
   return Status::Ok();
@@ -135,10 +161,12 @@ Status TakeDeviceError(int device, int32_t* code) {
   cudaStream_t stream;
   Status st = StreamOf(device, &stream);
   if (!st.ok()) return st;
+  std::lock_guard<std::mutex> lock(State(device).take_mu);
   int32_t* word = State(device).error_word;
-  RLK_CUDA_RETURN(cudaMemcpyAsync(code, word, sizeof(int32_t), cudaMemcpyDeviceToHost, stream), "cudaMemcpyAsync(D2H)");
+  TakeErrorKernel<<<1, 1, 0, stream>>>(word);
+  RLK_CUDA_RETURN(cudaGetLastError(), "error word kernel launch");
+  RLK_CUDA_RETURN(cudaMemcpyAsync(code, word + 1, sizeof(int32_t), cudaMemcpyDeviceToHost, stream), "cudaMemcpyAsync(D2H)");
   RLK_CUDA_RETURN(cudaStreamSynchronize(stream), "cudaStreamSynchronize");
-  if (*code != 0) RLK_CUDA_RETURN(cudaMemsetAsync(word, 0, sizeof(int32_t), stream), "cudaMemsetAsync");
   return Status::Ok();
 }
 
@@ -257,53 +285,14 @@ __global__ void FillKernel(T* dst, T value, int64_t n) {
     dst[i] = value;
 }
 
-__device__ double LoadDouble(const void* p, DType t, int64_t i) {
-  switch (t) {
-    case DType::kFloat32: return static_cast<const float*>(p)[i];
-    case DType::kBFloat16: return Bf16ToFloat(static_cast<const uint16_t*>(p)[i]);
-    case DType::kFloat16: return HalfToFloat(static_cast<const uint16_t*>(p)[i]);
-    case DType::kInt32: return static_cast<const int32_t*>(p)[i];
-    case DType::kInt64: return double(static_cast<const int64_t*>(p)[i]);
-    case DType::kUInt8: return static_cast<const uint8_t*>(p)[i];
-  }
-  return 0;
-}
-
-template <class D>
-__device__ D SatCast(double v, double lo, double hi) {
-  if (v != v) return D(0);
-  if (v <= lo) return D(lo);
-  if (v >= hi) return D(hi);
-  return D(v);
-}
-
-// Casts are not on a hot path: one generic kernel through double keeps the
-// rounding identical to CastHost.
+// Casts are not on a hot path: one generic kernel, element by element
+// through the CastElement of common.h that CastHost uses too, so device and
+// host casts round and saturate identically. (The kernel's own int64 bound
+// was 2^63 - 1024, so values >= 2^63 gave 9223372036854774784 here and
+// INT64_MAX on the host.)
 __global__ void CastKernel(const void* src, DType st, void* dst, DType dt, int64_t n) {
-  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
-    if (st == DType::kInt64 && dt == DType::kInt32) {
-      int64_t v = static_cast<const int64_t*>(src)[i];
-      static_cast<int32_t*>(dst)[i] = int32_t(v < INT32_MIN ? INT32_MIN : v > INT32_MAX ? INT32_MAX : v);
-      continue;
-    }
-    if (dt == DType::kInt64 && (st == DType::kInt32 || st == DType::kUInt8 || st == DType::kInt64)) {
-      static_cast<int64_t*>(dst)[i] = st == DType::kInt32 ? static_cast<const int32_t*>(src)[i]
-                                    : st == DType::kUInt8 ? static_cast<const uint8_t*>(src)[i]
-                                                          : static_cast<const int64_t*>(src)[i];
-      continue;
-    }
-    double v = LoadDouble(src, st, i);
-    switch (dt) {
-      case DType::kFloat32: static_cast<float*>(dst)[i] = float(v); break;
-      case DType::kBFloat16: static_cast<uint16_t*>(dst)[i] = DoubleToBf16(v); break;
-      case DType::kFloat16: static_cast<uint16_t*>(dst)[i] = DoubleToHalf(v); break;
-      case DType::kInt32: static_cast<int32_t*>(dst)[i] = SatCast<int32_t>(v, -2147483648.0, 2147483647.0); break;
-      case DType::kInt64:
-        static_cast<int64_t*>(dst)[i] = SatCast<int64_t>(v, -9223372036854775808.0, 9223372036854774784.0);
-        break;
-      case DType::kUInt8: static_cast<uint8_t*>(dst)[i] = SatCast<uint8_t>(v, 0.0, 255.0); break;
-    }
-  }
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
+    CastElement(src, st, dst, dt, i);
 }
 
 unsigned GridFor(int64_t n, int threads) {

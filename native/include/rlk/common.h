@@ -4,6 +4,7 @@
 #include <cstdint>
 #include <cstring>
 #include <cmath>
+#include <climits>
 
 #if defined(__CUDACC__)
 #define RLK_HD __host__ __device__ __forceinline__
@@ -165,6 +166,61 @@ template <class T> RLK_HD T FromFloat(float v);
 template <> RLK_HD float FromFloat<float>(float v) { return v; }
 template <> RLK_HD bf16_t FromFloat<bf16_t>(float v) { return bf16_t{FloatToBf16(v)}; }
 template <> RLK_HD f16_t FromFloat<f16_t>(float v) { return f16_t{FloatToHalf(v)}; }
+
+// ---- elementwise dtype conversion -----------------------------------------
+// One element of CastHost (cpu/runtime.cc) and of the device cast kernel
+// (cuda/runtime.cu), so both round and saturate identically: through double,
+// 16-bit floats rounded to nearest even, floats to integers truncated toward
+// zero and saturated (NaN gives 0); int64 to int32 and small integers to
+// int64 go direct, since int64 does not fit through double (2^53).
+RLK_HD double LoadAsDouble(const void* p, DType t, int64_t i) {
+  switch (t) {
+    case DType::kFloat32: return static_cast<const float*>(p)[i];
+    case DType::kBFloat16: return Bf16ToFloat(static_cast<const uint16_t*>(p)[i]);
+    case DType::kFloat16: return HalfToFloat(static_cast<const uint16_t*>(p)[i]);
+    case DType::kInt32: return static_cast<const int32_t*>(p)[i];
+    case DType::kInt64: return double(static_cast<const int64_t*>(p)[i]);
+    case DType::kUInt8: return static_cast<const uint8_t*>(p)[i];
+  }
+  return 0;
+}
+
+// v truncated to an integer in [ilo, ihi], where lo = double(ilo) and hi =
+// double(ihi) (rounded: 2^63 for int64's max, so v >= 2^63 gives ihi and
+// every v strictly between converts exactly).
+RLK_HD int64_t SaturateToInt(double v, double lo, double hi, int64_t ilo, int64_t ihi) {
+  if (v != v) return 0;
+  if (v <= lo) return ilo;
+  if (v >= hi) return ihi;
+  return int64_t(v);
+}
+
+// dst[i] = src[i] converted from `st` to `dt` (st != dt; equal dtypes are a copy).
+RLK_HD void CastElement(const void* src, DType st, void* dst, DType dt, int64_t i) {
+  if (st == DType::kInt64 && dt == DType::kInt32) {
+    const int64_t v = static_cast<const int64_t*>(src)[i];
+    static_cast<int32_t*>(dst)[i] = int32_t(v < INT32_MIN ? int64_t(INT32_MIN) : (v > INT32_MAX ? int64_t(INT32_MAX) : v));
+    return;
+  }
+  if (dt == DType::kInt64 && (st == DType::kInt32 || st == DType::kUInt8)) {
+    static_cast<int64_t*>(dst)[i] = st == DType::kInt32 ? int64_t(static_cast<const int32_t*>(src)[i])
+                                                        : int64_t(static_cast<const uint8_t*>(src)[i]);
+    return;
+  }
+  const double v = LoadAsDouble(src, st, i);
+  switch (dt) {
+    case DType::kFloat32: static_cast<float*>(dst)[i] = float(v); break;
+    case DType::kBFloat16: static_cast<uint16_t*>(dst)[i] = DoubleToBf16(v); break;
+    case DType::kFloat16: static_cast<uint16_t*>(dst)[i] = DoubleToHalf(v); break;
+    case DType::kInt32:
+      static_cast<int32_t*>(dst)[i] = int32_t(SaturateToInt(v, -2147483648.0, 2147483647.0, INT32_MIN, INT32_MAX));
+      break;
+    case DType::kInt64:
+      static_cast<int64_t*>(dst)[i] = SaturateToInt(v, -9223372036854775808.0, 9223372036854775808.0, INT64_MIN, INT64_MAX);
+      break;
+    case DType::kUInt8: static_cast<uint8_t*>(dst)[i] = uint8_t(SaturateToInt(v, 0.0, 255.0, 0, 255)); break;
+  }
+}
 
 }  // namespace rlk
 

@@ -18,6 +18,7 @@
 // each overridable by an explicit global count; a zero denominator gives a
 // zero weight, so an all-masked batch gives loss 0 and a zero gradient).
 #pragma once
+#include <cmath>
 #include <cstdint>
 
 #include "rlk/common.h"
@@ -134,6 +135,82 @@ RLK_HD F Surrogate(F A, F r, F lo, F hi, bool dual, F dual_c, F* dl_dr, uint32_t
   *dl_dr = g;
   *flags = f;
   return lc;
+}
+
+namespace policy_detail {
+#if defined(__CUDACC__)
+RLK_HD float Exp(float x) { return expf(x); }
+RLK_HD double Exp(double x) { return ::exp(x); }
+#else
+inline float Exp(float x) { return std::exp(x); }
+inline double Exp(double x) { return std::exp(x); }
+#endif
+}  // namespace policy_detail
+
+// DESIGN 3.3's clamp of log-ratios and rollout log-weights to [-20, 20].
+template <class F>
+RLK_HD F ClampLogRatio(F x) { return x < F(-20) ? F(-20) : (x > F(20) ? F(20) : x); }
+
+// One token's ratio and its derivative dr/dlogp from d = logp - old.
+// Vanilla: r = exp(clamp(d, -20, 20)); the clamp passes the gradient inside
+// its bounds (inclusive), so dr = r there and 0 outside. GSPO: r = s, the
+// sequence ratio, whose derivative with respect to the token's own logp is s
+// (verl's exp(logp_t - sg(logp_t) + sg(mean))), or 0 where the sequence's
+// clamp at 10 blocks it (gspo_grad false).
+template <class F>
+RLK_HD F TokenRatio(bool gspo, F d, F gspo_s, bool gspo_grad, F* dr) {
+  if (gspo) {
+    *dr = gspo_grad ? gspo_s : F(0);
+    return gspo_s;
+  }
+  const F r = policy_detail::Exp(ClampLogRatio(d));
+  *dr = (d >= F(-20) && d <= F(20)) ? r : F(0);
+  return r;
+}
+
+// The per-token and per-sequence decisions below are shared by the CPU (F =
+// double) and CUDA (F = float) kernels. Their minimum is std::min's,
+// `upper < w ? upper : w`, so a NaN weight stays NaN (DESIGN 4: NaN
+// propagates); CUDA's fminf would return `upper` and hide it.
+
+// Rollout-correction weight of one token (DESIGN 3.3) from its log-weight
+// x = old - rollout: w = exp(clamp(x, -20, 20)). Returns whether the token is
+// kept: mode kTisMask keeps it when w lies in [lower, upper] and applies w;
+// kTisTruncate keeps every token and applies min(w, upper). A kernel that
+// decides twice (count pass, token pass) must call this with the same F and
+// the same x so both passes agree bit for bit.
+template <class F>
+RLK_HD bool TokenRolloutWeight(int32_t tis_mode, F x, F lower, F upper, F* w) {
+  const F wt = policy_detail::Exp(ClampLogRatio(x));
+  if (tis_mode == kTisMask) {
+    *w = wt;
+    return wt >= lower && wt <= upper;
+  }
+  *w = upper < wt ? upper : wt;
+  return true;
+}
+
+// Sequence-level rollout weight from the sequence's log-weight lw (the sum,
+// or the mean for 'geometric', of the masked tokens' log-weights). Returns
+// false when mode kTisMask rejects the sequence (w outside [lower, upper]).
+template <class F>
+RLK_HD bool SequenceRolloutWeight(int32_t tis_mode, F lw, F lower, F upper, F* weight) {
+  const F w = policy_detail::Exp(ClampLogRatio(lw));
+  if (tis_mode == kTisMask) {
+    *weight = w;
+    return !(w < lower || w > upper);
+  }
+  *weight = upper < w ? upper : w;
+  return true;
+}
+
+// GSPO's sequence ratio s = exp(min(mean, 10)) from the mean log-ratio over
+// the kept tokens; *grad: whether clamp(max = 10) passes the gradient (at and
+// below 10). A NaN mean gives a NaN ratio (fminf would give e^10).
+template <class F>
+RLK_HD F GspoRatio(F mean, bool* grad) {
+  *grad = mean <= F(10);
+  return policy_detail::Exp(mean > F(10) ? F(10) : mean);
 }
 
 }  // namespace rlk
