@@ -315,12 +315,17 @@ describe('lifetime', () => {
     // The first round grows the JS heap and malloc arenas to their working size.
     for (let k = 0; k < 100_000; k++) cycle(k);
     await settleGc();
-    const rss0 = process.memoryUsage().rss;
-    for (let k = 0; k < 100_000; k++) cycle(k);
-    await settleGc();
-    const grown = process.memoryUsage().rss - rss0;
-    expect(rlk.memory().cpu).toEqual(m0);
-    expect(grown).toBeLessThan(16 * 1024 * 1024);
+    // A leak grows RSS in every round; allocator and GC noise does not. The
+    // quietest of three rounds must stay under 8 MB (80 bytes a cycle).
+    const growth: number[] = [];
+    for (let round = 0; round < 3; round++) {
+      const rss0 = process.memoryUsage().rss;
+      for (let k = 0; k < 100_000; k++) cycle(k);
+      await settleGc();
+      growth.push(process.memoryUsage().rss - rss0);
+      expect(rlk.memory().cpu).toEqual(m0);
+    }
+    expect(Math.min(...growth)).toBeLessThan(8 * 1024 * 1024);
   });
 
   it('garbage collection frees tensors that were never disposed (the backstop)', async () => {

@@ -129,6 +129,10 @@ Status DeviceStream(int device, void** stream) {
     s.error_word = word;
     s.stream = stream;
   }
+  // Every caller is about to enqueue on this stream: make its device current
+  // on this thread (cudaSetDevice is per thread and cheap when unchanged), so
+  // no launcher can queue work for one device while another is current.
+  RLK_CUDA_RETURN(cudaSetDevice(device), "cudaSetDevice");
   *stream = s.stream;
   return Status::Ok();
 }
@@ -137,7 +141,6 @@ static Status StreamOf(int device, cudaStream_t* out) {
   void* p = nullptr;
   Status st = DeviceStream(device, &p);
   *out = static_cast<cudaStream_t>(p);
-  if (st.ok()) RLK_CUDA_RETURN(cudaSetDevice(device), "cudaSetDevice");
   return st;
 }
 

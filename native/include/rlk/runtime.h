@@ -55,7 +55,8 @@ void DeviceFree(int device, void* p);
 DeviceMemoryStats GetDeviceMemoryStats(int device);
 void DeviceEmptyCache(int device);
 
-// The device's stream (a cudaStream_t), created on first use.
+// The device's stream (a cudaStream_t), created on first use; also makes
+// `device` current on the calling thread.
 Status DeviceStream(int device, void** stream);
 Status DeviceSynchronize(int device);
 
