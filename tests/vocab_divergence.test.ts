@@ -36,6 +36,39 @@ interface RunOut {
   tIn: Float32Array;
 }
 
+/**
+ * Gradients of close distributions (p_s - p_t ~ 1e-2 p): the fp32 normalisers' rounding (sums
+ * of exp, DESIGN 4 allows fp32 reductions) shifts log(S_t / S_s) by a few 2^-24, which moves a
+ * row's gradient by (that shift) * p_s: relative to |p_s - p_t| ~ 1e-2 p, a few 1e-7 of shift is
+ * 1e-5 of error (the AVX-512 path reached 1.6e-5 in 151 runs against a tolerance of 2e-5).
+ * That component is fitted per row and must stay below 16 * 2^-24 (a wrong normaliser is far
+ * above); the rest of the difference must be within `tol` of the array, as before.
+ */
+function expectCloseUpToNormaliser(what: string, got: ArrayLike<number>, want: ArrayLike<number>, sIn: ArrayLike<number>,
+  rows: number, V: number, tol: number, seed: number): void {
+  const adjusted = Float64Array.from(got);
+  for (let r = 0; r < rows; r++) {
+    const off = r * V;
+    let m = -Infinity;
+    for (let j = 0; j < V; j++) m = Math.max(m, sIn[off + j]);
+    let z = 0;
+    for (let j = 0; j < V; j++) z += Math.exp(sIn[off + j] - m);
+    let num = 0;
+    let den = 0;
+    for (let j = 0; j < V; j++) {
+      const p = Math.exp(sIn[off + j] - m) / z;
+      num += (got[off + j] - want[off + j]) * p;
+      den += p * p;
+    }
+    const shift = den > 0 ? num / den : 0;
+    if (!(Math.abs(shift) <= 16 * 2 ** -24)) {
+      throw new Error(`${what}: row ${r} is off by ${shift} * p_s, more than fp32 normalisers explain (seed ${seed})`);
+    }
+    for (let j = 0; j < V; j++) adjusted[off + j] -= shift * (Math.exp(sIn[off + j] - m) / z);
+  }
+  expectClose(what, adjusted, want, tol, seed);
+}
+
 async function run(
   s: ArrayLike<number>,
   t: ArrayLike<number>,
@@ -160,8 +193,8 @@ describe('vocabDivergence (cpu)', () => {
       // The divergences are ~1e-4 here: a log-sum-exp difference would lose ~3 digits.
       for (const v of ref.values) expect(v).toBeLessThan(1e-3);
       expectClose(`close ${kind} ${beta} values`, out.values, ref.values, TOLERANCE.divergence, seed);
-      expectClose(`close ${kind} ${beta} gradStudent`, out.gs, ref.gradStudent, 2e-5, seed);
-      expectClose(`close ${kind} ${beta} gradTeacher`, out.gt!, ref.gradTeacher, 2e-5, seed);
+      expectCloseUpToNormaliser(`close ${kind} ${beta} gradStudent`, out.gs, ref.gradStudent, out.sIn, rows, V, 2e-5, seed);
+      expectCloseUpToNormaliser(`close ${kind} ${beta} gradTeacher`, out.gt!, ref.gradTeacher, out.sIn, rows, V, 2e-5, seed);
     }
   });
 
