@@ -138,8 +138,21 @@ function expectGradClose(what: string, out: Float32Array, ref: Float64Array, dty
   // Over the array: against the reference rounded to the dtype (outputs in the float16
   // subnormal range carry an absolute rounding error no kernel can avoid), where only
   // elements at a rounding boundary may differ, by one ulp.
+  // A reference within float32 error (2^-20 relative, plus the cancellation allowance) of a
+  // rounding midpoint may round either way (seed 219143360: float16 -1.2769 -> -1.2773, one
+  // ulp, alone dominating the array): such an element counts as matching when it is one of the
+  // two neighbours (it passed the one-ulp element check above).
   const rounded = roundArray(ref, dtype);
-  expectClose(what, shrink(rounded), rounded, 2 ** -(mant + 1), seed);
+  const adjusted = shrink(rounded);
+  for (let i = 0; i < ref.length; i++) {
+    const r = ref[i];
+    if (!Number.isFinite(r)) continue;
+    const slack = 2 ** -20 * Math.abs(r) + cancel(i);
+    const lo = roundTo(r - slack, dtype);
+    const hi = roundTo(r + slack, dtype);
+    if (lo !== hi && (out[i] === lo || out[i] === hi)) adjusted[i] = rounded[i];
+  }
+  expectClose(what, adjusted, rounded, 2 ** -(mant + 1), seed);
 }
 
 function f32(t: rlk.Tensor): Float32Array {
