@@ -27,8 +27,8 @@ const ROOT = resolve(HERE, '..', '..');
 
 // ---- options ---------------------------------------------------------------------
 const DEFAULTS = {
-  steps: 150, seed: 0, device: 'cpu', out: join(HERE, 'out'), prompts: 16, group: 8, lr: 3e-3, temperature: 1,
-  clipLow: 0.2, clipHigh: 0.28, klCoef: 0.001, epochs: 2, maxChain: 3, advantages: 'tmn-reweight', reward: 'exact', threads: 1, quiet: false,
+  steps: 150, seed: 0, device: 'cpu', out: join(HERE, 'out'), prompts: 16, group: 8, lr: 2e-3, temperature: 1,
+  clipLow: 0.2, clipHigh: 0.28, klCoef: 0.001, epochs: 1, minibatches: 1, maxChain: 3, advantages: 'tmn-reweight', reward: 'exact', threads: 1, quiet: false,
 };
 function parseArgs(argv) {
   const o = { ...DEFAULTS };
@@ -48,6 +48,7 @@ function parseArgs(argv) {
     if (typeof DEFAULTS[key] === 'number' && !Number.isFinite(o[key])) throw new Error(`--${m[1]} must be a number, got ${v}`);
   }
   if (!['cpu', 'cuda'].includes(o.device) && !/^cuda:\d+$/.test(o.device)) throw new Error(`--device must be cpu or cuda, got ${o.device}`);
+  if (!(Number.isInteger(o.minibatches) && o.minibatches >= 1 && o.prompts % o.minibatches === 0)) throw new Error('--minibatches must divide --prompts');
   if (!(o.maxChain >= 1 && o.maxChain <= 3)) throw new Error('--max-chain must be 1, 2 or 3');
   if (!['exact', 'substring'].includes(o.reward)) throw new Error(`--reward must be exact or substring`);
   if (!['grpo', 'tmn-reweight'].includes(o.advantages)) throw new Error(`--advantages must be grpo or tmn-reweight`);
@@ -186,11 +187,16 @@ async function main() {
     }
     const stats = await torch.scope(async () => {
       const input = torch.tensor(BigInt64Array.from(prompts.map(BigInt)), { shape: [B, CTX], device: o.device });
-      const lastLogits = (model) => torch.slice(model.forward(input), 1, CTX - 1, CTX).reshape([B, VOCAB]).contiguous();
-      // Sample one answer token per row from softmax(logits / T).
-      const actions = torch.noGrad(() => {
-        const probs = torch.softmax(torch.aten('div.Scalar', lastLogits(policy), T));
-        return torch.multinomial(probs, 1).reshape([B]);
+      const lastLogits = (model, x) => {
+        const rows = x.shape[0];
+        return torch.slice(model.forward(x), 1, CTX - 1, CTX).reshape([rows, VOCAB]).contiguous();
+      };
+      // Sample one answer token per row from softmax(logits / T); the sampling policy's log-probs
+      // of them are the "old" log-probs of the ratio.
+      const { actions, old } = torch.noGrad(() => {
+        const logits = lastLogits(policy, input);
+        const acts = torch.multinomial(torch.softmax(torch.aten('div.Scalar', logits, T)), 1).reshape([B]);
+        return { actions: acts, old: torch.tokenLogprobs(logits, acts, { temperature: T }).logprobs.reshape([B, 1]) };
       });
       const acts = Array.from(actions.toArraySync(), Number);
       const r = acts.map((a, i) => reward(o.reward, [a], answers[i]));
@@ -199,19 +205,26 @@ async function main() {
       const adv = torch.groupAdvantages(rewardT, o.advantages === 'tmn-reweight'
         ? { groupSize: o.group, method: 'tmn-reweight', taskIds }
         : { groupSize: o.group, method: 'grpo' }).advantages;
-      const refLp = torch.noGrad(() => torch.tokenLogprobs(lastLogits(ref), actions, { temperature: T }).logprobs.reshape([B, 1]));
-      let old = null, last = null;
+      const refLp = torch.noGrad(() => torch.tokenLogprobs(lastLogits(ref, input), actions, { temperature: T }).logprobs.reshape([B, 1]));
+      // As verl's ppo_mini_batch_size and ppo_epochs: --minibatches (whole groups each) and --epochs
+      // give one optimizer step per mini-batch; from the second step on the ratio leaves 1 and the
+      // clip (clip-higher) can act. The default, one step per batch, keeps the ratio at 1.
+      const mb = B / o.minibatches;
+      const part = (t, k) => torch.slice(t, 0, k * mb, (k + 1) * mb).contiguous();
+      let last = null;
       for (let e = 0; e < o.epochs; e++) {
-        const lp = torch.tokenLogprobs(lastLogits(policy), actions, { temperature: T }).logprobs.reshape([B, 1]);
-        if (!old) old = lp.detach();
-        const pl = torch.policyLoss(
-          { logprobs: lp, oldLogprobs: old, advantages: adv },
-          { clipLow: o.clipLow, clipHigh: o.clipHigh, aggregation: 'token-mean', kl: { refLogprobs: refLp, estimator: 'k3', coef: o.klCoef } },
-        );
-        opt.zeroGrad();
-        pl.loss.backward();
-        opt.step();
-        last = { loss: pl.loss.itemSync(), stats: await pl.readStats() };
+        for (let k = 0; k < o.minibatches; k++) {
+          const lp = torch.tokenLogprobs(lastLogits(policy, part(input, k)), part(actions, k), { temperature: T }).logprobs.reshape([mb, 1]);
+          const pl = torch.policyLoss(
+            { logprobs: lp, oldLogprobs: part(old, k), advantages: part(adv, k) },
+            { clipLow: o.clipLow, clipHigh: o.clipHigh, aggregation: 'token-mean', kl: { refLogprobs: part(refLp, k), estimator: 'k3', coef: o.klCoef } },
+          );
+          opt.zeroGrad();
+          pl.loss.backward();
+          opt.step();
+          const stats = await pl.readStats();
+          last = { loss: pl.loss.itemSync(), stats };
+        }
       }
       return { reward: r.reduce((a, b) => a + b, 0) / B, ...last };
     });
