@@ -23,6 +23,7 @@ import { grpoStep } from './distributed/grpo_step.mjs';
 const D = torch.distributed;
 const RANK_SCRIPT = join(ROOT, 'tests', 'distributed', 'rank.mjs');
 const HARD_TIMEOUT_MS = 60_000;
+const seed = freshSeed();
 
 /** The ranks import dist/: rebuild it when a source is newer (vitest alone does not). */
 function ensureDist(): void {
@@ -63,7 +64,7 @@ async function runGroup(scenario: string, worldSize: number, opts: { ranks?: num
       let left = ranks.length;
       const timer = setTimeout(() => reject(new Error(`${scenario} x${worldSize}: hard timeout ${HARD_TIMEOUT_MS} ms`)), HARD_TIMEOUT_MS);
       ranks.forEach((rank, k) => {
-        const cfg = { scenario, rank, worldSize, port, seed: opts.seed ?? 1, timeoutMs: opts.timeoutMs };
+        const cfg = { scenario, rank, worldSize, port, seed: opts.seed ?? seed, timeoutMs: opts.timeoutMs };
         const c = spawn(process.execPath, [RANK_SCRIPT, JSON.stringify(cfg)], {
           env: { ...process.env, RLK_POISON_ALLOC: '1', OMP_NUM_THREADS: '1' },
           stdio: ['ignore', 'pipe', 'pipe'],
@@ -97,8 +98,6 @@ async function runGroup(scenario: string, worldSize: number, opts: { ranks?: num
     killAll();
   }
 }
-
-const seed = freshSeed();
 
 describeBridge('torch.distributed: bad input and state (one process)', () => {
   afterAll(async () => {
@@ -183,7 +182,7 @@ describeBridge('torch.distributed: process groups on the loopback', () => {
 
   // Single-process references for the vocabulary-parallel cases.
   function checkVocab(results: RankResult[], W: number) {
-    const cases = vocabCases(1);
+    const cases = vocabCases(seed);
     cases.forEach((c: ReturnType<typeof vocabCases>[number], ci: number) => {
       const inp = { x: c.logits, rows: c.rows, vocab: c.vocab, targets: c.targets, temperature: c.temperature, ignoreIndex: IGNORE };
       const ref = refForward(inp);
@@ -222,7 +221,7 @@ describeBridge('torch.distributed: process groups on the loopback', () => {
   }
 
   async function checkGrpo(results: RankResult[], W: number) {
-    const batch = grpoBatch(1);
+    const batch = grpoBatch(seed);
     const all = Array.from({ length: 8 }, (_, i) => i);
     for (const [key, aggregation] of [['tokenMean', 'token-mean'], ['seqMean', 'seq-mean-token-mean']] as const) {
       const single = await grpoStep(torch, batch, all, { aggregation });

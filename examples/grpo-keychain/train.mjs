@@ -246,6 +246,7 @@ async function main() {
     klEnd: mean(kls.slice(-k)), tokensPerSecond: Math.round(tokens / seconds), seconds: Math.round((performance.now() - t0) / 100) / 10, chart,
   };
   if (dp.world > 1) summary.worldSize = dp.world;
+  if (process.env.GRPO_REWARDS === '1') summary.rewards = rewards;  // the whole curve, to compare runs
   if (dp.rank === 0) console.log(JSON.stringify(summary));
   await dp.finish();
 }
