@@ -79,13 +79,13 @@ describeBridge('TorchTensor', () => {
     expect(t.shape).toEqual([2, 3]);
     expect(t.dtype).toBe('float32');
     expect(t.device).toBe('cpu');
-    expect(Array.from(await t.toArray())).toEqual([1, 2, 3, 4, 5, 6]);
+    expect(Array.from((await t.toArray()) as Float32Array)).toEqual([1, 2, 3, 4, 5, 6]);
     const b = t.to({ dtype: 'bfloat16' });
     expect(b.dtype).toBe('bfloat16');
-    expect(Array.from(torch.tensor([1.00390625, 3.015625], { dtype: 'bfloat16' }).toArraySync())).toEqual([1, 3.015625]);
+    expect(Array.from(torch.tensor([1.00390625, 3.015625], { dtype: 'bfloat16' }).toArraySync() as ArrayLike<number>)).toEqual([1, 3.015625]);
     expect(torch.tensor([7n, -8n]).toArraySync()).toEqual(new BigInt64Array([7n, -8n]));
     expect(torch.tensor(Int32Array.from([1, -2])).dtype).toBe('int32');
-    expect(Array.from(torch.tensor([1, 0, 2], { dtype: 'bool' }).toArraySync())).toEqual([1, 0, 1]);
+    expect(Array.from(torch.tensor([1, 0, 2], { dtype: 'bool' }).toArraySync() as ArrayLike<number>)).toEqual([1, 0, 1]);
     expect(torch.tensor(2.5).itemSync()).toBe(2.5);
     expect(t.reshape([3, 2]).shape).toEqual([3, 2]);
     const d = t.detach();
@@ -101,7 +101,7 @@ describeBridge('TorchTensor', () => {
     const x = torch.tensor([1, 2, 3], { requiresGrad: true });
     const y = A('sum', A('mul.Tensor', x, x)) as TT;
     y.backward();
-    expect(Array.from(x.grad!.toArraySync())).toEqual([2, 4, 6]);
+    expect(Array.from(x.grad!.toArraySync() as ArrayLike<number>)).toEqual([2, 4, 6]);
     x.zeroGrad();
     expect(x.grad).toBeNull();
     const z = torch.noGrad(() => A('mul.Tensor', x, x) as TT);
@@ -123,7 +123,7 @@ describeBridge('TorchTensor', () => {
   it('the trainer ops: cat, indexRows, slice, softmax, multinomial (seeded), argmax', () => {
     const a = torch.tensor([[1, 2], [3, 4]]);
     expect(torch.cat([a, a], 0).shape).toEqual([4, 2]);
-    expect(Array.from(torch.indexRows(a, torch.tensor([1n])).toArraySync())).toEqual([3, 4]);
+    expect(Array.from(torch.indexRows(a, torch.tensor([1n])).toArraySync() as ArrayLike<number>)).toEqual([3, 4]);
     expect(torch.slice(a, 1, 1, 2).shape).toEqual([2, 1]);
     const p = torch.softmax(torch.tensor([[0, 0, 10], [10, 0, 0]]));
     expect(Array.from(torch.argmax(p).toArraySync(), Number)).toEqual([2, 0]);
@@ -141,13 +141,13 @@ describeBridge('DLPack sharing with core tensors', () => {
     const t = torch.fromCore(c);
     expect(t.shape).toEqual([2, 2]);
     A('mul_.Scalar', t, 3);
-    expect(Array.from(c.toArraySync())).toEqual([3, 6, 9, 12]);
+    expect(Array.from(c.toArraySync() as ArrayLike<number>)).toEqual([3, 6, 9, 12]);
     c.dispose();
-    expect(Array.from(t.toArraySync())).toEqual([3, 6, 9, 12]);
+    expect(Array.from(t.toArraySync() as ArrayLike<number>)).toEqual([3, 6, 9, 12]);
     const t2 = torch.fromCore(rlk.tensor([5, 6]));
     const c2 = torch.toCore(t2);
     t2.dispose();
-    expect(Array.from(c2.toArraySync())).toEqual([5, 6]);
+    expect(Array.from(c2.toArraySync() as ArrayLike<number>)).toEqual([5, 6]);
   });
 
   it('torch -> core: a kernel writing into the core view is read through torch', () => {
@@ -252,7 +252,7 @@ describeBridge('tokenLogprobs as an autograd function', () => {
         temperature: ctemp,
         gradEntropy: c.entropy ? rlk.tensor(w2, { shape: lead }) : undefined,
       });
-      expectClose('grad vs core backward', grad, Array.from(cg.toArraySync()), 1e-6, seed);
+      expectClose('grad vs core backward', grad, Array.from(cg.toArraySync() as ArrayLike<number>), 1e-6, seed);
 
       // Torch autograd over the formula, float32 and float64, in this process.
       for (const dtype of ['float32', 'float64'] as const) {

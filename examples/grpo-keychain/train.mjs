@@ -30,7 +30,7 @@ const ROOT = resolve(HERE, '..', '..');
 // ---- options ---------------------------------------------------------------------
 const DEFAULTS = {
   steps: 150, seed: 0, device: 'cpu', out: join(HERE, 'out'), prompts: 16, group: 8, lr: 3e-3, temperature: 1,
-  clipLow: 0.2, clipHigh: 0.28, klCoef: 0.001, epochs: 2, advantages: 'tmn-reweight', reward: 'exact', threads: 0, quiet: false, worldSize: 1,
+  clipLow: 0.2, clipHigh: 0.28, klCoef: 0.001, epochs: 2, maxChain: 3, advantages: 'tmn-reweight', reward: 'exact', threads: 1, quiet: false, worldSize: 1,
 };
 function parseArgs(argv) {
   const o = { ...DEFAULTS };
@@ -50,6 +50,7 @@ function parseArgs(argv) {
     if (typeof DEFAULTS[key] === 'number' && !Number.isFinite(o[key])) throw new Error(`--${m[1]} must be a number, got ${v}`);
   }
   if (!['cpu', 'cuda'].includes(o.device) && !/^cuda:\d+$/.test(o.device)) throw new Error(`--device must be cpu or cuda, got ${o.device}`);
+  if (!(o.maxChain >= 1 && o.maxChain <= 3)) throw new Error('--max-chain must be 1, 2 or 3');
   if (!['exact', 'substring'].includes(o.reward)) throw new Error(`--reward must be exact or substring`);
   if (!['grpo', 'tmn-reweight'].includes(o.advantages)) throw new Error(`--advantages must be grpo or tmn-reweight`);
   return o;
@@ -59,7 +60,7 @@ function parseArgs(argv) {
 const PAD = 0, BOS = 1, ARROW = 2, SEP = 3, QUERY = 4, EQ = 5;
 const FILLERS = 4, F0 = 6, KEYS = 16, K0 = F0 + FILLERS, VALUES = 8, V0 = K0 + KEYS;
 const VOCAB = V0 + VALUES;
-const MAX_CHAIN = 3;
+const MAX_CHAIN = 3; // the model's context fits chains of up to this many links
 const CTX = 1 + 2 * MAX_CHAIN * 5 + 3; // BOS, two chains of pairs with a filler each at most, "? k =".
 
 function mulberry32(seed) {
@@ -178,8 +179,8 @@ async function main() {
   const t0 = performance.now();
   for (let step = 0; step < o.steps; step++) {
     const ts = performance.now();
-    // Curriculum: chains of one link first, up to MAX_CHAIN by the last third.
-    const maxChain = Math.min(MAX_CHAIN, 1 + Math.floor((3 * step) / Math.max(1, o.steps)));
+    // Curriculum: chains of one link first, up to --max-chain links by the last part.
+    const maxChain = Math.min(o.maxChain, 1 + Math.floor((o.maxChain * step) / Math.max(1, o.steps)));
     const prompts = [], answers = [], lens = [];
     for (let p = 0; p < o.prompts; p++) {
       const len = 1 + pick(rng, maxChain);
