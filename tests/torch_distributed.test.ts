@@ -11,6 +11,7 @@ import { existsSync, readdirSync, statSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import * as rlk from '../src/index.js';
 import * as torch from '../src/torch.js';
 import { expectClose, freshSeed } from './helpers.js';
 import { refBackward, refForward } from './reference/token_logprobs.js';
@@ -134,7 +135,7 @@ describeBridge('torch.distributed: bad input and state (one process)', () => {
     expect(() => D.init({ rank: 0, worldSize: 1, store: { port } })).toThrow(/already initialized/);
     const t = torch.tensor([1, 2, 3]);
     expect(await D.allReduce(t, { op: 'avg' })).toBe(t);
-    expect(Array.from(t.toArraySync())).toEqual([1, 2, 3]);
+    expect(Array.from(t.toArraySync() as Float32Array)).toEqual([1, 2, 3]);
     const g = await D.allGather(t);
     expect(g.shape).toEqual([1, 3]);
     await expect(D.allReduce(t, { op: 'mean' as never })).rejects.toThrow(RangeError);
@@ -160,6 +161,67 @@ describeBridge('torch.distributed: bad input and state (one process)', () => {
     await D.destroy();
     expect(D.isInitialized()).toBe(false);
     await expect(D.allReduce(t)).rejects.toThrow(/not initialized/);
+  });
+});
+
+describeBridge('torch.distributed: garbage', () => {
+  const ALLOWED = [TypeError, RangeError, rlk.DisposedError];
+  function junk(): unknown[] {
+    const disposed = torch.tensor([1, 2]);
+    disposed.dispose();
+    const m = torch.tensor([[1, 2, 3], [4, 5, 6]]);
+    return [
+      undefined, null, 0, -1, 0.5, NaN, Infinity, 2 ** 53, '', 'x', true, 10n, Symbol('s'), () => 1, {}, [], [NaN], new Float32Array(3),
+      { op: 'nope' }, { src: 99 }, { vocabStart: -1, vocabSize: 3 }, { vocabStart: 0, vocabSize: 2 ** 60 }, { temperature: -1 },
+      { method: 'nope' }, { unknownOption: 1 }, disposed, rlk.tensor([1.5, -2]), m, torch.aten('t', m),
+      torch.tensor([1, 0], { dtype: 'bool' }), torch.tensor([7n, 8n]), torch.tensor(2.5), torch.tensor(new Float32Array(0)),
+      torch.tensor([1, 2], { requiresGrad: true }), torch.tensor(Int32Array.from([0, 5])),
+    ];
+  }
+  async function sweep(phase: string): Promise<void> {
+    const live = torch.tensor([[0.5, -1, 2], [3, 4, -5]]);
+    const ids = torch.tensor(Int32Array.from([0, 2]));
+    // init and destroy change the group: their bad input is tested above.
+    const fns = Object.entries(D).filter(([k, v]) => typeof v === 'function' && k !== 'init' && k !== 'destroy') as Array<[string, (...a: unknown[]) => unknown]>;
+    expect(fns.length).toBeGreaterThan(12);
+    for (const [name, fn] of fns) {
+      for (const g of junk()) {
+        const arglists: unknown[][] = [[g], [g, g], [live, g], [live, ids, g], [g, ids], [{ logprobs: g }], [[g]], [live, ids, { vocabStart: 0, vocabSize: g }]];
+        for (const args of arglists) {
+          let result: unknown;
+          try {
+            result = fn(...args);
+            if (result instanceof Promise) await result;
+          } catch (err) {
+            if (!ALLOWED.some((C) => err instanceof C)) throw new Error(`${phase}: distributed.${name}(${args.map(String).join(', ')}) threw ${String(err)}`);
+          }
+          if (result instanceof torch.TorchTensor) result.dispose();
+        }
+      }
+    }
+  }
+
+  it('every distributed function rejects garbage cleanly, before init and in a group of one', async () => {
+    await sweep('before init');
+    await D.init({ rank: 0, worldSize: 1, store: { host: '127.0.0.1', port: await freePort() }, timeoutMs: 10_000 });
+    try {
+      await sweep('in a group of one');
+      // The bridge's own checks, bypassing the TypeScript layer.
+      const raw = ((await import('../src/torch_tensor.js')).bridge() as unknown as { distributed: Record<string, (...a: unknown[]) => unknown> }).distributed;
+      const l = torch.tensor(new Float32Array(6), { shape: [2, 3] });
+      const t = torch.tensor([0, 1], { dtype: 'int64' });
+      const h = (x: torch.TorchTensor) => x.handle('test');
+      expect(() => raw.shardPartials(h(l), h(t), 'x', null, 0, false, 0, 3)).toThrow(TypeError);
+      expect(() => raw.shardPartials(h(l), h(t), 1, null, 0.5, false, 0, 3)).toThrow(RangeError);
+      expect(() => raw.shardPartials(h(l), h(t), 1, null, 0, false, 2, 3)).toThrow(/columns \[2, 5\)/);
+      expect(() => raw.shardPartials(h(l), h(t), 1, null, 0, false, 0, undefined)).toThrow(TypeError);
+      expect(() => raw.shardCombine(h(l), h(t), 1, null, 0, false, 0, 3, h(l))).toThrow(/partials must be/);
+      expect(() => raw.allReduce(5, 'sum')).toThrow(TypeError);
+      expect(() => raw.broadcast(h(l), 7)).toThrow(RangeError);
+      expect(() => raw.init({})).toThrow(TypeError);
+    } finally {
+      await D.destroy();
+    }
   });
 });
 

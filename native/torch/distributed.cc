@@ -148,7 +148,16 @@ std::string StringOpt(Napi::Object o, const char* key) {
   Napi::Value v = o.Get(key);
   return v.IsString() ? v.As<Napi::String>().Utf8Value() : std::string();
 }
-double NumberOpt(Napi::Object o, const char* key) { return o.Get(key).As<Napi::Number>().DoubleValue(); }
+
+// A whole number in [lo, hi] (what the TypeScript layer passes; checked again here).
+int64_t IntIn(Napi::Env env, const std::string& fn, const std::string& name, Napi::Value v, double lo, double hi) {
+  if (!v.IsNumber()) ThrowType(env, Msg(fn, name + " must be a number, got " + Describe(v)));
+  double d = v.As<Napi::Number>().DoubleValue();
+  if (!(d >= lo && d <= hi) || d != std::floor(d))
+    ThrowRange(env, Msg(fn, name + " must be an integer in [" + std::to_string(int64_t(lo)) + ", " + std::to_string(int64_t(hi)) + "], got " + Describe(v)));
+  return int64_t(d);
+}
+int64_t NumberOpt(Napi::Object o, const char* key, double lo, double hi) { return IntIn(o.Env(), "init", key, o.Get(key), lo, hi); }
 
 // init({ backend, rank, size, host, port, timeoutMs, isServer, useLibUV, threads, glooInterface, glooHostname }):
 // TypeScript has checked and defaulted every field.
@@ -164,11 +173,13 @@ Napi::Value Init(const Napi::CallbackInfo& info) {
   a.host = StringOpt(o, "host");
   a.gloo_interface = StringOpt(o, "glooInterface");
   a.gloo_hostname = StringOpt(o, "glooHostname");
-  a.rank = int(NumberOpt(o, "rank"));
-  a.size = int(NumberOpt(o, "worldSize"));
-  a.port = int(NumberOpt(o, "port"));
-  a.threads = int(NumberOpt(o, "threads"));
-  a.timeout = Ms(int64_t(NumberOpt(o, "timeoutMs")));
+  if (a.backend != "gloo" && a.backend != "nccl") ThrowRange(env, Msg("init", "backend must be 'gloo' or 'nccl'"));
+  if (a.host.empty()) ThrowType(env, Msg("init", "host must be a non-empty string"));
+  a.size = int(NumberOpt(o, "worldSize", 1, 65535));
+  a.rank = int(NumberOpt(o, "rank", 0, a.size - 1));
+  a.port = int(NumberOpt(o, "port", 0, 65535));
+  a.threads = int(NumberOpt(o, "threads", 1, 64));
+  a.timeout = Ms(NumberOpt(o, "timeoutMs", 1, 2147483647.0));
   a.is_server = o.Get("isServer").ToBoolean().Value();
   a.use_libuv = o.Get("useLibUV").ToBoolean().Value();
 #ifndef RLK_TORCH_GLOO
@@ -441,13 +452,17 @@ ShardArgs ReadShardArgs(const Napi::CallbackInfo& info, const char* fn, at::Tens
   *shard = TensorArg(info, 0, fn, "logitsShard");
   ShardArgs a;
   a.targets = TensorArg(info, 1, fn, "targets");
+  if (!info[2].IsNumber()) ThrowType(env, pre + "temperature must be a number, got " + Describe(info[2]));
   double temp = info[2].As<Napi::Number>().DoubleValue();
+  if (!(temp > 0) || !std::isfinite(temp) || !std::isfinite(float(1.0 / temp)) || !(float(1.0 / temp) > 0))
+    ThrowRange(env, pre + "temperature must be a positive finite number, got " + Describe(info[2]));
   a.inv_temperature = float(1.0 / temp);
   a.temperature = OptionalTensorArg(info, 3, fn, "temperature");
-  a.ignore_index = int64_t(info[4].As<Napi::Number>().DoubleValue());
+  const std::string short_fn = "tokenLogprobs";
+  a.ignore_index = IntIn(env, short_fn, "ignoreIndex", info[4], -9007199254740991.0, 9007199254740991.0);
   a.entropy = info[5].ToBoolean().Value();
-  a.vocab_start = int64_t(info[6].As<Napi::Number>().DoubleValue());
-  a.vocab_size = int64_t(info[7].As<Napi::Number>().DoubleValue());
+  a.vocab_size = IntIn(env, short_fn, "vocabSize", info[7], 1, 9007199254740991.0);
+  a.vocab_start = IntIn(env, short_fn, "vocabStart", info[6], 0, double(a.vocab_size - 1));
   const at::Tensor& l = *shard;
   auto st = l.scalar_type();
   if (st != at::kFloat && st != at::kBFloat16 && st != at::kHalf)

@@ -107,7 +107,7 @@ async function main() {
   } else if (cfg.scenario === 'peer-silent') {
     // The last rank joins but never issues the collective: the others time out.
     if (rank === worldSize - 1) {
-      await new Promise((r) => setTimeout(r, timeoutMs * 2));
+      await new Promise((r) => setTimeout(r, timeoutMs + 1000));
     } else {
       const t1 = Date.now();
       try {
