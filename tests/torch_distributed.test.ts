@@ -162,6 +162,27 @@ describeBridge('torch.distributed: bad input and state (one process)', () => {
     expect(D.isInitialized()).toBe(false);
     await expect(D.allReduce(t)).rejects.toThrow(/not initialized/);
   });
+
+  it("torchrun's environment: RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT", async () => {
+    const saved = { ...process.env };
+    const port = await freePort();
+    Object.assign(process.env, { RANK: '0', WORLD_SIZE: '1', MASTER_ADDR: '127.0.0.1', MASTER_PORT: String(port) });
+    try {
+      await D.init({ timeoutMs: 10_000 });
+      expect([D.rank(), D.worldSize(), D.backend()]).toEqual([0, 1, 'gloo']);
+      await D.destroy();
+      process.env.RANK = '3';
+      process.env.WORLD_SIZE = '2';
+      expect(() => D.init()).toThrow(/rank \(RANK\) must be|rank must be an integer in \[0, worldSize = 2\), got 3/);
+      process.env.WORLD_SIZE = 'two';
+      expect(() => D.init()).toThrow(/environment variable WORLD_SIZE must be an integer/);
+    } finally {
+      for (const k of ['RANK', 'WORLD_SIZE', 'MASTER_ADDR', 'MASTER_PORT']) {
+        if (saved[k] === undefined) delete process.env[k];
+        else process.env[k] = saved[k];
+      }
+    }
+  });
 });
 
 describeBridge('torch.distributed: garbage', () => {
