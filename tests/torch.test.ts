@@ -177,6 +177,21 @@ describeBridge('DLPack sharing with core tensors', () => {
     }
   });
 
+  it('a capsule is taken once, and nothing else passes for one', async () => {
+    const { native } = await import('../src/native.js');
+    const n = native as unknown as { toDLPack(h: unknown): unknown; fromDLPack(c: unknown): unknown };
+    const c = rlk.tensor([1, 2]);
+    const cap = n.toDLPack(c.handle('test'));
+    for (const junk of [5, {}, null, undefined, 'x', c.handle('test')]) expect(() => n.fromDLPack(junk)).toThrow(TypeError);
+    const once = new rlk.Tensor(n.fromDLPack(cap) as never);
+    expect(() => n.fromDLPack(cap)).toThrow(/already consumed/);
+    expect(Array.from(once.toArraySync() as Float32Array)).toEqual([1, 2]);
+    const t = torch.tensor([3, 4]);
+    const tcap = t.handle('test').toDLPack();
+    expect(torch.toCore(torch.fromCore(new rlk.Tensor(n.fromDLPack(tcap) as never))).toArraySync()).toEqual(new Float32Array([3, 4]));
+    expect(() => n.fromDLPack(tcap)).toThrow(/already consumed/);
+  });
+
   it('refuses what the core cannot hold: non-contiguous, bool, disposed', () => {
     const t = torch.tensor([[1, 2, 3], [4, 5, 6]]);
     const tr = A('t', t) as TT;

@@ -6,6 +6,7 @@
 // was built against; `rlkernels doctor` and the loader read it).
 import { spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { createRequire } from 'node:module';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
@@ -74,6 +75,17 @@ export function findTorch(env = process.env) {
   return { tried };
 }
 
+/** A folder holding node_api.h: node's own headers, else the node-api-headers package. */
+function nodeIncludeDir() {
+  const candidates = [join(dirname(dirname(process.execPath)), 'include', 'node')];
+  try {
+    candidates.push(createRequire(import.meta.url)('node-api-headers').include_dir);
+  } catch {
+    // not installed (a development dependency)
+  }
+  return candidates.find((d) => d && existsSync(join(d, 'node_api.h')));
+}
+
 function run(cmd, args, quiet) {
   const r = spawnSync(cmd, args, { cwd: ROOT, stdio: quiet ? ['ignore', 'pipe', 'pipe'] : 'inherit', encoding: 'utf8' });
   if (r.status !== 0 && quiet) process.stderr.write((r.stdout ?? '') + (r.stderr ?? ''));
@@ -106,11 +118,23 @@ async function run_impl(args) {
   }
   console.log(`build-torch: torch ${torch.version} (${torch.source}), libraries in ${torch.lib}`);
   mkdirSync(OUT, { recursive: true });
-  const common = ['--no-install', 'cmake-js', '-d', 'native/torch', '-O', OUT];
-  const defs = [`--CDRLK_TORCH_PREFIX=${torch.prefix}`, `--CDRLK_TORCH_LIB=${torch.lib}`];
-  // `cmake-js build` does not reconfigure when definitions change: configure first.
-  let code = run('npx', [...common, 'configure', ...defs], quiet);
-  if (code === 0) code = run('npx', [...common, 'build', '-p', String(jobs), ...defs], quiet);
+  const inc = nodeIncludeDir();
+  if (!inc) {
+    console.error('build-torch: Node-API headers not found (node_api.h next to node, or the node-api-headers package)');
+    return 1;
+  }
+  // Plain CMake (cmake-js is a development dependency, absent where users
+  // install the package): an addon on Linux needs only the Node-API headers.
+  const cache = join(OUT, 'CMakeCache.txt');
+  const prior = existsSync(cache) ? /^CMAKE_GENERATOR:INTERNAL=(.*)$/m.exec(readFileSync(cache, 'utf8'))?.[1] : undefined;
+  const generator = prior ?? (spawnSync('ninja', ['--version']).status === 0 ? 'Ninja' : 'Unix Makefiles');
+  let code = run('cmake', [
+    '-S', join(ROOT, 'native', 'torch'), '-B', OUT, '-G', generator, '-DCMAKE_BUILD_TYPE=Release',
+    `-DCMAKE_JS_INC=${inc}`, `-DCMAKE_LIBRARY_OUTPUT_DIRECTORY=${join(OUT, 'Release')}`, '-DCMAKE_CXX_FLAGS=-DBUILDING_NODE_EXTENSION',
+    `-DRLK_TORCH_PREFIX=${torch.prefix}`, `-DRLK_TORCH_LIB=${torch.lib}`,
+    `-DRLK_NAPI_INC=${dirname(createRequire(import.meta.url).resolve('node-addon-api/package.json'))}`,
+  ], quiet);
+  if (code === 0) code = run('cmake', ['--build', OUT, '--parallel', String(jobs)], quiet);
   if (code !== 0) {
     console.error('build-torch: the build failed (see above)');
     return code;

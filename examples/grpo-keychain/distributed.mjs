@@ -66,9 +66,8 @@ export async function setupDataParallel(worldSize, script, argv) {
 function single() {
   return {
     rank: 0, world: 1,
-    rows: (B) => [0, B],
-    local: (t) => t,
-    groupAdvantages: async (rewards, { numRows, ...opts }) => torch.groupAdvantages(rewards, opts),
+    rows: (mb) => [0, mb],
+    groupAdvantages: async (rewards, opts) => torch.groupAdvantages(rewards, opts),
     policyLoss: async (inputs, opts) => torch.policyLoss(inputs, opts),
     reduceGradients: async () => {},
     finish: async () => {},
@@ -76,25 +75,26 @@ function single() {
 }
 
 function ranked(rank, world) {
-  let lo = 0, hi = 0;
   return {
     rank, world,
-    /** This rank's rows [lo, hi) of a batch of B (contiguous, as even as B allows). */
-    rows(B) {
-      ({ start: lo, end: hi } = D.vocabShard(B, rank, world));
-      return [lo, hi];
+    /** This rank's rows [lo, hi) of each mini-batch of mb rows (contiguous, as even as mb allows). */
+    rows(mb) {
+      const { start, end } = D.vocabShard(mb, rank, world);
+      return [start, end];
     },
-    /** This rank's rows of a [B, ...] tensor (a view). */
-    local: (t) => torch.slice(t, 0, lo, hi),
-    /** Advantages of this rank's rows: groups numbered globally (row / groupSize), combined across ranks. */
-    async groupAdvantages(rewards, opts) {
-      const n = hi - lo;
-      const groupIds = torch.tensor(Int32Array.from({ length: n }, (_, i) => Math.floor((lo + i) / opts.groupSize)), { dtype: 'int32' });
-      const numGroups = Math.ceil(opts.numRows / opts.groupSize);
-      const { groupSize, numRows, ...rest } = opts;
-      const local = { ...rest, groupIds, numGroups };
-      if (rest.taskIds) local.taskIds = torch.slice(rest.taskIds, 0, lo, hi).contiguous();
-      return D.groupAdvantages(torch.slice(rewards, 0, lo, hi).contiguous(), local);
+    /**
+     * Advantages of this rank's rows (rows [k mb + lo, k mb + hi) of each mini-batch k, in that order) from the
+     * whole batch's `rewards` [B]: groups numbered globally (row / groupSize), their statistics combined across ranks.
+     */
+    async groupAdvantages(rewards, opts, { mb, lo, hi }) {
+      const B = rewards.shape[0];
+      const mine = [];
+      for (let k = 0; k * mb < B; k++) for (let i = lo; i < hi; i++) mine.push(k * mb + i);
+      const index = torch.tensor(BigInt64Array.from(mine.map(BigInt)));
+      const { groupSize, ...rest } = opts;
+      const local = { ...rest, groupIds: torch.tensor(Int32Array.from(mine, (i) => Math.floor(i / groupSize)), { dtype: 'int32' }), numGroups: B / groupSize };
+      if (rest.taskIds) local.taskIds = torch.indexRows(rest.taskIds, index);
+      return D.groupAdvantages(torch.indexRows(rewards, index), local);
     },
     policyLoss: (inputs, opts) => D.policyLoss(inputs, opts),
     reduceGradients: (params) => D.allReduceGradients(params),

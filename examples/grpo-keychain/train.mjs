@@ -29,8 +29,8 @@ const ROOT = resolve(HERE, '..', '..');
 
 // ---- options ---------------------------------------------------------------------
 const DEFAULTS = {
-  steps: 150, seed: 0, device: 'cpu', out: join(HERE, 'out'), prompts: 16, group: 8, lr: 3e-3, temperature: 1,
-  clipLow: 0.2, clipHigh: 0.28, klCoef: 0.001, epochs: 2, maxChain: 3, advantages: 'tmn-reweight', reward: 'exact', threads: 1, quiet: false, worldSize: 1,
+  steps: 150, seed: 0, device: 'cpu', out: join(HERE, 'out'), prompts: 16, group: 8, lr: 2e-3, temperature: 1,
+  clipLow: 0.2, clipHigh: 0.28, klCoef: 0.001, epochs: 1, minibatches: 1, maxChain: 3, advantages: 'tmn-reweight', reward: 'exact', threads: 1, quiet: false, worldSize: 1,
 };
 function parseArgs(argv) {
   const o = { ...DEFAULTS };
@@ -50,6 +50,7 @@ function parseArgs(argv) {
     if (typeof DEFAULTS[key] === 'number' && !Number.isFinite(o[key])) throw new Error(`--${m[1]} must be a number, got ${v}`);
   }
   if (!['cpu', 'cuda'].includes(o.device) && !/^cuda:\d+$/.test(o.device)) throw new Error(`--device must be cpu or cuda, got ${o.device}`);
+  if (!(Number.isInteger(o.minibatches) && o.minibatches >= 1 && o.prompts % o.minibatches === 0)) throw new Error('--minibatches must divide --prompts');
   if (!(o.maxChain >= 1 && o.maxChain <= 3)) throw new Error('--max-chain must be 1, 2 or 3');
   if (!['exact', 'substring'].includes(o.reward)) throw new Error(`--reward must be exact or substring`);
   if (!['grpo', 'tmn-reweight'].includes(o.advantages)) throw new Error(`--advantages must be grpo or tmn-reweight`);
@@ -173,9 +174,12 @@ async function main() {
   const T = o.temperature;
   const rewards = [], kls = [];
   let tokens = 0, seconds = 0;
-  const [lo, hi] = dp.rows(B);
+  // Data parallel (--world-size): this rank's rows [lo, hi) of each mini-batch (all of them on one process).
+  const mb = B / o.minibatches;
+  const [lo, hi] = dp.rows(mb);
+  const n = hi - lo;
   log(`grpo-keychain: vocab ${VOCAB}, context ${CTX}, ${o.prompts} prompts x ${o.group} samples, ${o.steps} steps, device ${o.device}, chance ${(1 / VOCAB).toFixed(3)}` +
-    (dp.world > 1 ? `, data-parallel on ${dp.world} processes (${hi - lo} rows each)` : ''));
+    (dp.world > 1 ? `, data-parallel on ${dp.world} processes (${n} rows of each mini-batch each)` : ''));
   const t0 = performance.now();
   for (let step = 0; step < o.steps; step++) {
     const ts = performance.now();
@@ -193,36 +197,46 @@ async function main() {
     }
     const stats = await torch.scope(async () => {
       const input = torch.tensor(BigInt64Array.from(prompts.map(BigInt)), { shape: [B, CTX], device: o.device });
-      const lastLogits = (model, inp = input, n = B) => torch.slice(model.forward(inp), 1, CTX - 1, CTX).reshape([n, VOCAB]).contiguous();
-      // Sample one answer token per row from softmax(logits / T).
-      const actions = torch.noGrad(() => {
-        const probs = torch.softmax(torch.aten('div.Scalar', lastLogits(policy), T));
-        return torch.multinomial(probs, 1).reshape([B]);
+      const lastLogits = (model, x) => {
+        const rows = x.shape[0];
+        return torch.slice(model.forward(x), 1, CTX - 1, CTX).reshape([rows, VOCAB]).contiguous();
+      };
+      // Sample one answer token per row from softmax(logits / T); the sampling policy's log-probs
+      // of them are the "old" log-probs of the ratio.
+      const { actions, old } = torch.noGrad(() => {
+        const logits = lastLogits(policy, input);
+        const acts = torch.multinomial(torch.softmax(torch.aten('div.Scalar', logits, T)), 1).reshape([B]);
+        return { actions: acts, old: torch.tokenLogprobs(logits, acts, { temperature: T }).logprobs.reshape([B, 1]) };
       });
       const acts = Array.from(actions.toArraySync(), Number);
       const r = acts.map((a, i) => reward(o.reward, [a], answers[i]));
       const rewardT = torch.tensor(Float32Array.from(r), { device: o.device });
       const taskIds = torch.tensor(Int32Array.from(lens), { device: o.device });
-      // Each rank trains on its rows [lo, hi) (all of them on one process).
-      const n = hi - lo;
-      const inputL = dp.local(input), actionsL = dp.local(actions).contiguous();
+      // This rank's advantages, mini-batch after mini-batch (groups may straddle ranks).
       const adv = (await dp.groupAdvantages(rewardT, o.advantages === 'tmn-reweight'
-        ? { groupSize: o.group, method: 'tmn-reweight', taskIds, numRows: B }
-        : { groupSize: o.group, method: 'grpo', numRows: B })).advantages;
-      const refLp = torch.noGrad(() => torch.tokenLogprobs(lastLogits(ref, inputL, n), actionsL, { temperature: T }).logprobs.reshape([n, 1]));
-      let old = null, last = null;
+        ? { groupSize: o.group, method: 'tmn-reweight', taskIds }
+        : { groupSize: o.group, method: 'grpo' }, { mb, lo, hi })).advantages;
+      const refLp = torch.noGrad(() => torch.tokenLogprobs(lastLogits(ref, input), actions, { temperature: T }).logprobs.reshape([B, 1]));
+      // As verl's ppo_mini_batch_size and ppo_epochs: --minibatches (whole groups each) and --epochs
+      // give one optimizer step per mini-batch; from the second step on the ratio leaves 1 and the
+      // clip (clip-higher) can act. The default, one step per batch, keeps the ratio at 1.
+      const part = (t, k) => torch.slice(t, 0, k * mb + lo, k * mb + hi).contiguous();
+      const advPart = (k) => torch.slice(adv, 0, k * n, (k + 1) * n).contiguous();
+      let last = null;
       for (let e = 0; e < o.epochs; e++) {
-        const lp = torch.tokenLogprobs(lastLogits(policy, inputL, n), actionsL, { temperature: T }).logprobs.reshape([n, 1]);
-        if (!old) old = lp.detach();
-        const pl = await dp.policyLoss(
-          { logprobs: lp, oldLogprobs: old, advantages: adv },
-          { clipLow: o.clipLow, clipHigh: o.clipHigh, aggregation: 'token-mean', kl: { refLogprobs: refLp, estimator: 'k3', coef: o.klCoef } },
-        );
-        opt.zeroGrad();
-        pl.loss.backward();
-        await dp.reduceGradients(params);
-        opt.step();
-        last = { loss: pl.loss.itemSync(), stats: await pl.readStats() };
+        for (let k = 0; k < o.minibatches; k++) {
+          const lp = torch.tokenLogprobs(lastLogits(policy, part(input, k)), part(actions, k), { temperature: T }).logprobs.reshape([n, 1]);
+          const pl = await dp.policyLoss(
+            { logprobs: lp, oldLogprobs: part(old, k), advantages: advPart(k) },
+            { clipLow: o.clipLow, clipHigh: o.clipHigh, aggregation: 'token-mean', kl: { refLogprobs: part(refLp, k), estimator: 'k3', coef: o.klCoef } },
+          );
+          opt.zeroGrad();
+          pl.loss.backward();
+          await dp.reduceGradients(params);
+          opt.step();
+          const stats = await pl.readStats();
+          last = { loss: pl.loss.itemSync(), stats };
+        }
       }
       return { reward: r.reduce((a, b) => a + b, 0) / B, ...last };
     });
