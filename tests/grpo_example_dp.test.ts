@@ -23,7 +23,8 @@ describeBridge('examples/grpo-keychain --world-size', () => {
   it.skipIf(!hasGloo)('2 processes give the reward curve of one process on the same seed', () => {
     const seed = process.env.RLK_SEED ? Number(process.env.RLK_SEED) : 1;
     const out = mkdtempSync(join(tmpdir(), 'rlk-grpo-dp-'));
-    const args = ['--steps', '6', '--seed', String(seed), '--max-chain', '1', '--epochs', '2', '--prompts', '8', '--out', out, '--quiet'];
+    // Groups of 4 in mini-batches of 12 rows split 6 + 6: a group straddles the ranks in every mini-batch.
+    const args = ['--steps', '12', '--seed', String(seed), '--max-chain', '1', '--epochs', '2', '--prompts', '6', '--group', '4', '--minibatches', '2', '--out', out, '--quiet'];
     const run = (extra: string[]) => {
       const r = spawnSync(process.execPath, [join(ROOT, 'examples', 'grpo-keychain', 'train.mjs'), ...args, ...extra], {
         encoding: 'utf8', cwd: ROOT, timeout: 120_000, env: { ...process.env, GRPO_REWARDS: '1' },
@@ -34,7 +35,7 @@ describeBridge('examples/grpo-keychain --world-size', () => {
     const one = run([]);
     const two = run(['--world-size', '2']);
     expect(two.worldSize).toBe(2);
-    expect(one.rewards.length).toBe(6);
+    expect(one.rewards.length).toBe(12);
     expect(two.rewards, `seed ${seed}`).toEqual(one.rewards);
   }, 240_000);
 });
