@@ -353,6 +353,8 @@ export function linearLogprobs(_hidden: TorchTensor, _weight: TorchTensor, _targ
   throw new NativeLoadError('linearLogprobs: not in rlkernels/torch yet (it needs the core linearLogprobs kernels); use lm-head logits with tokenLogprobs');
 }
 
+const CORE_DTYPES: readonly TorchDType[] = ['float32', 'bfloat16', 'float16', 'int32', 'int64', 'uint8'];
+
 // Core views of the TorchTensors found in a value (depth-limited, plain objects and arrays):
 // the core functions then see their own tensor type and do all the option handling.
 function coreViews(fn: string, v: unknown, made: Tensor[], depth = 0): unknown {
@@ -361,6 +363,7 @@ function coreViews(fn: string, v: unknown, made: Tensor[], depth = 0): unknown {
     if (v.device !== 'cpu') throw typeError(fn, `tensors must be on the CPU in this bridge (built without CUDA kernels), got ${describe(v)}`);
     if (!v.isContiguous) throw typeError(fn, `tensors must be contiguous, got ${describe(v)}; call .contiguous() first`);
     if (v.dtype === 'bool') throw typeError(fn, `masks must be uint8, got a bool TorchTensor; convert with .to({ dtype: 'uint8' })`);
+    if (!CORE_DTYPES.includes(v.dtype)) throw typeError(fn, `tensors must be float32, bfloat16, float16, int32, int64 or uint8, got ${describe(v)}`);
     const c = toCore(v);
     made.push(c);
     return c;

@@ -377,6 +377,7 @@ describeBridge('policyLoss, klPenalty, vocabDivergence as autograd functions', (
     expect(() => torch.policyLoss({ logprobs: lp, oldLogprobs: old, advantages: adv }, { mode: 'nope' as never })).toThrow(RangeError);
     expect(() => torch.policyLoss({ logprobs: A('t', lp) as TT, oldLogprobs: old, advantages: adv })).toThrow(/contiguous/);
     expect(() => torch.policyLoss({ logprobs: lp, oldLogprobs: old, advantages: adv, mask: torch.tensor([[1, 0], [1, 1]], { dtype: 'bool' }) })).toThrow(/uint8/);
+    expect(() => torch.policyLoss({ logprobs: lp.to({ dtype: 'float64' }), oldLogprobs: old, advantages: adv })).toThrow(/^policyLoss: tensors must be float32/);
   });
 
   it('klPenalty: values and elementwise gradient under a weighted upstream', () => {
