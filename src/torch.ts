@@ -33,9 +33,10 @@ import {
 } from './torch_tensor.js';
 import { vocabDivergence as coreVocabDivergence, type VocabDivergenceOptions } from './vocab_divergence.js';
 import * as jit from './torch_jit.js';
+import * as distributed from './torch_distributed.js';
 
 export { bridgeStatus, bridgeDir, type BridgeStatus, type TorchBuildRecord } from './torch_status.js';
-export { TorchTensor, aten, scope, keep, TORCH_DTYPES, jit };
+export { TorchTensor, aten, scope, keep, TORCH_DTYPES, jit, distributed };
 export type { TorchDType, TorchDevice, TorchArrayFor } from './torch_tensor.js';
 export type { JitModule, JitLoadOptions } from './torch_jit.js';
 

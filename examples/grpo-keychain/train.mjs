@@ -14,13 +14,15 @@
 // group advantages, and the whole objective (clip-higher, k3 KL, token-mean)
 // with its backward.
 //
-//   npm run example:grpo -- [--steps N] [--seed S] [--device cpu|cuda] [--out DIR]
+//   npm run example:grpo -- [--steps N] [--seed S] [--device cpu|cuda] [--out DIR] [--world-size N]
+// --world-size N trains data-parallel on N local processes (distributed.mjs).
 // The last line printed is one JSON object: steps, rewardStart, rewardEnd, ...
 import { spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import * as torch from 'rlkernels/torch';
+import { setupDataParallel } from './distributed.mjs';
 
 const HERE = dirname(fileURLToPath(import.meta.url));
 const ROOT = resolve(HERE, '..', '..');
@@ -28,7 +30,7 @@ const ROOT = resolve(HERE, '..', '..');
 // ---- options ---------------------------------------------------------------------
 const DEFAULTS = {
   steps: 150, seed: 0, device: 'cpu', out: join(HERE, 'out'), prompts: 16, group: 8, lr: 2e-3, temperature: 1,
-  clipLow: 0.2, clipHigh: 0.28, klCoef: 0.001, epochs: 1, minibatches: 1, maxChain: 3, advantages: 'tmn-reweight', reward: 'exact', threads: 1, quiet: false,
+  clipLow: 0.2, clipHigh: 0.28, klCoef: 0.001, epochs: 1, minibatches: 1, maxChain: 3, advantages: 'tmn-reweight', reward: 'exact', threads: 1, quiet: false, worldSize: 1,
 };
 function parseArgs(argv) {
   const o = { ...DEFAULTS };
@@ -155,12 +157,15 @@ ${line(rewards, 1, '#c6dbef')}${line(smooth(rewards), 1, '#2171b5')}${line(smoot
 // ---- training ---------------------------------------------------------------------------
 async function main() {
   const o = parseArgs(process.argv.slice(2));
-  const log = o.quiet ? () => {} : (s) => console.log(s);
+  const dp = await setupDataParallel(o.worldSize, fileURLToPath(import.meta.url), process.argv.slice(2));
+  if (dp.launcher !== undefined) process.exit(dp.launcher);
+  const log = o.quiet || dp.rank !== 0 ? () => {} : (s) => console.log(s);
   mkdirSync(o.out, { recursive: true });
   if (o.threads > 0) torch.setNumThreads(o.threads);
   torch.manualSeed(o.seed);
   const rng = mulberry32(o.seed * 7919 + 1);
-  const modelPath = ensureModel(o.out, o.seed);
+  const modelPath = dp.rank === 0 ? ensureModel(o.out, o.seed) : join(o.out, `model-s${o.seed}.pt`);
+  if (dp.world > 1) await torch.distributed.barrier();  // rank 0 has written the model
   const policy = torch.jit.load(modelPath, { device: o.device }).train();
   const ref = torch.jit.load(modelPath, { device: o.device }).eval();
   const params = policy.parameters();
@@ -169,7 +174,12 @@ async function main() {
   const T = o.temperature;
   const rewards = [], kls = [];
   let tokens = 0, seconds = 0;
-  log(`grpo-keychain: vocab ${VOCAB}, context ${CTX}, ${o.prompts} prompts x ${o.group} samples, ${o.steps} steps, device ${o.device}, chance ${(1 / VOCAB).toFixed(3)}`);
+  // Data parallel (--world-size): this rank's rows [lo, hi) of each mini-batch (all of them on one process).
+  const mb = B / o.minibatches;
+  const [lo, hi] = dp.rows(mb);
+  const n = hi - lo;
+  log(`grpo-keychain: vocab ${VOCAB}, context ${CTX}, ${o.prompts} prompts x ${o.group} samples, ${o.steps} steps, device ${o.device}, chance ${(1 / VOCAB).toFixed(3)}` +
+    (dp.world > 1 ? `, data-parallel on ${dp.world} processes (${n} rows of each mini-batch each)` : ''));
   const t0 = performance.now();
   for (let step = 0; step < o.steps; step++) {
     const ts = performance.now();
@@ -202,25 +212,27 @@ async function main() {
       const r = acts.map((a, i) => reward(o.reward, [a], answers[i]));
       const rewardT = torch.tensor(Float32Array.from(r), { device: o.device });
       const taskIds = torch.tensor(Int32Array.from(lens), { device: o.device });
-      const adv = torch.groupAdvantages(rewardT, o.advantages === 'tmn-reweight'
+      // This rank's advantages, mini-batch after mini-batch (groups may straddle ranks).
+      const adv = (await dp.groupAdvantages(rewardT, o.advantages === 'tmn-reweight'
         ? { groupSize: o.group, method: 'tmn-reweight', taskIds }
-        : { groupSize: o.group, method: 'grpo' }).advantages;
+        : { groupSize: o.group, method: 'grpo' }, { mb, lo, hi })).advantages;
       const refLp = torch.noGrad(() => torch.tokenLogprobs(lastLogits(ref, input), actions, { temperature: T }).logprobs.reshape([B, 1]));
       // As verl's ppo_mini_batch_size and ppo_epochs: --minibatches (whole groups each) and --epochs
       // give one optimizer step per mini-batch; from the second step on the ratio leaves 1 and the
       // clip (clip-higher) can act. The default, one step per batch, keeps the ratio at 1.
-      const mb = B / o.minibatches;
-      const part = (t, k) => torch.slice(t, 0, k * mb, (k + 1) * mb).contiguous();
+      const part = (t, k) => torch.slice(t, 0, k * mb + lo, k * mb + hi).contiguous();
+      const advPart = (k) => torch.slice(adv, 0, k * n, (k + 1) * n).contiguous();
       let last = null;
       for (let e = 0; e < o.epochs; e++) {
         for (let k = 0; k < o.minibatches; k++) {
-          const lp = torch.tokenLogprobs(lastLogits(policy, part(input, k)), part(actions, k), { temperature: T }).logprobs.reshape([mb, 1]);
-          const pl = torch.policyLoss(
-            { logprobs: lp, oldLogprobs: part(old, k), advantages: part(adv, k) },
+          const lp = torch.tokenLogprobs(lastLogits(policy, part(input, k)), part(actions, k), { temperature: T }).logprobs.reshape([n, 1]);
+          const pl = await dp.policyLoss(
+            { logprobs: lp, oldLogprobs: part(old, k), advantages: advPart(k) },
             { clipLow: o.clipLow, clipHigh: o.clipHigh, aggregation: 'token-mean', kl: { refLogprobs: part(refLp, k), estimator: 'k3', coef: o.klCoef } },
           );
           opt.zeroGrad();
           pl.loss.backward();
+          await dp.reduceGradients(params);
           opt.step();
           const stats = await pl.readStats();
           last = { loss: pl.loss.itemSync(), stats };
@@ -242,13 +254,16 @@ async function main() {
   const k = Math.max(5, Math.floor(o.steps / 10));
   const mean = (xs) => xs.reduce((a, b) => a + b, 0) / Math.max(1, xs.length);
   const chart = join(o.out, `curves-s${o.seed}.svg`);
-  writeFileSync(chart, svgChart(rewards, kls));
+  if (dp.rank === 0) writeFileSync(chart, svgChart(rewards, kls));
   const summary = {
     steps: o.steps, seed: o.seed, device: o.device, chance: 1 / VOCAB,
     rewardStart: mean(rewards.slice(0, k)), rewardEnd: mean(rewards.slice(-k)),
     klEnd: mean(kls.slice(-k)), tokensPerSecond: Math.round(tokens / seconds), seconds: Math.round((performance.now() - t0) / 100) / 10, chart,
   };
-  console.log(JSON.stringify(summary));
+  if (dp.world > 1) summary.worldSize = dp.world;
+  if (process.env.GRPO_REWARDS === '1') summary.rewards = rewards;  // the whole curve, to compare runs
+  if (dp.rank === 0) console.log(JSON.stringify(summary));
+  await dp.finish();
 }
 
 main().catch((err) => {

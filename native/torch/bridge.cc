@@ -813,6 +813,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("buildInfo", Napi::Function::New(env, BuildInfo, "buildInfo"));
   InitAutograd(env, exports);
   InitJit(env, exports);
+  InitDistributed(env, exports);
   return exports;
 }
 

@@ -91,5 +91,6 @@ Napi::Value IValueToJs(Napi::Env env, const std::string& fn, const c10::IValue& 
 
 void InitAutograd(Napi::Env env, Napi::Object exports);  // autograd.cc
 void InitJit(Napi::Env env, Napi::Object exports);       // jit.cc
+void InitDistributed(Napi::Env env, Napi::Object exports);  // distributed.cc
 
 }  // namespace rlk::torch_bridge
