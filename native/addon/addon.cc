@@ -10,6 +10,7 @@ void InitTokenLogprobs(Napi::Env env, Napi::Object exports);
 void InitPolicyLoss(Napi::Env env, Napi::Object exports);
 void InitKlPenalty(Napi::Env env, Napi::Object exports);
 void InitVocabDivergence(Napi::Env env, Napi::Object exports);
+void InitLinearLogprobs(Napi::Env env, Napi::Object exports);
 }  // namespace rlk::addon
 
 static Napi::Object Init(Napi::Env env, Napi::Object exports) {
@@ -19,6 +20,7 @@ static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   rlk::addon::InitPolicyLoss(env, exports);
   rlk::addon::InitKlPenalty(env, exports);
   rlk::addon::InitVocabDivergence(env, exports);
+  rlk::addon::InitLinearLogprobs(env, exports);
   return exports;
 }
 
