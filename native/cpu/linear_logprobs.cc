@@ -126,8 +126,8 @@ inline void WStore(double* p, W w) { *p = w; }
 #define RLK_LIN_ISA_OPS(ns)                                                                                   \
   template <class TB>                                                                                         \
   static void Gemm(int64_t M, int64_t N, int64_t K, const float* A, int64_t sa_m, int64_t sa_k, const TB* B, \
-                   int64_t ldb, float* C, int64_t ldc, bool acc) {                                            \
-    ns::LinGemm<TB>(M, N, K, A, sa_m, sa_k, B, ldb, C, ldc, acc);                                             \
+                   int64_t ldb, float* C, int64_t ldc, bool acc, float* bp) {                                 \
+    ns::LinGemm<TB>(M, N, K, A, sa_m, sa_k, B, ldb, C, ldc, acc, bp);                                         \
   }                                                                                                           \
   template <class TBias>                                                                                      \
   static void AddBias(float* C, int64_t vt, int64_t ncp, int64_t ldc, const TBias* b) {                      \
@@ -163,6 +163,9 @@ struct Buffer {
   }
 };
 
+// Scratch of one packed B block (kKC x kNC of the .inc).
+constexpr int64_t kLinPackFloats = 256 * 256;
+
 const Status kNoMemory{Status::kOutOfMemory, "could not allocate the chunk's scratch memory (try a smaller chunkSize)"};
 
 inline int64_t RoundUp(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
@@ -189,7 +192,7 @@ void PackHiddenT(const T* hidden, int64_t dim, int64_t c0, int64_t nc, int64_t n
 // once per chunk and the product's A operand is contiguous.
 template <class Isa, class T, class TBias>
 void TileLogits(const T* weight, const TBias* bias, int64_t dim, int64_t v0, int64_t vt, const float* hT, int64_t ncp,
-                float* C, float* panel) {
+                float* C, float* panel, float* bp) {
   constexpr int64_t kc_max = 256;
   for (int64_t k0 = 0; k0 < dim; k0 += kc_max) {
     const int64_t kc = std::min(kc_max, dim - k0);
@@ -198,7 +201,7 @@ void TileLogits(const T* weight, const TBias* bias, int64_t dim, int64_t v0, int
       float* dst = panel + v * kc;
       for (int64_t k = 0; k < kc; ++k) dst[k] = ToFloat(src[k]);
     }
-    Isa::template Gemm<float>(vt, ncp, kc, panel, kc, 1, hT + k0 * ncp, ncp, C, ncp, k0 > 0);
+    Isa::template Gemm<float>(vt, ncp, kc, panel, kc, 1, hT + k0 * ncp, ncp, C, ncp, k0 > 0, bp);
   }
   if (bias) Isa::template AddBias<TBias>(C, vt, ncp, ncp, bias + v0);
 }
@@ -251,14 +254,14 @@ Status Fwd(const LinearLogprobsFwdParams& p) {
     }
     PackHiddenT(hidden, dim, c0, nc, ncp, hT.p);
     ParallelFor(tiles, 1, [&](int64_t tb, int64_t te) {
-      Buffer<float> C, panel;
-      if (!C.Alloc(kLinTile * ncp) || !panel.Alloc(kLinTile * 256)) {
+      Buffer<float> C, panel, bp;
+      if (!C.Alloc(kLinTile * ncp) || !panel.Alloc(kLinTile * 256) || !bp.Alloc(kLinPackFloats)) {
         oom = true;
         return;
       }
       for (int64_t tile = tb; tile < te; ++tile) {
         const int64_t v0 = tile * kLinTile, vt = std::min(kLinTile, vocab - v0);
-        TileLogits<Isa, T, TBias>(weight, bias, dim, v0, vt, hT.p, ncp, C.p, panel.p);
+        TileLogits<Isa, T, TBias>(weight, bias, dim, v0, vt, hT.p, ncp, C.p, panel.p, bp.p);
         if (entropy)
           Isa::template TileStats<true>(C.p, vt, ncp, ncp, inv_t.p, pm.p + tile * ncp, ps.p + tile * ncp, pt.p + tile * ncp);
         else
@@ -375,15 +378,15 @@ Status Bwd(const LinearLogprobsBwdParams& p) {
     // Pass 1: the chunk's logits^T [vocab][ncp], and tile statistics when
     // the forward's were not saved.
     ParallelFor(tiles, 1, [&](int64_t tb, int64_t te) {
-      Buffer<float> panel;
-      if (!panel.Alloc(kLinTile * 256)) {
+      Buffer<float> panel, bp;
+      if (!panel.Alloc(kLinTile * 256) || !bp.Alloc(kLinPackFloats)) {
         oom = true;
         return;
       }
       for (int64_t tile = tb; tile < te; ++tile) {
         const int64_t v0 = tile * kLinTile, vt = std::min(kLinTile, vocab - v0);
         float* C = logits.p + v0 * ncp;
-        TileLogits<Isa, T, TBias>(weight, bias, dim, v0, vt, hT.p, ncp, C, panel.p);
+        TileLogits<Isa, T, TBias>(weight, bias, dim, v0, vt, hT.p, ncp, C, panel.p, bp.p);
         if (!p.stats) {
           if (ent)
             Isa::template TileStats<true>(C, vt, ncp, ncp, row_it.p, pm.p + tile * ncp, ps.p + tile * ncp, pt.p + tile * ncp);
@@ -437,6 +440,11 @@ Status Bwd(const LinearLogprobsBwdParams& p) {
     // Pass 2, per tile: the gradient in place, the target's term, then this
     // tile's gradBias and gradWeight rows (+= over the chunk's rows in order).
     ParallelFor(tiles, 1, [&](int64_t tb, int64_t te) {
+      Buffer<float> bp;
+      if (!bp.Alloc(kLinPackFloats)) {
+        oom = true;
+        return;
+      }
       for (int64_t tile = tb; tile < te; ++tile) {
         const int64_t v0 = tile * kLinTile, vt = std::min(kLinTile, vocab - v0);
         float* C = logits.p + v0 * ncp;
@@ -459,7 +467,7 @@ Status Bwd(const LinearLogprobsBwdParams& p) {
         }
         if (gb)
           for (int64_t v = 0; v < vt; ++v) gb[v0 + v] += Isa::Sum(C + v * ncp, ncp);
-        Isa::template Gemm<T>(vt, dim, nc, C, ncp, 1, hidden + c0 * dim, dim, gw + v0 * dim, dim, true);
+        Isa::template Gemm<T>(vt, dim, nc, C, ncp, 1, hidden + c0 * dim, dim, gw + v0 * dim, dim, true, bp.p);
       }
     });
 
@@ -469,12 +477,18 @@ Status Bwd(const LinearLogprobsBwdParams& p) {
     constexpr int64_t kRowsBlk = 128, kColsBlk = 256;
     const int64_t rb = (nc + kRowsBlk - 1) / kRowsBlk, cb = (dim + kColsBlk - 1) / kColsBlk;
     ParallelFor(rb * cb, 1, [&](int64_t b, int64_t e) {
+      Buffer<float> bp;
+      if (!bp.Alloc(kLinPackFloats)) {
+        oom = true;
+        return;
+      }
       for (int64_t task = b; task < e; ++task) {
         const int64_t r0 = (task / cb) * kRowsBlk, h0 = (task % cb) * kColsBlk;
         const int64_t mr = std::min(kRowsBlk, nc - r0), nr = std::min(kColsBlk, dim - h0);
-        Isa::template Gemm<T>(mr, nr, vocab, logits.p + r0, 1, ncp, weight + h0, dim, gh + r0 * dim + h0, dim, false);
+        Isa::template Gemm<T>(mr, nr, vocab, logits.p + r0, 1, ncp, weight + h0, dim, gh + r0 * dim + h0, dim, false, bp.p);
       }
     });
+    if (oom) return kNoMemory;
     if (!kF32) StoreConverted(gh, static_cast<T*>(p.grad_hidden) + c0 * dim, nc * dim);
   }
   if (!kF32) StoreConverted(gw, static_cast<T*>(p.grad_weight), vocab * dim);
