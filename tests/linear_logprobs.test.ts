@@ -338,6 +338,18 @@ describe('linearLogprobs (CPU)', () => {
     expectClose('gradHidden 1M rows', arr(b.gradHidden), rb.gradHidden, 1e-5, seed);
   });
 
+  it('zero rows: empty log-probs, zero gradWeight and gradBias', () => {
+    const h = rlk.empty([0, 5]);
+    const w = rlk.tensor(randn(rng(1), 15), { shape: [3, 5] });
+    const b = rlk.tensor([1, 2, 3]);
+    const t = rlk.empty([0], { dtype: 'int32' });
+    expect(rlk.linearLogprobs(h, w, t, { bias: b }).logprobs.shape).toEqual([0]);
+    const g = rlk.linearLogprobsBackward(h, w, t, rlk.empty([0]), { bias: b });
+    expect(Array.from(g.gradWeight.toArraySync())).toEqual(new Array(15).fill(0));
+    expect(Array.from(g.gradBias!.toArraySync())).toEqual([0, 0, 0]);
+    expect(g.gradHidden.shape).toEqual([0, 5]);
+  });
+
   it.skipIf(IS_CHILD)('every ISA path (avx2, baseline) agrees with the reference', () => {
     for (const isa of ['avx2', 'baseline'] as const) {
       const child = spawnSync(process.execPath, ['node_modules/vitest/vitest.mjs', 'run', 'tests/linear_logprobs.test.ts', '-t', 'core'], {

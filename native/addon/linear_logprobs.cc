@@ -314,12 +314,22 @@ Napi::Value Backward(const Napi::CallbackInfo& info) {
   return res;
 }
 
+// linearLogprobsCudaStatus() -> "" when the CUDA path can run, else why not.
+Napi::Value CudaStatus(const Napi::CallbackInfo& info) {
+#if RLK_WITH_CUDA
+  return Napi::String::New(info.Env(), cuda::LinearLogprobsCudaStatus());
+#else
+  return Napi::String::New(info.Env(), "this build has no CUDA kernels");
+#endif
+}
+
 }  // namespace
 
 void InitLinearLogprobs(Napi::Env env, Napi::Object exports) {
   exports.Set("linearLogprobsForward", Napi::Function::New(env, Forward, "linearLogprobsForward"));
   exports.Set("linearLogprobsPartials", Napi::Function::New(env, Partials, "linearLogprobsPartials"));
   exports.Set("linearLogprobsBackward", Napi::Function::New(env, Backward, "linearLogprobsBackward"));
+  exports.Set("linearLogprobsCudaStatus", Napi::Function::New(env, CudaStatus, "linearLogprobsCudaStatus"));
   exports.Set("linearLogprobsShardBackward",
               Napi::Function::New(env, Backward, "linearLogprobsShardBackward", reinterpret_cast<void*>(1)));
 }
