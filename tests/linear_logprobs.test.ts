@@ -338,6 +338,12 @@ describe('linearLogprobs (CPU)', () => {
     expectClose('gradHidden 1M rows', arr(b.gradHidden), rb.gradHidden, 1e-5, seed);
   });
 
+  it('buildInfo says whether the CUDA path can run, and why not', () => {
+    const why = rlk.buildInfo().cuda.linearLogprobs;
+    if (!rlk.buildInfo().cuda.compiled) expect(why).toMatch(/without CUDA/);
+    else if (why !== null) expect(why).toMatch(/cuBLAS|cublas/);
+  });
+
   it('zero rows: empty log-probs, zero gradWeight and gradBias', () => {
     const h = rlk.empty([0, 5]);
     const w = rlk.tensor(randn(rng(1), 15), { shape: [3, 5] });
