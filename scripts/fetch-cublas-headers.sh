@@ -12,7 +12,7 @@ PY=${PYTHON:-.venv/bin/python}
 [ -x "$PY" ] || PY=python3
 TMP=$(mktemp -d)
 trap 'rm -rf "$TMP"' EXIT
-"$PY" -m pip download --no-deps --quiet nvidia-cublas -d "$TMP"
+"$PY" -m pip download --no-deps --quiet --retries 0 nvidia-cublas -d "$TMP"
 WHL=$(ls "$TMP"/nvidia_cublas-*.whl | head -n 1)
 mkdir -p "$DEST"
 python3 - "$WHL" "$DEST" <<'PY'
