@@ -265,7 +265,9 @@ __device__ __forceinline__ Lse LseMerge(Lse a, Lse b, float it) {
 // (butterfly in each warp, then warp 0 over the warps' slots in order).
 template <bool kEntropy>
 __device__ Lse BlockLse(Lse a, float it) {
-  __shared__ float sm[kWarps], ss[kWarps], st[kWarps];
+  __shared__ float sm[kWarps];
+  __shared__ float ss[kWarps];
+  __shared__ float st[kWarps];
   __shared__ Lse total;
   a.s -= a.cs;
   a.t -= a.ct;
