@@ -381,7 +381,9 @@ Status PolicyLoss(const PolicyLossParams& p) {
   double* partials = reinterpret_cast<double*>(static_cast<char*>(scratch) + seq_bytes_aligned);
   PolicyLossParams params = p;
   void* args[] = {&params, &seqs, &partials};
-  cudaError_t err = cudaLaunchCooperativeKernel(reinterpret_cast<const void*>(PolicyLossKernel), dim3(unsigned(blocks)),
+  // The typed form of the C++ API (valid CUDA; the emulated device needs the
+  // parameter types to call the kernel).
+  cudaError_t err = cudaLaunchCooperativeKernel(PolicyLossKernel, dim3(unsigned(blocks)),
                                                 dim3(kThreads), args, 0, static_cast<cudaStream_t>(p.stream));
   if (err == cudaSuccess) err = cudaGetLastError();
   // The caching allocator reuses blocks in stream order on this device's one
