@@ -16,7 +16,8 @@ export default defineConfig({
     // The GC-backstop test needs global.gc.
     execArgv: ['--expose-gc'],
     // Every new tensor starts as 0xFF bytes (NaN): unwritten outputs fail (native/addon/tensor.cc).
-    env: { RLK_POISON_ALLOC: '1', RLK_CUDA_SIM: useSim },
+    // Two emulated GPUs, so the multi-GPU tests run too.
+    env: { RLK_POISON_ALLOC: '1', RLK_CUDA_SIM: useSim, RLK_SIM_DEVICES: process.env.RLK_SIM_DEVICES ?? '2' },
     testTimeout: 120_000,
     hookTimeout: 120_000,
     reporters: ['default'],

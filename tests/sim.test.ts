@@ -27,7 +27,7 @@ function expectedLine(name: string): number {
 function run(driver: string, arg: string, env: Record<string, string> = {}): { status: number | null; out: string } {
   const r = spawnSync(driver, [arg], {
     encoding: 'utf8',
-    timeout: 240_000,
+    timeout: 590_000,
     env: {
       ...process.env,
       ASAN_OPTIONS: 'detect_leaks=0:abort_on_error=0',
@@ -104,12 +104,12 @@ describe.skipIf(!HAVE)('emulated CUDA device: misuse is reported, never hangs', 
 describe.skipIf(!HAVE)('emulated CUDA device: every kernel family runs clean under the sanitizers', () => {
   // RLK_SIM_SMS=1: occupancy-sized cooperative grids of a few blocks, so
   // small inputs reach the grid-stride loops.
-  it('AddressSanitizer', () => {
+  it('AddressSanitizer', { timeout: 600_000 }, () => {
     const r = run(ASAN, 'kernels', { RLK_SIM_SMS: '1' });
     expect(r.status, r.out).toBe(0);
     expect(r.out).toContain('driver: kernels clean');
   });
-  it('ThreadSanitizer', () => {
+  it('ThreadSanitizer', { timeout: 600_000 }, () => {
     const r = run(TSAN, 'kernels', { RLK_SIM_SMS: '1' });
     expect(r.status, r.out).toBe(0);
     expect(r.out).toContain('driver: kernels clean');

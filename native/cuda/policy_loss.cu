@@ -65,6 +65,10 @@ __device__ double BlockReduce(double v, double* slots) {
   if (warp == 0) {
     v = slots[lane < kWarps ? lane : 0];
     for (int o = kWarps / 2; o > 0; o >>= 1) v = Op::Op(v, __shfl_down_sync(0xffffffffu, v, o));
+    // Lanes >= kWarps read slot 0 above; shuffles do not order memory, so
+    // without this lane 0's write races with those reads (found by the
+    // emulated device under ThreadSanitizer).
+    __syncwarp();
     if (lane == 0) slots[0] = v;
   }
   __syncthreads();

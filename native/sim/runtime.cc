@@ -76,6 +76,13 @@ void __tsan_set_fiber_name(void* fiber, const char* name);
 #if RLK_SIM_ASAN || RLK_SIM_TSAN
 extern "C" void __sanitizer_set_death_callback(void (*callback)(void));
 #endif
+#if RLK_SIM_TSAN
+extern "C" void AnnotateIgnoreWritesBegin(const char* file, int line);
+extern "C" void AnnotateIgnoreWritesEnd(const char* file, int line);
+#define RLK_SIM_RUNTIME_SCOPE TsanIgnore rlk_sim_tsan_ignore_
+#else
+#define RLK_SIM_RUNTIME_SCOPE
+#endif
 
 namespace rlk_sim {
 
@@ -202,6 +209,7 @@ struct Fiber {
   char token = 0;         // TSan sync address of this fiber
   void* tsan = nullptr;
   void* fake_stack = nullptr;
+  int ignores = 0;  // open ThreadSanitizer ignore scopes
 };
 
 struct WarpGroup {
@@ -273,6 +281,24 @@ struct Worker {
 };
 
 thread_local Worker* tls_worker = nullptr;
+
+#if RLK_SIM_TSAN
+// The emulator's bookkeeping (a queue node one fiber allocates and the
+// scheduler frees, say) is no data of the kernels: its allocations stay out
+// of ThreadSanitizer's view, in every fiber and in the scheduler. A fiber
+// counts its open scopes, which Fail closes (it never returns).
+struct TsanIgnore {
+  Fiber* f;
+  TsanIgnore() : f(tls_worker ? tls_worker->current : nullptr) {
+    AnnotateIgnoreWritesBegin(__FILE__, __LINE__);
+    if (f) f->ignores++;
+  }
+  ~TsanIgnore() {
+    if (f) f->ignores--;
+    AnnotateIgnoreWritesEnd(__FILE__, __LINE__);
+  }
+};
+#endif
 
 Worker& ThisWorker() {
   if (!tls_worker) {
@@ -352,6 +378,12 @@ void SwitchToScheduler(Fiber* f, bool exiting) {
   SetFailure(L, Fmt("%s\n    at %s:%d, %s, in kernel %s launched at %s:%d", what.c_str(), file, line,
                     Where(culprit ? culprit : f).c_str(), L->name, L->file, L->line));
   f->state = St::kAbandoned;
+#if RLK_SIM_TSAN
+  while (f->ignores > 0) {
+    f->ignores--;
+    AnnotateIgnoreWritesEnd(__FILE__, __LINE__);
+  }
+#endif
   SwitchToScheduler(f, false);
   std::abort();  // unreachable: an abandoned fiber is never resumed
 }
@@ -367,6 +399,8 @@ void FiberMain(bctx::transfer_t t) {
 #endif
   w.launch->thunk(w.launch->closure);
   // The thread returned from the kernel.
+  {
+  RLK_SIM_RUNTIME_SCOPE;
   Block* b = f->block;
   WarpState& ws = b->warps[f->warp];
   const unsigned bit = 1u << f->lane;
@@ -384,6 +418,7 @@ void FiberMain(bctx::transfer_t t) {
          b->bar_file, b->bar_line);
   ws.exited |= bit;
   b->exited++;
+  }
 #if RLK_SIM_TSAN
   __tsan_release(&f->token);
 #endif
@@ -642,6 +677,7 @@ uint3 BlockId(const LaunchState* L, int64_t i) {
 }
 
 void RunWorker(LaunchState* L, int index) {
+  RLK_SIM_RUNTIME_SCOPE;
   Worker& w = ThisWorker();
   w.launch = L;
   if (L->coop) {
@@ -754,6 +790,7 @@ void OnSanitizerDeath() {
 // ---- what the device code calls ---------------------------------------------------------
 
 uint64_t WarpCollective(int kind, unsigned mask, uint64_t bits, int arg, int width, const char* file, int line) {
+  RLK_SIM_RUNTIME_SCOPE;
   Worker& w = *tls_worker;
   Fiber* f = w.current;
   Block* b = f->block;
@@ -798,7 +835,7 @@ uint64_t WarpCollective(int kind, unsigned mask, uint64_t bits, int arg, int wid
   // Only __syncwarp orders memory among the lanes (PTX: bar.warp.sync);
   // shuffles and votes exchange values, not memory order, so ThreadSanitizer
   // sees no synchronisation in them.
-  const bool orders = kind == kSyncWarp;
+  [[maybe_unused]] const bool orders = kind == kSyncWarp;
 #if RLK_SIM_TSAN
   if (orders) __tsan_release(&f->token);
 #endif
@@ -869,12 +906,14 @@ uint64_t WarpCollective(int kind, unsigned mask, uint64_t bits, int arg, int wid
 }
 
 unsigned ActiveMask() {
+  RLK_SIM_RUNTIME_SCOPE;
   Fiber* f = tls_worker->current;
   const WarpState& ws = f->block->warps[f->warp];
   return ws.exists & ~ws.exited;
 }
 
 int SyncThreads(int op, int pred, const char* file, int line) {
+  RLK_SIM_RUNTIME_SCOPE;
   Worker& w = *tls_worker;
   Fiber* f = w.current;
   Block* b = f->block;
@@ -931,6 +970,7 @@ int SyncThreads(int op, int pred, const char* file, int line) {
 bool InCooperativeLaunch() { return tls_worker && tls_worker->launch && tls_worker->launch->coop; }
 
 void GridSync(const char* file, int line) {
+  RLK_SIM_RUNTIME_SCOPE;
   Worker& w = *tls_worker;
   Fiber* f = w.current;
   if (!w.launch->coop)
@@ -949,6 +989,7 @@ void GridSync(const char* file, int line) {
 }
 
 void* SharedAlloc(const void* key, size_t bytes, size_t align, const char* file, int line) {
+  RLK_SIM_RUNTIME_SCOPE;
   Fiber* f = tls_worker->current;
   Block* b = f->block;
   for (SharedVar* v : b->shared) {

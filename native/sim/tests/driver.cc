@@ -322,16 +322,19 @@ void GroupAdvantages(int64_t B, int64_t G, rlk::AdvantageMethod method) {
 }
 
 int RunKernels() {
-  TokenLogprobs(37, 301);    // warp per row, odd V, several blocks
-  TokenLogprobs(3, 2053);    // block per row, odd V
-  VocabDivergence(5, 777, rlk::DivergenceKind::kJsd);
-  VocabDivergence(3, 2049, rlk::DivergenceKind::kForwardKl);
-  PolicyLoss(3, 700, false);  // cooperative, several blocks
+  // Small shapes (every CUDA thread is a fiber, and a TSan thread) that
+  // still reach every path. Cooperative grids are sized for RLK_SIM_SMS=1:
+  // at most 8 blocks of 256 threads, so 2100 tokens take the grid-stride loop.
+  TokenLogprobs(19, 301);    // warp per row, odd V, several blocks
+  TokenLogprobs(2, 2053);    // block per row, odd V
+  VocabDivergence(3, 777, rlk::DivergenceKind::kJsd);
+  VocabDivergence(2, 2049, rlk::DivergenceKind::kForwardKl);
+  PolicyLoss(3, 700, false);  // cooperative, 8 blocks, grid-stride
   PolicyLoss(4, 333, true);
   KlPenalty(1000);
   LinearLogprobs(5, 6, 300, 2);  // chunks of 2 rows, V across 2 row-kernel strides
   GroupAdvantages(100, 13, rlk::AdvantageMethod::kGrpo);
-  GroupAdvantages(64, 8, rlk::AdvantageMethod::kReinforcePP);
+  GroupAdvantages(24, 8, rlk::AdvantageMethod::kReinforcePP);
   if (cudaGetLastError() != cudaSuccess) ++failures;
   std::printf("driver: kernels %s\n", failures ? "FAILED" : "clean");
   return failures ? 1 : 0;
