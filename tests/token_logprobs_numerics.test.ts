@@ -175,15 +175,37 @@ describe('token log-prob numerics (issue 9)', () => {
         const ref = refOf(p);
         // The gradient at each target: g (1 - p_t) / T, which 1 - e^d / s loses.
         const at = (a: ArrayLike<number>) => targets.map((t, i) => a[i * V + t]);
+        // What float32 cannot avoid: each d_j = (x_j - max) / T is formed in float32 (x - max, the
+        // float32 1/T, the product: |error| <= 3 * 2^-24 |d_j|) and e^{d_j} in float32 (2 units), and
+        // s - 1 is the sum of those e^{d_j}. Per row, the error that alone allows in s - 1 (relative:
+        // log-prob, entropy and 1 - p_t of a confident row are all proportional to it).
+        const xs = storedValues(x, 'float32');
+        const slack = targets.map((t, i) => {
+          let sm1 = 0;
+          let err = 0;
+          for (let j = 0; j < V; j++) {
+            if (j === t) continue;
+            const d = (xs[i * V + j] - xs[i * V + t]) / temperature;
+            sm1 += Math.exp(d);
+            err += Math.exp(d) * (3 * Math.abs(d) + 2);
+          }
+          return (err * 2 ** -24) / sm1; // relative
+        });
+        const shrunk = (got: ArrayLike<number>, want: ArrayLike<number>) =>
+          Array.from(got, (g, i) => {
+            const allowed = slack[i] * Math.abs(want[i]);
+            const d = g - want[i];
+            return want[i] + Math.sign(d) * Math.max(0, Math.abs(d) - allowed);
+          });
         for (const res of allPaths(p)) {
           const what = `V=${V} T=${temperature} on ${res.isa}`;
-          expectClose(`${what} logprobs`, res.logprobs, ref.fwd.logprobs, 1e-6, seed);
-          expectClose(`${what} entropy`, res.entropy, ref.fwd.entropy, 1e-6, seed);
-          expectClose(`${what} target gradient`, at(res.grad), at(ref.grad), 1e-6, seed);
+          expectClose(`${what} logprobs`, shrunk(res.logprobs, ref.fwd.logprobs), ref.fwd.logprobs, 1e-6, seed);
+          expectClose(`${what} entropy`, shrunk(res.entropy, ref.fwd.entropy), ref.fwd.entropy, 1e-6, seed);
+          expectClose(`${what} target gradient`, shrunk(at(res.grad), at(ref.grad)), at(ref.grad), 1e-6, seed);
         }
         // The in-place backward recomputes the statistics; the same digits.
         const inPlace = runProbe({ ...p, inPlace: true });
-        expectClose(`V=${V} T=${temperature} in-place target gradient`, at(inPlace.grad), at(ref.grad), 1e-6, seed);
+        expectClose(`V=${V} T=${temperature} in-place target gradient`, shrunk(at(inPlace.grad), at(ref.grad)), at(ref.grad), 1e-6, seed);
       }
     }
   });
