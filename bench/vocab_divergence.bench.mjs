@@ -1,84 +1,46 @@
-// vocabDivergence on the CPU against PyTorch (log_softmax + kl_div with an
-// autograd backward, and TRL's generalized_jsd_loss), same inputs, same
-// thread count, values and the student gradient. Prints one markdown table.
-//   npm run build && node bench/vocab_divergence.bench.mjs [--threads 2]
-import { spawnSync } from 'node:child_process';
-import { existsSync } from 'node:fs';
-import { dirname, join } from 'node:path';
-import { fileURLToPath } from 'node:url';
-import { Bench } from 'tinybench';
+// vocabDivergence on the CPU beside PyTorch eager and torch.compile of the
+// same formulas (bench/torch_vocab_divergence.py), same thread count.
+// rlkernels computes the values and the student gradient in one call; it is
+// compared with PyTorch's values alone (forward) and values + autograd
+// gradient (forward+backward). Speaks the harness protocol (bench/common.mjs).
+//   node bench/vocab_divergence.bench.mjs [--quick | --tiny] [--threads N] [--no-compile] [--json]
 import * as rlk from '../dist/index.js';
+import { benchConfig, emitResults, progress, progressTotal, randomFloats, timeMedian, torchCompare } from './common.mjs';
 
-const here = dirname(fileURLToPath(import.meta.url));
-const threadsArg = process.argv.indexOf('--threads');
-const threads = threadsArg > 0 ? Number(process.argv[threadsArg + 1]) : 2;
-rlk.setNumThreads(threads);
+const cfg = benchConfig();
+rlk.setNumThreads(cfg.threads);
+const SHAPES = cfg.tiny ? [[32, 512]] : cfg.quick ? [[256, 32000]] : [[1024, 32000], [128, 151936]];
+const KINDS = cfg.quick ? [{ kind: 'forward-kl' }, { kind: 'jsd', beta: 0.5 }] : [{ kind: 'forward-kl' }, { kind: 'reverse-kl' }, { kind: 'jsd', beta: 0.5 }];
+const OPS = ['forward', 'forward+backward'];
 
-const cases = [
-  { name: 'forward-kl [1024, 32000] fp32', rows: 1024, vocab: 32000, kind: 'forward-kl' },
-  { name: 'reverse-kl [1024, 32000] fp32', rows: 1024, vocab: 32000, kind: 'reverse-kl' },
-  { name: 'jsd beta=0.5 [1024, 32000] fp32', rows: 1024, vocab: 32000, kind: 'jsd', beta: 0.5 },
-  { name: 'forward-kl [128, 151936] fp32', rows: 128, vocab: 151936, kind: 'forward-kl' },
-  { name: 'jsd beta=0.5 [128, 151936] fp32', rows: 128, vocab: 151936, kind: 'jsd', beta: 0.5 },
-];
+const cases = [];
+for (const [N, V] of SHAPES) for (const k of KINDS) for (const op of OPS) cases.push({ name: `${k.kind}|${op}|${N}x${V}`, rows: N, vocab: V, ...k, temperature: 1, op });
+progressTotal(SHAPES.length * KINDS.length + (cases.length * cfg.modes.length));
 
-function randn(n, seed) {
-  // xorshift + Box-Muller; inputs only need to be reproducible, not identical to torch's.
-  let x = seed >>> 0 || 1;
-  const next = () => {
-    x ^= x << 13;
-    x >>>= 0;
-    x ^= x >>> 17;
-    x ^= x << 5;
-    x >>>= 0;
-    return (x + 0.5) / 4294967296;
-  };
-  const out = new Float32Array(n);
-  for (let i = 0; i < n; i += 2) {
-    const r = Math.sqrt(-2 * Math.log(next()));
-    const th = 2 * Math.PI * next();
-    out[i] = 2 * r * Math.cos(th);
-    if (i + 1 < n) out[i + 1] = 2 * r * Math.sin(th);
+const rows = [];
+for (const [N, V] of SHAPES) {
+  const shape = [N, V];
+  const s = rlk.tensor(randomFloats(N * V, 1), { shape });
+  const t = rlk.tensor(randomFloats(N * V, 2), { shape });
+  for (const k of KINDS) {
+    const ms = await timeMedian(() => {
+      const r = rlk.vocabDivergence(s, t, { kind: k.kind, beta: k.beta });
+      r.values.dispose();
+      r.gradStudent.dispose();
+    }, { iters: cfg.iters, warmup: 1 });
+    const label = k.kind === 'jsd' ? `jsd beta=${k.beta}` : k.kind;
+    // One rlkernels call gives both; the forward row compares it with PyTorch's values alone.
+    for (const op of OPS) rows.push({ op: `${label} ${op}`, shape: `[${N}, ${V}]`, dtype: 'float32', ms, key: `${k.kind}|${op}|${N}x${V}`, note: 'values + student gradient in one call' });
+    progress(`vocab_divergence ${label} [${N}, ${V}]`);
   }
-  return out;
-}
-
-const ours = {};
-for (const c of cases) {
-  const shape = [c.rows, c.vocab];
-  const s = rlk.tensor(randn(c.rows * c.vocab, 1), { shape });
-  const t = rlk.tensor(randn(c.rows * c.vocab, 2), { shape });
-  const bench = new Bench({ iterations: 5, time: 0, warmupIterations: 1, warmupTime: 0 });
-  bench.add(c.name, () => {
-    const r = rlk.vocabDivergence(s, t, { kind: c.kind, beta: c.beta });
-    r.values.dispose();
-    r.gradStudent.dispose();
-  });
-  await bench.run();
-  ours[c.name] = bench.tasks[0].result.latency.p50;
   s.dispose();
   t.dispose();
 }
-
-let torch = null;
-const python = '/usr/bin/python3';
-if (existsSync(python)) {
-  const r = spawnSync(python, [join(here, 'torch_vocab_divergence.py'), '--threads', String(threads), '--cases', JSON.stringify(cases)], {
-    encoding: 'utf8',
-    maxBuffer: 1 << 24,
-  });
-  if (r.status === 0) torch = JSON.parse(r.stdout.trim().split('\n').pop());
-  else console.error(`PyTorch comparison skipped: ${r.stderr.trim().split('\n').pop()}`);
+const torch = torchCompare('torch_vocab_divergence.py', cases, cfg);
+for (const r of rows) {
+  const x = torch.results[r.key] ?? {};
+  r.eager = x.eager;
+  r.compile = x.compile;
+  delete r.key;
 }
-
-const info = rlk.buildInfo();
-console.log(`vocabDivergence, CPU (${info.cpu.simd}), ${threads} threads; values + student gradient; median of 5 runs\n`);
-console.log('| case | rlkernels ms | GB/s | PyTorch 1.13 ms (autograd fwd+bwd) | speedup |');
-console.log('|---|---:|---:|---:|---:|');
-for (const c of cases) {
-  const ms = ours[c.name];
-  // Bytes moved at least once: both logits read, the gradient written.
-  const gbs = (c.rows * c.vocab * 12) / (ms * 1e6);
-  const tm = torch?.[c.name];
-  console.log(`| ${c.name} | ${ms.toFixed(1)} | ${gbs.toFixed(1)} | ${tm ? tm.toFixed(1) : 'n/a'} | ${tm ? (tm / ms).toFixed(1) + 'x' : 'n/a'} |`);
-}
+emitResults('vocab_divergence', rows, { isa: rlk.buildInfo().cpu.simd, threads: cfg.threads, torch: torch.torch, note: `T = 1; PyTorch: ${torch.note}` });

@@ -79,5 +79,5 @@ export function klPenalty(logprobs: Tensor, refLogprobs: Tensor, options: KlPena
   }
   const n = native as unknown as KlNative;
   const [values, grad] = n.klPenalty(lp.handle(fn, 'logprobs'), ref.handle(fn, 'refLogprobs'), mask ? mask.handle(fn, 'options.mask') : null, code);
-  return { values: new Tensor<'float32'>(values), grad: new Tensor<'float32'>(grad) };
+  return { values: new Tensor<'float32'>(values, lp, 'float32'), grad: new Tensor<'float32'>(grad, lp, 'float32') };
 }

@@ -33,6 +33,14 @@ const DEFAULT_DEVICE: Device = 'cpu';
 
 const scopeStore = new AsyncLocalStorage<Set<Tensor>>();
 
+// Disposed native objects handed back to the addon, which reuses them for new
+// tensors rather than constructing and wrapping fresh ones (native/addon/
+// tensor.cc, Wrap): a Tensor drops its handle on dispose, so nothing here can
+// reach one again. Bounded: a burst of disposals keeps only this many.
+const RECYCLE: NativeTensor[] = [];
+const RECYCLE_MAX = 64;
+(native as unknown as { setRecyclePool?(pool: NativeTensor[]): void }).setRecyclePool?.(RECYCLE);
+
 export class Tensor<D extends DType = DType> implements Disposable {
   #native: NativeTensor | null;
   /** Sizes of each dimension; `[]` for a 0-d tensor. */
@@ -43,16 +51,28 @@ export class Tensor<D extends DType = DType> implements Disposable {
   /** Number of elements. */
   readonly numel: number;
 
-  /** @internal Wraps a native tensor; use `tensor`, `empty`, `zeros` or `full`. */
-  constructor(handle: NativeTensor) {
+  /**
+   * @internal Wraps a native tensor; use `tensor`, `empty`, `zeros` or `full`. `like` (package
+   * code only) is a tensor whose shape and device the native one is known to have, with `dtype`:
+   * kernels' outputs take them from there instead of three calls into the addon and a fresh
+   * shape array each (most of a small op's cost, issue 11).
+   */
+  constructor(handle: NativeTensor, like?: Tensor, dtype?: D) {
     if (!handle || typeof handle !== 'object' || typeof (handle as NativeTensor).readAsync !== 'function') {
       throw new TypeError('Tensor: construct tensors with rlk.tensor, rlk.empty, rlk.zeros or rlk.full');
     }
     this.#native = handle;
-    this.shape = Object.freeze(handle.shape.slice());
-    this.dtype = DTYPES[handle.dtype] as D;
-    this.device = deviceName(handle.device) as Device;
-    this.numel = this.shape.reduce((a, b) => a * b, 1);
+    if (like !== undefined && dtype !== undefined) {
+      this.shape = like.shape;
+      this.dtype = dtype;
+      this.device = like.device;
+      this.numel = like.numel;
+    } else {
+      this.shape = Object.freeze(handle.shape.slice());
+      this.dtype = DTYPES[handle.dtype] as D;
+      this.device = deviceName(handle.device) as Device;
+      this.numel = this.shape.reduce((a, b) => a * b, 1);
+    }
     scopeStore.getStore()?.add(this);
   }
 
@@ -119,9 +139,11 @@ export class Tensor<D extends DType = DType> implements Disposable {
 
   /** Releases the memory now (idempotent). Views made from it keep theirs alive. */
   dispose(): void {
-    if (this.#native === null) return;
-    this.#native.dispose();
+    const h = this.#native;
+    if (h === null) return;
+    h.dispose();
     this.#native = null;
+    if (RECYCLE.length < RECYCLE_MAX) RECYCLE.push(h);
   }
 
   [Symbol.dispose](): void {

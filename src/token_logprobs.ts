@@ -27,7 +27,7 @@ export const DEFAULT_ENTROPY = false;
 export const DEFAULT_SAVE_FOR_BACKWARD = false;
 /** Default `inPlace`. */
 export const DEFAULT_IN_PLACE = false;
-/** Columns of the saved statistics (`stats`): row max of the logits, sum of exp, entropy. */
+/** Columns of the saved statistics (`stats`): row max of the logits, sum of exp minus 1, entropy. */
 export const TOKEN_LOGPROBS_STATS_COLUMNS = 3;
 /** The most shards that one `combineTokenLogprobs` call takes. */
 export const MAX_VOCAB_SHARDS = 128;
@@ -44,7 +44,7 @@ export interface TokenLogprobsOptions {
   ignoreIndex?: number;
   /**
    * Also return `stats`, a float32 `[rows, 3]` tensor (row max of the logits, sum of
-   * `exp((x - max) / T)`, entropy) that `tokenLogprobsBackward` takes as `stats`, so the
+   * `exp((x - max) / T)` minus 1, entropy) that `tokenLogprobsBackward` takes as `stats`, so the
    * backward reads the logits once and writes once instead of recomputing the row
    * statistics (a second read). Computes the entropy even when `entropy` is false.
    * Defaults to `false`.
@@ -218,13 +218,15 @@ function handleOf(fn: string, name: string, t: Tensor | undefined): NativeTensor
 }
 
 /** The user's `out` tensor when the addon wrote into it, else a new Tensor around the addon's output. */
-function wrap(h: NativeTensor, out: Tensor | undefined): Tensor {
-  return out && out.handle('wrap') === h ? out : new Tensor(h);
+function wrap(h: NativeTensor, out: Tensor | undefined, like?: Tensor): Tensor {
+  if (out && out.handle('wrap') === h) return out;
+  return like ? new Tensor(h, like, 'float32') : new Tensor(h);
 }
 
-function result(fn: string, res: [NativeTensor, NativeTensor | null, NativeTensor | null], outs: { logprobs?: Tensor; entropy?: Tensor; stats?: Tensor }): TokenLogprobsResult {
-  const r: TokenLogprobsResult = { logprobs: wrap(res[0], outs.logprobs) };
-  if (res[1]) r.entropy = wrap(res[1], outs.entropy);
+/** `targets` (when given) has the shape and device of the per-token outputs, which are float32. */
+function result(fn: string, res: [NativeTensor, NativeTensor | null, NativeTensor | null], outs: { logprobs?: Tensor; entropy?: Tensor; stats?: Tensor }, targets?: Tensor): TokenLogprobsResult {
+  const r: TokenLogprobsResult = { logprobs: wrap(res[0], outs.logprobs, targets) };
+  if (res[1]) r.entropy = wrap(res[1], outs.entropy, targets);
   if (res[2]) r.stats = wrap(res[2], outs.stats);
   return r;
 }
@@ -264,7 +266,7 @@ export function tokenLogprobs(logits: Tensor, targets: Tensor, options?: TokenLo
     l.handle(fn, 'logits'), t.handle(fn, 'targets'), temp.value, temp.tensor, ignoreIndex, entropy, save,
     handleOf(fn, 'out.logprobs', outs.logprobs), handleOf(fn, 'out.entropy', outs.entropy), handleOf(fn, 'out.stats', outs.stats),
   );
-  return result(fn, res, outs);
+  return result(fn, res, outs, t);
 }
 
 /**
@@ -323,8 +325,9 @@ function backward(
 /**
  * Vocabulary-parallel forward, step 1: this rank's partials from its shard of the
  * vocabulary (columns `vocabStart .. vocabStart + V_shard` of the full logits). One
- * float32 row per token: `[max, sumExp, targetLogit, entropyPartial?]` where
- * `sumExp = sum exp((x - max) / T)` over the shard, `targetLogit` is the target's raw
+ * float32 row per token: `[max, sumExpM1, targetLogit, entropyPartial?]` where
+ * `sumExpM1 = sum exp((x - max) / T) - 1` over the shard (the max's own term left
+ * out, so a confident token keeps its digits; -1 for a shard of -inf), `targetLogit` is the target's raw
  * logit when this shard holds it and 0 otherwise, and (with `entropy`)
  * `entropyPartial = sum exp((x - max) / T) (x - max) / T`. Gather the partials of all
  * shards (one all-gather of a `[rows, 3 | 4]` tensor per rank) and pass them to
@@ -396,7 +399,7 @@ export function combineTokenLogprobs(partials: Tensor | readonly Tensor[], targe
     parts.map((p, k) => p.handle(fn, `partials[${k}]`)), t.handle(fn, 'targets'), temp.value, temp.tensor, ignoreIndex, entropy, save,
     handleOf(fn, 'out.logprobs', outs.logprobs), handleOf(fn, 'out.entropy', outs.entropy), handleOf(fn, 'out.stats', outs.stats),
   );
-  return result(fn, res, outs);
+  return result(fn, res, outs, t);
 }
 
 /**

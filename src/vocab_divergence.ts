@@ -141,7 +141,8 @@ export function vocabDivergence(studentLogits: Tensor, teacherLogits: Tensor, op
     ignoreIndex,
     teacherGrad,
   );
-  const result: VocabDivergenceResult = { values: new Tensor(out.values), gradStudent: new Tensor(out.gradStudent) };
-  if (out.gradTeacher) result.gradTeacher = new Tensor(out.gradTeacher);
+  // The gradients have the logits' shapes and dtypes (values: the row shape, its own wrapper).
+  const result: VocabDivergenceResult = { values: new Tensor(out.values), gradStudent: new Tensor(out.gradStudent, student, student.dtype) };
+  if (out.gradTeacher) result.gradTeacher = new Tensor(out.gradTeacher, teacher, teacher.dtype);
   return result;
 }

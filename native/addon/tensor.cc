@@ -12,7 +12,23 @@ namespace rlk::addon {
 namespace {
 
 Napi::FunctionReference* g_ctor = nullptr;
-int g_construct_token = 0;  // only Wrap may construct: JS `new` without it throws
+// Set only while Wrap constructs: JS `new NativeTensor()` finds it false and
+// throws. A flag rather than an External token argument: on Node 20 every
+// napi External holds a weak reference whose finalizer the GC queues, which
+// was a third of a small op's cost.
+bool g_constructing = false;
+// A JS array of disposed NativeTensor objects that src/tensor.ts hands back
+// on dispose(): Wrap reuses one instead of constructing and wrapping a new
+// object, whose napi wrap (a reference, a finalizer queued at GC, a hidden
+// property) costs more than a small op. Only objects disposed through the TS
+// Tensor (which drops its handle) land there.
+Napi::ObjectReference* g_recycle = nullptr;
+
+// Below this, host blocks come from plain malloc (16-byte aligned; the CPU
+// kernels use unaligned loads) and are not reported to V8 as external memory:
+// aligned_alloc's split chunks and the accounting cost more than a small
+// op's kernel (issue 11: a 16-element op with two outputs at <= 5 us).
+constexpr size_t kSmallHostBlock = 4096;
 
 LiveCounters g_counters[kMaxCounterSlots];
 
@@ -35,7 +51,7 @@ void* AllocHostOrThrow(Napi::Env env, const char* fn, size_t bytes) {
   if (bytes > PhysicalMemory())
     ThrowRangeError(env, std::string(fn) + ": cannot allocate " + std::to_string(bytes) +
                              " bytes of host memory: more than the machine's " + std::to_string(PhysicalMemory()) + " bytes");
-  void* p = HostAlloc(bytes);
+  void* p = bytes == 0 ? nullptr : bytes < kSmallHostBlock ? std::malloc(bytes) : HostAlloc(bytes);
   if (bytes && !p) ThrowRangeError(env, std::string(fn) + ": cannot allocate " + std::to_string(bytes) + " bytes of host memory");
   return p;
 }
@@ -332,6 +348,13 @@ Napi::Value SetThreads(const Napi::CallbackInfo& info) {
   SetNumThreads(int(IntegerArg(info, 0, "setNumThreads", "threads", 1, 1024)));
   return info.Env().Undefined();
 }
+Napi::Value SetRecyclePool(const Napi::CallbackInfo& info) {
+  if (!info[0].IsArray()) ThrowTypeError(info.Env(), "setRecyclePool: expected an array");
+  delete g_recycle;
+  g_recycle = new Napi::ObjectReference(Napi::Persistent(info[0].As<Napi::Object>()));
+  return info.Env().Undefined();
+}
+
 Napi::Value GetThreads(const Napi::CallbackInfo& info) { return Napi::Number::New(info.Env(), NumThreads()); }
 
 Napi::Value CudaSynchronize(const Napi::CallbackInfo& info) {
@@ -414,36 +437,63 @@ Napi::Function Tensor::Define(Napi::Env env) {
   return f;
 }
 
+// Every NativeTensor is type-tagged at construction: one own-property check,
+// which neither a prototype chain (Object.create(tensor)) nor another
+// addon's object can fake, and cheaper than instanceof plus an unwrap.
+const napi_type_tag kTensorTag = {0x726c6b5f74656e73ULL, 0x6f725f7461677631ULL};
+
 bool Tensor::IsTensor(Napi::Value v) {
   if (!g_ctor || !v.IsObject()) return false;
-  napi_value obj = v;
   bool is = false;
-  if (napi_instanceof(v.Env(), obj, g_ctor->Value(), &is) != napi_ok || !is) {
+  if (napi_check_object_type_tag(v.Env(), v, &kTensorTag, &is) != napi_ok) {
     Napi::Env(v.Env()).GetAndClearPendingException();
     return false;
   }
-  // instanceof can be fooled by Object.create(prototype): require a real wrap.
-  void* wrapped = nullptr;
-  return napi_unwrap(v.Env(), obj, &wrapped) == napi_ok && wrapped != nullptr;
+  return is;
 }
 
 Tensor::Tensor(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Tensor>(info) {
-  if (info.Length() != 1 || !info[0].IsExternal() || info[0].As<Napi::External<int>>().Data() != &g_construct_token) {
+  if (g_constructing) {
+    napi_type_tag_object(info.Env(), info.This(), &kTensorTag);
+  } else {
     disposed_ = true;
     ThrowTypeError(info.Env(), "NativeTensor cannot be constructed directly: use rlk.tensor, rlk.empty, rlk.zeros or rlk.full");
   }
 }
 
 Napi::Object Tensor::Wrap(Napi::Env env, std::shared_ptr<Storage> storage, std::vector<int64_t> shape, DType dtype) {
-  Napi::Object obj = g_ctor->New({Napi::External<int>::New(env, &g_construct_token)});
-  Tensor* t = Unwrap(obj);
+  struct Constructing {
+    Constructing() { g_constructing = true; }
+    ~Constructing() { g_constructing = false; }
+  };
+  Napi::Object obj;
+  Tensor* t = nullptr;
+  if (g_recycle) {
+    Napi::Array pool = g_recycle->Value().As<Napi::Array>();
+    for (uint32_t n = pool.Length(); n > 0 && !t; --n) {
+      Napi::Value v = pool.Get(n - 1);
+      pool.Set("length", Napi::Number::New(env, n - 1));
+      if (!IsTensor(v)) continue;
+      Tensor* c = Unwrap(v.As<Napi::Object>());
+      if (c->disposed_ && !c->storage_) {
+        obj = v.As<Napi::Object>();
+        t = c;
+        t->disposed_ = false;
+      }
+    }
+  }
+  if (!t) {
+    Constructing guard;
+    obj = g_ctor->New({});
+    t = Unwrap(obj);
+  }
   t->device_ = storage->device;
   t->storage_ = std::move(storage);
   t->numel_ = Numel(shape);
   t->shape_ = std::move(shape);
   t->dtype_ = dtype;
   Counters(t->device_).tensors++;
-  if (t->device_ == kCpu && t->storage_.use_count() == 1) {
+  if (t->device_ == kCpu && t->storage_.use_count() == 1 && t->storage_->bytes >= kSmallHostBlock) {
     t->external_bytes_ = int64_t(t->storage_->bytes);
     Napi::MemoryManagement::AdjustExternalMemory(env, t->external_bytes_);
   }
@@ -571,6 +621,7 @@ void InitTensorBindings(Napi::Env env, Napi::Object exports) {
   exports.Set("cudaSynchronize", Napi::Function::New(env, CudaSynchronize, "cudaSynchronize"));
   exports.Set("cudaEmptyCache", Napi::Function::New(env, CudaEmptyCache, "cudaEmptyCache"));
   exports.Set("setDisposedErrorClass", Napi::Function::New(env, SetDisposedError, "setDisposedErrorClass"));
+  exports.Set("setRecyclePool", Napi::Function::New(env, SetRecyclePool, "setRecyclePool"));
 }
 
 }  // namespace rlk::addon

@@ -13,6 +13,7 @@
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #endif
 
+#include <algorithm>
 #include <cfloat>
 #include <cmath>
 #include <cstring>
@@ -26,47 +27,33 @@ namespace {
 
 // One row's statistics relative to the max of its raw logits (see the header).
 struct RowStats {
-  float m;   // max of the raw logits (-FLT_MAX when the row is all -inf)
-  double s;  // sum e^{(x - m) / T}
-  double t;  // sum e^{(x - m) / T} (x - m) / T
+  float m;     // max of the raw logits (-FLT_MAX when the row is all -inf)
+  double sm1;  // s - 1, s = sum e^{(x - m) / T} (the max's own term, 1, left out of the sum)
+  double t;    // sum e^{(x - m) / T} (x - m) / T
 };
 
-// Merges per-lane states in lane order, in double (a few lanes per row: cheap,
-// and it keeps the final sum's rounding out of the result).
-RowStats MergeLanes(const float* ml, const double* sl, const double* tl, int lanes, float inv_t) {
-  float big = -FLT_MAX;
-  for (int l = 0; l < lanes; ++l)
-    if (ml[l] > big) big = ml[l];
-  double s = 0, t = 0;
-  for (int l = 0; l < lanes; ++l) {
-    double delta = (double(ml[l]) - double(big)) * double(inv_t);
-    double a = std::exp(delta);
-    s += a * sl[l];
-    t += TlpShiftEntropy(a, delta, sl[l], tl[l]);
-  }
-  return {big, s, t};
-}
-
 // ---- scalar path ------------------------------------------------------------
+// Two passes as the vector paths (token_logprobs_isa.inc), in double.
 template <class T, bool kEntropy>
 RowStats RowStatsScalar(const T* x, int64_t n, float inv_t) {
   float m = -FLT_MAX;
+  int64_t a = -1;
+  for (int64_t j = 0; j < n; ++j) {
+    const float v = ToFloat(x[j]);
+    if (v > m || (a < 0 && v == m)) {
+      m = v;
+      a = j;
+    }
+  }
   double s = 0, t = 0;
   for (int64_t j = 0; j < n; ++j) {
-    float v = ToFloat(x[j]);
-    if (v > m) {
-      double delta = (double(m) - double(v)) * double(inv_t);
-      double a = std::exp(delta);
-      if (kEntropy) t = TlpShiftEntropy(a, delta, s, t);
-      s *= a;
-      m = v;
-    }
-    double d = (double(v) - double(m)) * double(inv_t);
-    double e = std::exp(d);
+    if (j == a) continue;
+    const double d = (double(ToFloat(x[j])) - double(m)) * double(inv_t);
+    const double e = std::exp(d);
     s += e;
     if (kEntropy && e != 0) t += e * d;
   }
-  return {m, s, t};
+  return {m, a >= 0 ? s : s - 1.0, t};
 }
 
 template <class T, bool kEntropy>
@@ -101,6 +88,14 @@ RLK_AVX512 inline __m512d MulNonZeroD(__m512d a, __m512d b) {
 }
 RLK_AVX512 inline W WMulNonZero(W a, W b) { return {MulNonZeroD(a.lo, b.lo), MulNonZeroD(a.hi, b.hi)}; }
 RLK_AVX512 inline void WStore(double* p, W w) { _mm512_storeu_pd(p, w.lo); _mm512_storeu_pd(p + 8, w.hi); }
+RLK_AVX512 inline V Fma(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }
+// Per lane, the start of the step that raised the lane's maximum (a float:
+// exact for rows below 2^24 elements, which the caller checks).
+using IdxV = __m512;
+RLK_AVX512 inline IdxV IdxInit() { return _mm512_set1_ps(-1.0f); }
+RLK_AVX512 inline __mmask16 GtMask(V a, V b) { return _mm512_cmp_ps_mask(a, b, _CMP_GT_OQ); }
+RLK_AVX512 inline IdxV BlendIdx(IdxV idx, __mmask16 k, int64_t j) { return _mm512_mask_blend_ps(k, idx, _mm512_set1_ps(float(j))); }
+RLK_AVX512 inline void IdxStore(float* p, IdxV v) { _mm512_storeu_ps(p, v); }
 #define RLK_TLP_ATTR RLK_AVX512
 #include "token_logprobs_isa.inc"
 #undef RLK_TLP_ATTR
@@ -126,6 +121,12 @@ RLK_AVX2 inline __m256d MulNonZeroD(__m256d a, __m256d b) {
 }
 RLK_AVX2 inline W WMulNonZero(W a, W b) { return {MulNonZeroD(a.lo, b.lo), MulNonZeroD(a.hi, b.hi)}; }
 RLK_AVX2 inline void WStore(double* p, W w) { _mm256_storeu_pd(p, w.lo); _mm256_storeu_pd(p + 4, w.hi); }
+RLK_AVX2 inline V Fma(V a, V b, V c) { return _mm256_fmadd_ps(a, b, c); }
+using IdxV = __m256;
+RLK_AVX2 inline IdxV IdxInit() { return _mm256_set1_ps(-1.0f); }
+RLK_AVX2 inline __m256 GtMask(V a, V b) { return _mm256_cmp_ps(a, b, _CMP_GT_OQ); }
+RLK_AVX2 inline IdxV BlendIdx(IdxV idx, __m256 k, int64_t j) { return _mm256_blendv_ps(idx, _mm256_set1_ps(float(j)), k); }
+RLK_AVX2 inline void IdxStore(float* p, IdxV v) { _mm256_storeu_ps(p, v); }
 #define RLK_TLP_ATTR RLK_AVX2
 #include "token_logprobs_isa.inc"
 #undef RLK_TLP_ATTR
@@ -186,20 +187,20 @@ void FwdRows(const TokenLogprobsFwdParams& p, int64_t begin, int64_t end) {
     if (partial) {
       float* out = p.partials + r * cols;
       out[0] = st.m;
-      out[1] = float(st.s);
+      out[1] = float(st.sm1);
       out[2] = !in_range ? kNaN : in_row ? ToFloat(x[local]) : 0.0f;
       if (p.entropy) out[3] = float(st.t);
       continue;
     }
-    const double log_s = std::log(st.s);
+    const double log_s = std::log1p(st.sm1);
     const double lp = in_row ? TlpLogprob(double(ToFloat(x[local])), double(st.m), double(inv_t), log_s) : double(kNaN);
-    const double h = TlpEntropy(log_s, st.t, st.s);
+    const double h = TlpEntropy(log_s, st.t, 1.0 + st.sm1);
     p.logprobs[r] = float(lp);
     if (p.entropy_out) p.entropy_out[r] = float(h);
     if (p.stats) {
       float* out = p.stats + r * kTlpStatsCols;
       out[0] = st.m;
-      out[1] = float(st.s);
+      out[1] = float(st.sm1);
       out[2] = float(h);
     }
   }
@@ -221,24 +222,25 @@ void BwdRows(const TokenLogprobsBwdParams& p, int64_t begin, int64_t end) {
     const float g = p.grad_logprobs[r];
     const float ge = p.grad_entropy ? p.grad_entropy[r] : 0.0f;
     float m;
-    double s, h;
+    double sm1, h;
     if (p.stats) {
       m = p.stats[r * kTlpStatsCols];
-      s = p.stats[r * kTlpStatsCols + 1];
+      sm1 = p.stats[r * kTlpStatsCols + 1];
       h = p.stats[r * kTlpStatsCols + 2];
     } else {
       const RowStats st = p.grad_entropy ? Isa::template Stats<T, true>(x, p.vocab, inv_t) : Isa::template Stats<T, false>(x, p.vocab, inv_t);
       m = st.m;
-      s = st.s;
-      h = TlpEntropy(std::log(st.s), st.t, st.s);
+      sm1 = st.sm1;
+      h = TlpEntropy(std::log1p(st.sm1), st.t, 1.0 + st.sm1);
     }
     const int64_t local = tg - p.vocab_start;
     const bool in_row = local >= 0 && local < p.vocab;
     const bool in_range = tg >= 0 && tg < p.vocab_size;
     // Read before the row is overwritten (in place).
     const float xt = in_row ? ToFloat(x[local]) : 0.0f;
+    const double s = 1.0 + sm1;
     const double inv_s = 1.0 / s;
-    const double c = h - std::log(s);
+    const double c = h - std::log1p(sm1);
     if (p.grad_entropy)
       Isa::template Grad<T, true>(x, out, p.vocab, m, inv_t, float(inv_s), g, ge, float(c));
     else
@@ -246,17 +248,8 @@ void BwdRows(const TokenLogprobsBwdParams& p, int64_t begin, int64_t end) {
     if (!in_range) {
       for (int64_t j = 0; j < p.vocab; ++j) out[j] = FromFloat<T>(kNaN);
     } else if (in_row) {
-      const double d = (double(xt) - double(m)) * double(inv_t);
-      const double pt = std::exp(d) * inv_s;
-      // Without gradEntropy the entropy term must be skipped, not multiplied
-      // by ge = 0: stats from partials without entropy hold H = NaN, and
-      // 0 * NaN made the target's gradient NaN.
-      double gr = p.grad_entropy ? TlpGradTerm<true>(pt, d, double(g), double(ge), c)
-                                 : TlpGradTerm<false>(pt, d, double(g), double(ge), c);
-      // The 1[j = target] term; dropped for a -inf target logit, whose
-      // log-prob is the constant -inf (DESIGN 4: a finite gradient).
-      if (xt != -INFINITY) gr += double(g);
-      out[local] = FromFloat<T>(float(gr * double(inv_t)));
+      out[local] = FromFloat<T>(float(TlpTargetGrad(double(xt), double(m), double(inv_t), sm1, double(g),
+                                                    p.grad_entropy ? double(ge) : 0.0, c, p.grad_entropy != nullptr)));
     }
   }
 }
@@ -272,28 +265,34 @@ void CombineRows(const TokenLogprobsCombineParams& p, int64_t begin, int64_t end
     const double inv_t = TlpRowInvTemperature(p.temperature, p.inv_temperature, r);
     float big = -FLT_MAX;
     double xt = 0;
+    int kstar = -1;  // the first shard holding the row maximum: its own term 1 stays implicit
     for (int k = 0; k < p.shards; ++k) {
       const float* q = p.partials[k] + r * cols;
-      if (q[0] > big) big = q[0];
+      if (q[0] > big || (kstar < 0 && q[0] == big)) {
+        big = q[0];
+        kstar = k;
+      }
       xt += double(q[2]);
     }
-    double s = 0, t = 0;
+    // Column 1 of a shard is its s - 1; s = sum_k e^delta_k (1 + sm1_k), so
+    // s - 1 = sm1_k* + sum_{k != k*} e^delta_k (1 + sm1_k) without forming s.
+    double sm1 = kstar >= 0 ? double(p.partials[kstar][r * cols + 1]) : -1.0, t = 0;
     for (int k = 0; k < p.shards; ++k) {
       const float* q = p.partials[k] + r * cols;
       const double delta = (double(q[0]) - double(big)) * inv_t;
       const double a = std::exp(delta);
-      s += a * double(q[1]);
-      if (cols == kTlpPartialColsEntropy) t += TlpShiftEntropy(a, delta, double(q[1]), double(q[3]));
+      if (k != kstar) sm1 += TlpScaledSum(a, double(q[1]));
+      if (cols == kTlpPartialColsEntropy) t += TlpShiftEntropy(a, delta, 1.0 + double(q[1]), double(q[3]));
     }
-    const double log_s = std::log(s);
+    const double log_s = std::log1p(sm1);
     const double lp = TlpLogprob(xt, double(big), inv_t, log_s);
-    const double h = cols == kTlpPartialColsEntropy ? TlpEntropy(log_s, t, s) : double(kNaN);
+    const double h = cols == kTlpPartialColsEntropy ? TlpEntropy(log_s, t, 1.0 + sm1) : double(kNaN);
     p.logprobs[r] = float(lp);
     if (p.entropy_out) p.entropy_out[r] = float(h);
     if (p.stats) {
       float* out = p.stats + r * kTlpStatsCols;
       out[0] = big;
-      out[1] = float(s);
+      out[1] = float(sm1);
       out[2] = float(h);
     }
   }

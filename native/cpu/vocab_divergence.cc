@@ -194,6 +194,7 @@ struct RowConsts {
   typename Ops::V inv_t;       // 1 / T
   typename Ops::V rst, rss;    // 1 / sum_j e^{(t_j - tmax) / T}, same for s
   typename Ops::V xoff;        // (smax - tmax) / T - log(S_t / S_s), so x = (t - s) / T + xoff
+  typename Ops::V xoff_lo, inv_t_lo;  // the float residuals of xoff and 1 / T (VdivLogRatio)
   typename Ops::V beta, omb;   // beta, 1 - beta
   typename Ops::V tref, sref;  // kl: the logits at the reference index (argmax of the weighting side)
   typename Ops::V lbt, lbs;    // jsd: -log(beta), -log(1 - beta) (upper bounds of y_t, y_s)
@@ -212,9 +213,12 @@ RLK_VDIV_INLINE Probs<Ops> Prep(const typename Ops::V& t, const typename Ops::V&
   Probs<Ops> e;
   e.pt = Ops::Mul(Ops::Exp(Ops::Mul(dt, k.inv_t)), k.rst);
   e.ps = Ops::Mul(Ops::Exp(Ops::Mul(ds, k.inv_t)), k.rss);
-  // x = (t - s) / T + c: two roundings (t - s, then the fma) plus c's one,
-  // rather than going through dt and ds.
-  e.x = Ops::Fma(Ops::Sub(t, s), k.inv_t, k.xoff);
+  // x = (t - s) / T + xoff as VdivLogRatio: t - s, one fma, and the residuals
+  // of xoff and 1 / T, rather than going through dt and ds.
+  // The low part takes d clamped to +-1e30 (an infinite d would make it NaN).
+  auto d = Ops::Sub(t, s);
+  auto dl = Ops::Min(Ops::Max(d, Ops::Set(-1e30f)), Ops::Set(1e30f));
+  e.x = Ops::Add(Ops::Fma(d, k.inv_t, k.xoff), Ops::Fma(dl, k.inv_t_lo, k.xoff_lo));
   return e;
 }
 
@@ -344,22 +348,34 @@ RLK_VDIV_INLINE RowNorm Normalisers(const TS* s, const TT* t, int64_t nv, float 
     // distributions as (error of log(S_t / S_s)) / |x|, and the scalar path's
     // two 512-term running sums once gave them 5e-5 relative error, ten times
     // the AVX-512 path's.
+    // The block maximum's own terms (exactly 1) go to separate sums: added
+    // to the float32 partial sums they would round away the other terms of
+    // their lane, which are all of S - 1 when one logit dominates the row (a
+    // confident teacher or student), and log(S_t / S_s) enters every log-ratio
+    // x (an error of 6e-8 there was most of x where p_t ~ p_s).
     constexpr int K = kSumParts / L;
     V at[K], as[K];
-    for (int u = 0; u < K; ++u) at[u] = as[u] = Ops::Set(0.0f);
+    const V zero = Ops::Set(0.0f), one = Ops::Set(1.0f);
+    V ot = zero, os = zero;
+    for (int u = 0; u < K; ++u) at[u] = as[u] = zero;
+    auto add = [&](V& acc, V& ones, V ex) {
+      const auto small = Ops::Lt(ex, one);
+      acc = Ops::Add(acc, Ops::Select(small, ex, zero));
+      ones = Ops::Add(ones, Ops::Select(small, zero, ex));  // 1s, and NaN
+    };
     int64_t i = b;
     for (; i + K * L <= e; i += K * L) {
       for (int u = 0; u < K; ++u) {
-        at[u] = Ops::Add(at[u], Ops::Exp(Ops::Mul(Ops::Sub(Ops::Load(t + i + u * L), rt), vinv)));
-        as[u] = Ops::Add(as[u], Ops::Exp(Ops::Mul(Ops::Sub(Ops::Load(s + i + u * L), rs), vinv)));
+        add(at[u], ot, Ops::Exp(Ops::Mul(Ops::Sub(Ops::Load(t + i + u * L), rt), vinv)));
+        add(as[u], os, Ops::Exp(Ops::Mul(Ops::Sub(Ops::Load(s + i + u * L), rs), vinv)));
       }
     }
     for (int u = 0; i < e; i += L, u = (u + 1) % K) {
       const int64_t rem = e - i;
       V tv = rem >= L ? Ops::Load(t + i) : Ops::LoadTail(t + i, rem, ninf);
       V sv = rem >= L ? Ops::Load(s + i) : Ops::LoadTail(s + i, rem, ninf);
-      at[u] = Ops::Add(at[u], Ops::Exp(Ops::Mul(Ops::Sub(tv, rt), vinv)));
-      as[u] = Ops::Add(as[u], Ops::Exp(Ops::Mul(Ops::Sub(sv, rs), vinv)));
+      add(at[u], ot, Ops::Exp(Ops::Mul(Ops::Sub(tv, rt), vinv)));
+      add(as[u], os, Ops::Exp(Ops::Mul(Ops::Sub(sv, rs), vinv)));
     }
     for (int w = K / 2; w >= 1; w /= 2) {
       for (int u = 0; u < w; ++u) {
@@ -369,8 +385,10 @@ RLK_VDIV_INLINE RowNorm Normalisers(const TS* s, const TT* t, int64_t nv, float 
     }
     // The argmax is looked up only when the running maximum rises (a scan of
     // the block, in L1).
-    if (MergeBlock(&n.tmax, &n.tsum, bmt, double(Ops::ReduceAdd(at[0])), inv_t)) n.targ = FindFirst(t, b, e, bmt);
-    if (MergeBlock(&n.smax, &n.ssum, bms, double(Ops::ReduceAdd(as[0])), inv_t)) n.sarg = FindFirst(s, b, e, bms);
+    const double bst = double(Ops::ReduceAdd(ot)) + double(Ops::ReduceAdd(at[0]));
+    const double bss = double(Ops::ReduceAdd(os)) + double(Ops::ReduceAdd(as[0]));
+    if (MergeBlock(&n.tmax, &n.tsum, bmt, bst, inv_t)) n.targ = FindFirst(t, b, e, bmt);
+    if (MergeBlock(&n.smax, &n.ssum, bms, bss, inv_t)) n.sarg = FindFirst(s, b, e, bms);
   }
   // A row with no finite logit has no distribution.
   if (n.tmax == ninf) n.tsum = NAN;
@@ -503,6 +521,8 @@ RLK_VDIV_INLINE void Row(const VocabDivergenceParams& p, DivergenceKind kind, in
   k.rst = Ops::Set(rk.rst);
   k.rss = Ops::Set(rk.rss);
   k.xoff = Ops::Set(rk.xoff);
+  k.xoff_lo = Ops::Set(rk.xoff_lo);
+  k.inv_t_lo = Ops::Set(p.inv_temperature_lo);
   k.beta = Ops::Set(p.beta);
   k.omb = Ops::Set(1.0f - p.beta);
   if (kind == DivergenceKind::kForwardKl) {

@@ -36,15 +36,19 @@ Status CudaCheck(cudaError_t err, const char* what) {
 
 // The running state of an online log-sum-exp over some of a row's logits:
 // m = max of the raw logits seen (-FLT_MAX before any finite one, so that
-// x - m is never -inf - -inf), s = sum e^{(x - m) / T},
-// t = sum e^{(x - m) / T} (x - m) / T. Rescaling to a larger max m' with
-// delta = (m - m') / T: s' = e^delta s, t' = e^delta (t + delta s).
+// x - m is never -inf - -inf), u = s - 1 with s = sum e^{(x - m) / T},
+// t = sum e^{(x - m) / T} (x - m) / T. The element that set m contributes its
+// term, 1, implicitly: u sums the others, so a confident token (s rounds to 1
+// in float32) keeps the digits of s - 1 that log-prob, entropy and 1 - p_t
+// are made of. Before any element u = -1 (s = 0). Rescaling to a larger max
+// m' (set by a new element, whose 1 becomes the implicit one) with
+// delta = (m - m') / T: u' = e^delta (1 + u), t' = e^delta (t + delta s).
 // Within a thread s and t are compensated (Kahan) sums, cs and ct their lost
 // low parts: a thread adds a few hundred pack sums, and the plain fp32 sum
 // would drift by ~1e-6 relative, the whole tolerance. Compensation is folded
 // into s and t before a rescale and before the reduction across threads.
 struct Lse {
-  float m, s, t;
+  float m, u, t;
   float cs, ct;
 };
 
@@ -56,7 +60,7 @@ __device__ __forceinline__ void KahanAdd(float& sum, float& comp, float x) {
 }
 
 __device__ __forceinline__ void Fold(Lse& a) {
-  a.s -= a.cs;
+  a.u -= a.cs;
   a.t -= a.ct;
   a.cs = 0.0f;
   a.ct = 0.0f;
@@ -64,16 +68,20 @@ __device__ __forceinline__ void Fold(Lse& a) {
 
 __device__ __forceinline__ float Exp(float x) { return exp2f(x * kLog2e); }
 
+// True when new_max raised the max: the element holding it then contributes
+// its 1 implicitly and must not be accumulated.
 template <bool kEntropy>
-__device__ __forceinline__ void Rescale(Lse& a, float new_max, float inv_t) {
+__device__ __forceinline__ bool Rescale(Lse& a, float new_max, float inv_t) {
   if (new_max > a.m) {
     Fold(a);
     const float delta = (a.m - new_max) * inv_t;
     const float e = Exp(delta);
-    if (kEntropy) a.t = TlpShiftEntropy(e, delta, a.s, a.t);
-    a.s *= e;
+    if (kEntropy) a.t = TlpShiftEntropy(e, delta, 1.0f + a.u, a.t);
+    a.u = TlpScaledSum(e, a.u);
     a.m = new_max;
+    return true;
   }
+  return false;
 }
 
 // A NaN logit never wins the max compare, but its exp is NaN, which s and t
@@ -82,8 +90,14 @@ template <bool kEntropy>
 __device__ __forceinline__ void Accumulate(Lse& a, float x, float inv_t) {
   const float d = (x - a.m) * inv_t;
   const float e = Exp(d);
-  KahanAdd(a.s, a.cs, e);
+  KahanAdd(a.u, a.cs, e);
   if (kEntropy && e != 0.0f) KahanAdd(a.t, a.ct, e * d);
+}
+
+// One element: either it raises the max (its term is the implicit 1) or it is summed.
+template <bool kEntropy>
+__device__ __forceinline__ void AddElement(Lse& a, float x, float inv_t) {
+  if (!Rescale<kEntropy>(a, x, inv_t)) Accumulate<kEntropy>(a, x, inv_t);
 }
 
 template <bool kEntropy>
@@ -93,11 +107,13 @@ __device__ __forceinline__ Lse Merge(Lse a, Lse b, float inv_t) {
   const float ea = Exp(da), eb = Exp(db);
   Lse r;
   r.m = m;
-  r.s = a.s * ea + b.s * eb;
+  // The side holding m keeps its implicit 1 (ea or eb is 1 there); the
+  // other's whole sum 1 + u is scaled in.
+  r.u = a.m >= b.m ? a.u + TlpScaledSum(eb, b.u) : b.u + TlpScaledSum(ea, a.u);
   r.t = 0.0f;
   r.cs = 0.0f;
   r.ct = 0.0f;
-  if (kEntropy) r.t = TlpShiftEntropy(ea, da, a.s, a.t) + TlpShiftEntropy(eb, db, b.s, b.t);
+  if (kEntropy) r.t = TlpShiftEntropy(ea, da, 1.0f + a.u, a.t) + TlpShiftEntropy(eb, db, 1.0f + b.u, b.t);
   return r;
 }
 
@@ -108,7 +124,7 @@ __device__ __forceinline__ Lse WarpReduce(Lse a, float inv_t) {
   for (int o = 16; o > 0; o >>= 1) {
     Lse b;
     b.m = __shfl_xor_sync(0xffffffffu, a.m, o);
-    b.s = __shfl_xor_sync(0xffffffffu, a.s, o);
+    b.u = __shfl_xor_sync(0xffffffffu, a.u, o);
     b.t = __shfl_xor_sync(0xffffffffu, a.t, o);
     b.cs = 0.0f;
     b.ct = 0.0f;
@@ -131,7 +147,7 @@ __device__ __forceinline__ Lse GroupReduce(Lse a, float inv_t, Lse* smem) {
   if (lane == 0) smem[warp] = a;
   __syncthreads();
   if (warp == 0) {
-    Lse b = lane < kWarps ? smem[lane] : Lse{-FLT_MAX, 0.0f, 0.0f, 0.0f, 0.0f};
+    Lse b = lane < kWarps ? smem[lane] : Lse{-FLT_MAX, -1.0f, 0.0f, 0.0f, 0.0f};
     b = WarpReduce<kEntropy>(b, inv_t);
     if (lane == 0) smem[kWarps] = b;
   }
@@ -177,14 +193,12 @@ __device__ __forceinline__ void RowSplit(const T* row, int64_t vocab, int64_t* h
 
 template <int kGroup, class T, bool kEntropy>
 __device__ Lse RowLse(const T* row, int64_t vocab, float inv_t, int lane, Lse* smem) {
-  Lse a{-FLT_MAX, 0.0f, 0.0f, 0.0f, 0.0f};
+  Lse a{-FLT_MAX, -1.0f, 0.0f, 0.0f, 0.0f};
   int64_t head, vecs;
   RowSplit(row, vocab, &head, &vecs);
   constexpr int kN = Pack<T>::kN;
   for (int64_t j = lane; j < head; j += kGroup) {
-    const float x = ToFloat(row[j]);
-    Rescale<kEntropy>(a, x, inv_t);
-    Accumulate<kEntropy>(a, x, inv_t);
+    AddElement<kEntropy>(a, ToFloat(row[j]), inv_t);
   }
   const T* body = row + head;
   for (int64_t v = lane; v < vecs; v += kGroup) {
@@ -196,14 +210,20 @@ __device__ Lse RowLse(const T* row, int64_t vocab, float inv_t, int lane, Lse* s
       x[k] = ToFloat(p.v[k]);
       mx = fmaxf(mx, x[k]);
     }
-    Rescale<kEntropy>(a, mx, inv_t);
-    // The pack's exps summed as a tree, then one compensated add.
+    bool skip = Rescale<kEntropy>(a, mx, inv_t);
+    // The pack's exps summed as a tree, then one compensated add; when the
+    // pack raised the max, its first element holding it is the implicit 1.
     float e[kN], et[kN];
 #pragma unroll
     for (int k = 0; k < kN; ++k) {
       const float d = (x[k] - a.m) * inv_t;
-      e[k] = Exp(d);
-      et[k] = e[k] != 0.0f ? e[k] * d : 0.0f;
+      float ek = Exp(d);
+      if (skip && x[k] == a.m) {
+        ek = 0.0f;
+        skip = false;
+      }
+      e[k] = ek;
+      et[k] = ek != 0.0f ? ek * d : 0.0f;
     }
 #pragma unroll
     for (int w = kN / 2; w > 0; w >>= 1) {
@@ -213,13 +233,11 @@ __device__ Lse RowLse(const T* row, int64_t vocab, float inv_t, int lane, Lse* s
         if (kEntropy) et[k] += et[k + w];
       }
     }
-    KahanAdd(a.s, a.cs, e[0]);
+    KahanAdd(a.u, a.cs, e[0]);
     if (kEntropy) KahanAdd(a.t, a.ct, et[0]);
   }
   for (int64_t j = head + vecs * kN + lane; j < vocab; j += kGroup) {
-    const float x = ToFloat(row[j]);
-    Rescale<kEntropy>(a, x, inv_t);
-    Accumulate<kEntropy>(a, x, inv_t);
+    AddElement<kEntropy>(a, ToFloat(row[j]), inv_t);
   }
   Fold(a);
   return GroupReduce<kGroup, kEntropy>(a, inv_t, smem);
@@ -287,20 +305,20 @@ __global__ void TokenLogprobsFwdKernel(TokenLogprobsFwdParams p) {
     if (partial) {
       float* out = p.partials + r * cols;
       out[0] = bad ? QuietNaN() : a.m;
-      out[1] = bad ? QuietNaN() : a.s;
+      out[1] = bad ? QuietNaN() : a.u;
       out[2] = bad ? QuietNaN() : xt;
       if (p.entropy) out[3] = bad ? QuietNaN() : a.t;
       continue;
     }
-    const float log_s = logf(a.s);
+    const float log_s = log1pf(a.u);
     const float lp = TlpLogprob(xt, a.m, inv_t, log_s);
-    const float h = TlpEntropy(log_s, a.t, a.s);
+    const float h = TlpEntropy(log_s, a.t, 1.0f + a.u);
     p.logprobs[r] = bad ? QuietNaN() : lp;
     if (p.entropy_out) p.entropy_out[r] = bad ? QuietNaN() : h;
     if (p.stats) {
       float* out = p.stats + r * kTlpStatsCols;
       out[0] = bad ? QuietNaN() : a.m;
-      out[1] = bad ? QuietNaN() : a.s;
+      out[1] = bad ? QuietNaN() : a.u;
       out[2] = bad ? QuietNaN() : h;
     }
   }
@@ -308,15 +326,15 @@ __global__ void TokenLogprobsFwdKernel(TokenLogprobsFwdParams p) {
 
 // d logits_j = [g (1[j = t] - p_j) - gE p_j (log p_j + H)] / T with
 // p_j = e^{(x_j - m)/T} / s and log p_j + H = (x_j - m)/T + c, c = H - log s
-// (TlpGradTerm). The one-hot term is skipped for a -inf target logit (its
-// log-prob is the constant -inf; DESIGN 4 asks for a finite gradient).
+// (TlpGradTerm); the target's own element through TlpTargetGrad (1 - p_t from
+// s - 1, and g / T for a -inf target logit, as PyTorch).
 template <bool kEntropy>
 __device__ __forceinline__ float GradAt(float x, bool is_target, float m, float inv_t, float inv_s, float g, float ge,
-                                        float c) {
+                                        float c, float u) {
+  if (is_target) return TlpTargetGrad(x, m, inv_t, u, g, ge, c, kEntropy);
   const float d = (x - m) * inv_t;
   const float pj = Exp(d) * inv_s;
-  float gr = TlpGradTerm<kEntropy>(pj, d, g, ge, c);
-  if (is_target && x != -INFINITY) gr += g;
+  const float gr = TlpGradTerm<kEntropy>(pj, d, g, ge, c);
   return gr * inv_t;
 }
 
@@ -343,17 +361,17 @@ __global__ void TokenLogprobsBwdKernel(TokenLogprobsBwdParams p) {
     if (bad_target && leader) ReportError(p.error_word, kDeviceErrorTargetOutOfRange);
     float inv_t = RowInvTemperature(p.temperature, p.inv_temperature, r, p.error_word, leader);
     const bool bad = bad_target || inv_t == 0.0f;
-    float m, s, h;
+    float m, u, h;
     if (p.stats) {
       m = p.stats[r * kTlpStatsCols];
-      s = p.stats[r * kTlpStatsCols + 1];
+      u = p.stats[r * kTlpStatsCols + 1];
       h = p.stats[r * kTlpStatsCols + 2];
     } else {
       const Lse a = p.grad_entropy ? RowLse<kGroup, T, true>(row, p.vocab, inv_t, lane, smem)
                                    : RowLse<kGroup, T, false>(row, p.vocab, inv_t, lane, smem);
       m = a.m;
-      s = a.s;
-      h = TlpEntropy(logf(a.s), a.t, a.s);
+      u = a.u;
+      h = TlpEntropy(log1pf(a.u), a.t, 1.0f + a.u);
     }
     if (bad) {
       for (int64_t j = lane; j < p.vocab; j += kGroup) out[j] = FromFloat<T>(QuietNaN());
@@ -361,8 +379,8 @@ __global__ void TokenLogprobsBwdKernel(TokenLogprobsBwdParams p) {
     }
     const float g = p.grad_logprobs[r];
     const float ge = p.grad_entropy ? p.grad_entropy[r] : 0.0f;
-    const float inv_s = 1.0f / s;
-    const float c = h - logf(s);
+    const float inv_s = 1.0f / (1.0f + u);
+    const float c = h - log1pf(u);
     const int64_t local = tg - p.vocab_start;  // may be outside [0, vocab): no target here
     int64_t head, vecs;
     RowSplit(row, p.vocab, &head, &vecs);
@@ -373,7 +391,7 @@ __global__ void TokenLogprobsBwdKernel(TokenLogprobsBwdParams p) {
       vecs = 0;
     }
     for (int64_t j = lane; j < head; j += kGroup)
-      out[j] = FromFloat<T>(GradAt<kEntropy>(ToFloat(row[j]), j == local, m, inv_t, inv_s, g, ge, c));
+      out[j] = FromFloat<T>(GradAt<kEntropy>(ToFloat(row[j]), j == local, m, inv_t, inv_s, g, ge, c, u));
     for (int64_t v = lane; v < vecs; v += kGroup) {
       const int64_t base = head + v * kN;
       // Read before write: in place, each thread overwrites only what it read.
@@ -382,11 +400,11 @@ __global__ void TokenLogprobsBwdKernel(TokenLogprobsBwdParams p) {
 #pragma unroll
       for (int k = 0; k < kN; ++k)
         o.v[k] = FromFloat<T>(
-            GradAt<kEntropy>(ToFloat(x.v[k]), base + k == local, m, inv_t, inv_s, g, ge, c));
+            GradAt<kEntropy>(ToFloat(x.v[k]), base + k == local, m, inv_t, inv_s, g, ge, c, u));
       StorePack(out + base, o);
     }
     for (int64_t j = head + vecs * kN + lane; j < p.vocab; j += kGroup)
-      out[j] = FromFloat<T>(GradAt<kEntropy>(ToFloat(row[j]), j == local, m, inv_t, inv_s, g, ge, c));
+      out[j] = FromFloat<T>(GradAt<kEntropy>(ToFloat(row[j]), j == local, m, inv_t, inv_s, g, ge, c, u));
   }
 }
 
@@ -402,29 +420,34 @@ __global__ void TokenLogprobsCombineKernel(TokenLogprobsCombineParams p) {
     const float inv_t = RowInvTemperature(p.temperature, p.inv_temperature, r, p.error_word, true);
     float big = -FLT_MAX;
     float xt = 0.0f;
+    int kstar = -1;  // the first shard holding the row maximum: its own 1 stays implicit
     for (int k = 0; k < p.shards; ++k) {
       const float* q = p.partials[k] + r * cols;
-      big = fmaxf(big, q[0]);
+      if (q[0] > big || (kstar < 0 && q[0] == big)) {
+        big = q[0];
+        kstar = k;
+      }
       xt += q[2];
     }
-    float s = 0.0f, t = 0.0f;
+    // Column 1 of a shard is its s - 1 (as the CPU combine).
+    float u = kstar >= 0 ? p.partials[kstar][r * cols + 1] : -1.0f, t = 0.0f;
     for (int k = 0; k < p.shards; ++k) {
       const float* q = p.partials[k] + r * cols;
       const float delta = (q[0] - big) * inv_t;
       const float a = Exp(delta);
-      s += a * q[1];
-      if (cols == kTlpPartialColsEntropy) t += TlpShiftEntropy(a, delta, q[1], q[3]);
+      if (k != kstar) u += TlpScaledSum(a, q[1]);
+      if (cols == kTlpPartialColsEntropy) t += TlpShiftEntropy(a, delta, 1.0f + q[1], q[3]);
     }
-    const float log_s = logf(s);
+    const float log_s = log1pf(u);
     const float lp = TlpLogprob(xt, big, inv_t, log_s);
-    const float h = cols == kTlpPartialColsEntropy ? TlpEntropy(log_s, t, s) : QuietNaN();
+    const float h = cols == kTlpPartialColsEntropy ? TlpEntropy(log_s, t, 1.0f + u) : QuietNaN();
     const bool bad = inv_t == 0.0f;
     p.logprobs[r] = bad ? QuietNaN() : lp;
     if (p.entropy_out) p.entropy_out[r] = bad ? QuietNaN() : h;
     if (p.stats) {
       float* out = p.stats + r * kTlpStatsCols;
       out[0] = bad ? QuietNaN() : big;
-      out[1] = bad ? QuietNaN() : s;
+      out[1] = bad ? QuietNaN() : u;
       out[2] = bad ? QuietNaN() : h;
     }
   }

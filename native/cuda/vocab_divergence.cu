@@ -259,6 +259,7 @@ __device__ __forceinline__ float PhiW(float p, float y, float q) {
 
 struct RowConsts {
   float tmax, smax, inv_t, rst, rss, xoff, beta, omb;
+  float xoff_lo, inv_t_lo;  // residuals of xoff and 1 / T (VdivLogRatio)
   float tref, sref;            // kl: logits at the weighting side's argmax
   float lbt, lbs, rhot, rhos;  // jsd
 };
@@ -271,7 +272,7 @@ __device__ __forceinline__ Probs Prep(float t, float s, const RowConsts& k) {
   Probs e;
   e.pt = expf((t - k.tmax) * k.inv_t) * k.rst;
   e.ps = expf((s - k.smax) * k.inv_t) * k.rss;
-  e.x = fmaf(t - s, k.inv_t, k.xoff);
+  e.x = VdivLogRatio(t - s, k.inv_t, k.inv_t_lo, k.xoff, k.xoff_lo);
   return e;
 }
 
@@ -358,6 +359,8 @@ __global__ void __launch_bounds__(kThreads) VocabDivergenceKernel(const VocabDiv
     k.rst = rk.rst;
     k.rss = rk.rss;
     k.xoff = rk.xoff;
+    k.xoff_lo = rk.xoff_lo;
+    k.inv_t_lo = p.inv_temperature_lo;
     k.beta = p.beta;
     k.omb = 1.0f - p.beta;
     k.tref = k.sref = 0.0f;

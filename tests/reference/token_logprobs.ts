@@ -16,20 +16,29 @@ function tempAt(t: ArrayLike<number> | number, r: number): number {
   return typeof t === 'number' ? t : t[r];
 }
 
-/** log-sum-exp of z over a row, and its max; NaN propagates, all -inf gives -inf. */
-function rowLse(x: ArrayLike<number>, off: number, V: number, T: number): { lse: number; max: number } {
+/**
+ * log-sum-exp of z over a row, and its max; NaN propagates, all -inf gives -inf.
+ * Formed as m + log1p(sum of the terms other than the first maximum's, which is 1):
+ * for a confident row (one z far above the rest) log(s) with s = 1 + tiny would round
+ * the tiny part away even in float64.
+ */
+function rowLse(x: ArrayLike<number>, off: number, V: number, T: number): { lse: number; max: number; l1p: number } {
   let m = -Infinity;
+  let a = -1;
   let nan = false;
   for (let j = 0; j < V; j++) {
     const z = x[off + j] / T;
     if (Number.isNaN(z)) nan = true;
-    if (z > m) m = z;
+    if (z > m) {
+      m = z;
+      a = j;
+    }
   }
-  if (nan) return { lse: NaN, max: NaN };
-  if (m === -Infinity) return { lse: -Infinity, max: m };
+  if (nan) return { lse: NaN, max: NaN, l1p: NaN };
+  if (m === -Infinity) return { lse: -Infinity, max: m, l1p: NaN };
   let s = 0;
-  for (let j = 0; j < V; j++) s += Math.exp(x[off + j] / T - m);
-  return { lse: m + Math.log(s), max: m };
+  for (let j = 0; j < V; j++) if (j !== a) s += Math.exp(x[off + j] / T - m);
+  return { lse: m + Math.log1p(s), max: m, l1p: Math.log1p(s) };
 }
 
 export function refForward(inp: RefInput): { logprobs: Float64Array; entropy: Float64Array } {
@@ -41,11 +50,12 @@ export function refForward(inp: RefInput): { logprobs: Float64Array; entropy: Fl
     if (t === ignoreIndex) continue;
     const T = tempAt(temperature, r);
     const off = r * V;
-    const { lse } = rowLse(x, off, V, T);
-    logprobs[r] = x[off + t] / T - lse;
+    // (z - max) - log1p(...), not z - lse: lse = max + tiny rounds the tiny part away.
+    const { max, l1p } = rowLse(x, off, V, T);
+    logprobs[r] = x[off + t] / T - max - l1p;
     let h = 0;
     for (let j = 0; j < V; j++) {
-      const lp = x[off + j] / T - lse;
+      const lp = x[off + j] / T - max - l1p;
       const p = Math.exp(lp);
       if (Number.isNaN(p)) h = NaN;
       else if (p > 0) h -= p * lp;
@@ -65,18 +75,19 @@ export function refBackward(inp: RefInput, gradLogprobs: ArrayLike<number>, grad
     if (t === ignoreIndex) continue;
     const T = tempAt(temperature, r);
     const off = r * V;
-    const { lse } = rowLse(x, off, V, T);
+    const { max, l1p } = rowLse(x, off, V, T);
     const g = gradLogprobs[r];
     const gE = gradEntropy ? gradEntropy[r] : 0;
     const H = entropy[r];
     for (let j = 0; j < V; j++) {
-      const lp = x[off + j] / T - lse;
+      const lp = x[off + j] / T - max - l1p;
       const p = Math.exp(lp);
       let d = -g * p;
       if (p > 0 || Number.isNaN(p)) d -= gE * p * (lp + H);
-      // The one-hot term; a -inf target logit has the constant log-prob -inf, so
-      // the term is dropped (DESIGN 4: a finite gradient).
-      if (j === t && x[off + j] !== -Infinity) d += g;
+      // The one-hot term, kept for a -inf target logit too (p_t = 0 there): what
+      // PyTorch's log_softmax(z).gather backward gives, g (1[j = t] - p_j).
+      // g (1 - p_t) as -g expm1(log p_t): 1 - p_t of a confident token is tiny.
+      if (j === t) d = -g * Math.expm1(lp) - (p > 0 || Number.isNaN(p) ? gE * p * (lp + H) : 0);
       out[off + j] = d / T;
     }
   }

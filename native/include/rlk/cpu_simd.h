@@ -298,3 +298,72 @@ RLK_AVX2 inline V Log(V x) {
 }
 }  // namespace avx2
 }  // namespace rlk::simd
+
+// ==== ExpNeg: e^d for d <= 0 (added for the token log-prob kernels) =========
+// The same reduction and polynomial as Exp, for arguments already shifted by
+// a row maximum: d <= 0, -inf or NaN. kClampHigh also clamps d at 88 (for
+// callers whose maximum comes from outside, e.g. saved statistics); without
+// it d > 0 gives garbage on AVX2. It skips Exp's overflow and special-value
+// blends: the clamp at the bottom is written max(lo, d), which returns d when
+// d is NaN, so NaN flows through the polynomial untouched, and -inf lands on
+// lo, whose result is exactly 0 (AVX-512: scalef by 2^-151 or less rounds to
+// 0; AVX2 masks results below lo). `dc` receives a clamped argument, finite
+// wherever d is not NaN, and equal to d wherever the result is not 0, so a
+// product e * dc is e * d, and 0 (not NaN) for d = -inf. Results between
+// 2^-149 and FLT_MIN are denormal on AVX-512 and 0 on AVX2: both are below
+// any sum the kernels form (the row's own maximum contributes 1).
+namespace rlk::simd {
+namespace avx512 {
+template <bool kClampHigh = false>
+RLK_AVX512 inline V ExpNeg(V d, V* dc) {
+  using namespace detail;
+  V xc = _mm512_max_ps(_mm512_set1_ps(-105.0f), d);
+  if (kClampHigh) xc = _mm512_min_ps(_mm512_set1_ps(88.0f), xc);
+  *dc = xc;
+  const V n = _mm512_roundscale_ps(_mm512_mul_ps(xc, _mm512_set1_ps(kLog2e)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  V r = _mm512_fmadd_ps(n, _mm512_set1_ps(-kLn2Hi), xc);
+  r = _mm512_fmadd_ps(n, _mm512_set1_ps(-kLn2Lo), r);
+  V p = _mm512_fmadd_ps(_mm512_set1_ps(kP0), r, _mm512_set1_ps(kP1));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(kP2));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(kP3));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(kP4));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(kP5));
+  const V y = _mm512_add_ps(_mm512_fmadd_ps(p, _mm512_mul_ps(r, r), r), _mm512_set1_ps(1.0f));
+  return _mm512_scalef_ps(y, n);
+}
+}  // namespace avx512
+namespace avx2 {
+template <bool kClampHigh = false>
+RLK_AVX2 inline V ExpNeg(V d, V* dc) {
+  using namespace detail;
+  // n >= -126 above lo, so 2^n is a normal float built in the exponent field.
+  const V lo = _mm256_set1_ps(-87.0f);
+  V xc = _mm256_max_ps(lo, d);
+  if (kClampHigh) xc = _mm256_min_ps(_mm256_set1_ps(88.0f), xc);
+  *dc = xc;  // where xc != d (d < lo) the result is 0
+  const V n = _mm256_round_ps(_mm256_mul_ps(xc, _mm256_set1_ps(kLog2e)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  V r = _mm256_fmadd_ps(n, _mm256_set1_ps(-kLn2Hi), xc);
+  r = _mm256_fmadd_ps(n, _mm256_set1_ps(-kLn2Lo), r);
+  V p = _mm256_fmadd_ps(_mm256_set1_ps(kP0), r, _mm256_set1_ps(kP1));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(kP2));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(kP3));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(kP4));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(kP5));
+  V y = _mm256_add_ps(_mm256_fmadd_ps(p, _mm256_mul_ps(r, r), r), _mm256_set1_ps(1.0f));
+  if (kClampHigh) {
+    // n up to 128: 2^(n-1), then doubled exactly (2^128 is not a float).
+    const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(126)), 23);
+    y = _mm256_mul_ps(y, _mm256_castsi256_ps(e));
+    y = _mm256_add_ps(y, y);
+  } else {
+    const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+    y = _mm256_mul_ps(y, _mm256_castsi256_ps(e));
+  }
+  // d < lo (and -inf) gives 0; NaN (unordered) keeps the NaN y carries.
+  return _mm256_andnot_ps(_mm256_cmp_ps(d, lo, _CMP_LT_OQ), y);
+}
+}  // namespace avx2
+
+// Scalar twin for the baseline path and row tails.
+inline float ExpNeg(float d) { return Exp(d); }
+}  // namespace rlk::simd

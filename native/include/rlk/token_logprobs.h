@@ -16,10 +16,13 @@
 namespace rlk {
 
 // Saved statistics, one row per token: (max of the row's logits x,
-// sum_j exp((x_j - max) / T), entropy). log-sum-exp(z) = max / T + log(sum).
+// s - 1 with s = sum_j exp((x_j - max) / T), entropy).
+// log-sum-exp(z) = max / T + log1p(s - 1). s - 1 rather than s: for a
+// confident token s rounds to 1 in float32, and s - 1 (the mass of the other
+// logits) is what log-prob, entropy and 1 - p_t are made of.
 constexpr int kTlpStatsCols = 3;
 // Partials of a vocabulary shard, one row per token: (max of the shard's
-// logits, sum_j exp((x_j - max) / T), the target's logit when the shard holds
+// logits, s - 1 with s = sum_j exp((x_j - max) / T) (-1 for a shard of -inf), the target's logit when the shard holds
 // it else 0, and with entropy sum_j e_j (x_j - max) / T where e_j is the
 // exp of the second column).
 constexpr int kTlpPartialCols = 3;
@@ -53,8 +56,8 @@ struct TokenLogprobsFwdParams {
 };
 
 // d logits_j = [g (1[j = target] - p_j) - gE p_j (log p_j + H)] / T, over full
-// rows or a shard (vocab_start); a -inf target logit drops the 1[j = target]
-// term (its logprob is the constant -inf), so the gradient stays finite.
+// rows or a shard (vocab_start); a -inf target logit has p_t = 0 and keeps the
+// 1[j = target] term (g / T), as PyTorch's log_softmax(...).gather backward.
 struct TokenLogprobsBwdParams {
   const void* logits = nullptr;      // [rows, vocab], logits_dtype
   DType logits_dtype = DType::kFloat32;
@@ -126,11 +129,42 @@ RLK_HD void TlpZeroRow(float* logprobs, float* entropy_out, float* stats, int64_
 
 // Moves an entropy sum t = sum e^{(x - m)/T} (x - m)/T, whose exp sum is s, to
 // a larger max m': with delta = (m - m')/T and a = e^delta,
-// t' = a (t + delta s). 0 when s == 0 (then t == 0 too, and delta may be
-// -inf: -inf * 0 would be NaN).
+// t' = a (t + delta s). 0 when s == 0 (then t == 0 too) or a == 0: delta is
+// then -inf or so large that delta * s overflows (logits at the dtype's
+// lowest finite value, as Hugging Face masks them, divided by T < 1), and
+// 0 * inf would be NaN where the true limit is 0.
 template <class F>
 RLK_HD F TlpShiftEntropy(F a, F delta, F s, F t) {
-  return s != F(0) ? a * (t + delta * s) : F(0);
+  return (s != F(0) && a != F(0)) ? a * (t + delta * s) : F(0);
+}
+
+// a (1 + sm1): a shard's or a thread's sum of exps s = 1 + sm1 moved to a
+// larger max (a = e^delta); 0 when a == 0 whatever sm1 is.
+template <class F>
+RLK_HD F TlpScaledSum(F a, F sm1) {
+  return a != F(0) ? a * (F(1) + sm1) : F(0);
+}
+
+// The gradient of the target's own logit, d/dx_t, the 1[j = target] term
+// included: [g (1 - p_t) - gE p_t (log p_t + H)] / T, with
+// 1 - p_t = (s - 1 - (e^d - 1)) / s = (sm1 - expm1(d)) / s: both parts are
+// >= 0, so a confident token (p_t near 1, s - 1 tiny) keeps its digits where
+// 1 - e^d / s would cancel. A -inf target logit gives g / T, as PyTorch's
+// log_softmax(...).gather backward does (p_t = 0, the one-hot term stays).
+RLK_HD float TlpExpm1(float x) { return expm1f(x); }
+RLK_HD double TlpExpm1(double x) { return expm1(x); }
+RLK_HD float TlpExpF(float x) { return expf(x); }
+RLK_HD double TlpExpF(double x) { return exp(x); }
+
+template <class F>
+RLK_HD F TlpTargetGrad(F xt, F m, F inv_t, F sm1, F g, F ge, F c, bool entropy) {
+  if (xt == F(-INFINITY)) return g * inv_t;
+  const F d = (xt - m) * inv_t;
+  const F s = F(1) + sm1;
+  F gr = g * ((sm1 - TlpExpm1(d)) / s);
+  const F pt = TlpExpF(d) / s;
+  if (entropy && pt != F(0)) gr -= ge * pt * (d + c);
+  return gr * inv_t;
 }
 
 // logprob = (x_t - m)/T - log s. x_t <= m and s >= 1 make it <= 0; the clamp

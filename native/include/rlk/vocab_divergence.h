@@ -83,6 +83,7 @@ RLK_HD bool VdivRowIgnored(const VocabDivergenceParams& p, int64_t r) {
 struct VdivRowScalars {
   float rst, rss;    // 1 / sum_j e^{(t_j - tmax)/T}, the same for s
   float xoff;        // (smax - tmax)/T - log(S_t / S_s), formed in double
+  float xoff_lo;     // the residual of rounding xoff to float (see VdivLogRatio)
   float lbt, lbs;    // jsd: -log(beta), -log(1 - beta) (upper bounds of y_t, y_s)
   float rhot, rhos;  // jsd: (1 - beta)/beta, beta/(1 - beta)
 };
@@ -93,7 +94,9 @@ RLK_HD VdivRowScalars VdivRowConstants(const VocabDivergenceParams& p, Divergenc
   k.rst = float(1.0 / tsum);
   k.rss = float(1.0 / ssum);
   const double inv_t = double(p.inv_temperature) + double(p.inv_temperature_lo);
-  k.xoff = float((double(smax) - double(tmax)) * inv_t + log(ssum) - log(tsum));
+  const double xoff = (double(smax) - double(tmax)) * inv_t + log(ssum) - log(tsum);
+  k.xoff = float(xoff);
+  k.xoff_lo = float(xoff - double(k.xoff));
   k.lbt = k.lbs = k.rhot = k.rhos = 0.0f;
   if (kind == DivergenceKind::kJsd) {
     const double b = p.beta;
@@ -103,6 +106,19 @@ RLK_HD VdivRowScalars VdivRowConstants(const VocabDivergenceParams& p, Divergenc
     k.rhos = float(b / (1.0 - b));
   }
   return k;
+}
+
+// x_j = log p_t,j - log p_s,j = (t - s)/T + xoff for one element, d = t - s
+// (exact for 16-bit logits). x is tiny where the two log-probabilities nearly
+// agree, which 16-bit logits make common (t - s often equals the normalisers'
+// difference to a few ulps): the float roundings of xoff and of 1/T
+// (|error| ~ 1e-7 |xoff|) would then be most of x, and of p_s - p_t formed
+// from it. So xoff and 1/T carry their residuals: the fma rounds once, with
+// the product exact, then the low parts are added.
+// The low part takes d clamped to +-1e30: an infinite d (a -inf logit on one
+// side) would give inf * 0 or inf - inf there, where x is rightly infinite.
+RLK_HD float VdivLogRatio(float d, float inv_t, float inv_t_lo, float xoff, float xoff_lo) {
+  return fmaf(d, inv_t, xoff) + fmaf(fminf(fmaxf(d, -1e30f), 1e30f), inv_t_lo, xoff_lo);
 }
 
 // The row's value from pass 2's sums: the KL (sums[0]), or for jsd

@@ -1,0 +1,78 @@
+"""Shared by the bench/torch_<family>.py scripts: the uniform protocol the
+harness (bench/run.mjs) speaks.
+
+A script is called as
+    python bench/torch_<family>.py --threads 2 --iters 7 --modes eager,compile --cases '<json list>'
+where each case is {"name": ..., plus whatever the family needs}, and prints
+one JSON line on stdout:
+    {"torch": "2.13.0", "threads": 2, "compile": true|false,
+     "results": {"<case name>": {"eager": ms, "compile": ms}}, "errors": {"<case name>:<mode>": "..."}}
+Medians in milliseconds, after warm-up calls (torch.compile compiles during
+the warm-up, which is not timed). `compile` is false where torch.compile is
+unavailable (PyTorch < 2, or no C++ compiler); the compile column then says so.
+"""
+import argparse
+import json
+import statistics
+import sys
+import time
+
+import torch
+
+
+def parse_args(extra=None):
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--iters", type=int, default=7)
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--modes", default="eager,compile")
+    ap.add_argument("--cases", required=True)
+    if extra:
+        extra(ap)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    args.cases = json.loads(args.cases)
+    args.modes = [m for m in args.modes.split(",") if m]
+    return args
+
+
+def has_compile():
+    return hasattr(torch, "compile") and int(torch.__version__.split(".")[0]) >= 2
+
+
+def median_ms(fn, iters, warmup):
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(iters):
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times)
+
+
+def maybe_compile(fn, mode):
+    """fn itself for eager; torch.compile(fn) (inductor, static shapes) for compile."""
+    if mode == "eager":
+        return fn
+    return torch.compile(fn, dynamic=False)
+
+
+def run(args, make_case):
+    """make_case(case, mode) returns a zero-argument callable to time (mode: eager | compile)."""
+    out = {"torch": torch.__version__, "threads": torch.get_num_threads(), "compile": has_compile(),
+           "results": {}, "errors": {}}
+    for case in args.cases:
+        res = {}
+        for mode in args.modes:
+            if mode == "compile" and not has_compile():
+                out["errors"][f"{case['name']}:compile"] = f"torch {torch.__version__} has no torch.compile"
+                continue
+            try:
+                fn = make_case(case, mode)
+                res[mode] = median_ms(fn, args.iters, max(args.warmup, 2 if mode == "compile" else 1))
+            except Exception as e:  # a failing mode leaves the others
+                out["errors"][f"{case['name']}:{mode}"] = f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"
+            print(f"RLK_PROGRESS torch {case['name']} {mode}", file=sys.stderr, flush=True)
+        out["results"][case["name"]] = res
+    print(json.dumps(out), flush=True)
