@@ -58,10 +58,10 @@ describe('rlkernels command line', () => {
     try {
       expect(torchBridgeStatus(root).status).toBe('not built');
       const { mkdirSync, writeFileSync } = await import('node:fs');
-      mkdirSync(join(root, 'build-torch', 'Release'), { recursive: true });
-      writeFileSync(join(root, 'build-torch', 'Release', 'torch-build.json'), JSON.stringify({ torchVersion: '2.13.0', torchLibDir: root, cuda: null, builtAt: '2026-11-30T12:00:00Z' }));
+      mkdirSync(join(root, 'build-torch'), { recursive: true });
+      writeFileSync(join(root, 'build-torch', 'torch-build.json'), JSON.stringify({ torchVersion: '2.13.0', torchLibDir: root, cuda: null, builtAt: '2026-11-30T12:00:00Z' }));
       expect(torchBridgeStatus(root)).toMatchObject({ status: 'built', torchVersion: '2.13.0', torchLibDir: root, builtAt: '2026-11-30T12:00:00Z' });
-      writeFileSync(join(root, 'build-torch', 'Release', 'torch-build.json'), JSON.stringify({ torchVersion: '2.13.0', torchLibDir: join(root, 'gone') }));
+      writeFileSync(join(root, 'build-torch', 'torch-build.json'), JSON.stringify({ torchVersion: '2.13.0', torchLibDir: join(root, 'gone') }));
       expect(torchBridgeStatus(root).status).toBe('stale');
     } finally {
       rmSync(root, { recursive: true, force: true });

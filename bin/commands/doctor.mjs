@@ -30,7 +30,7 @@ function bestIsa(flags) {
 
 /** The libtorch bridge's build record (written by `rlkernels build-torch`). */
 export function torchBridgeStatus(root = ROOT) {
-  const file = join(root, 'build-torch', 'Release', 'torch-build.json');
+  const file = join(root, 'build-torch', 'torch-build.json');
   if (!existsSync(file)) {
     return { status: 'not built', file, fix: 'not built: run npx rlkernels build-torch (needs PyTorch >= 2.4 or a LibTorch folder named by LIBTORCH)' };
   }
