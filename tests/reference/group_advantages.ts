@@ -85,7 +85,9 @@ function whiten(x: number[], tokens: number[], varFloorZero: boolean): Float64Ar
     for (let t = 0; t < tokens[i]; t++) vals.push(v);
   });
   const N = vals.length;
-  const mu = N > 0 ? mean(vals) : 0;
+  // Shifted by the first value, so that equal values have exactly that mean (the variance is then 0 and the
+  // result 0, which a rounded mean divided by sqrt(1e-8) would turn into noise of 1e-12).
+  const mu = N > 0 ? vals[0] + mean(vals.map((v) => v - vals[0])) : 0;
   let ss = 0;
   for (const v of vals) ss += (v - mu) * (v - mu);
   if (N < 2 && !varFloorZero) throw new Error('whitening needs 2 tokens');
