@@ -212,69 +212,99 @@ Status TokenCounts(const GroupAdvantagesParams& p, std::vector<double>* out) {
   return Status::Ok();
 }
 
-// Stage 1: one record per group and column, two passes in double (mean,
-// then M2), rows in row order (so `arg` is the first row holding the max),
-// and the group's task id.
+// One group's record of one column: rows row(b)..row(e - 1) in row order
+// (so `arg` is the first row holding the max), two passes in double (mean,
+// then M2). The top two and the token weights only where the method reads
+// them: the plain loop is what the compiler schedules well.
+template <bool kTop2, bool kWeights, class RowOf>
+inline Rec GroupRecordOf(const float* rewards, int64_t K, int64_t col, int64_t b, int64_t e, RowOf row,
+                         const double* cnt) {
+  double sum = 0, mn = INFINITY, mx = -INFINITY, mx2 = -INFINITY, arg = -1, nz = 0, w = 0, wr = 0;
+  for (int64_t k = b; k < e; ++k) {
+    const int64_t i = row(k);
+    const double r = rewards[i * K + col];
+    sum += r;
+    mn = r < mn ? r : mn;
+    nz += r != 0 ? 1.0 : 0.0;
+    if constexpr (kTop2) {
+      if (r > mx) {
+        mx2 = mx;
+        mx = r;
+        arg = double(i);
+      } else {
+        mx2 = r > mx2 ? r : mx2;
+      }
+    } else {
+      mx = r > mx ? r : mx;
+    }
+    if constexpr (kWeights) {
+      w += cnt[i];
+      wr += cnt[i] * r;
+    }
+  }
+  const double n = double(e - b), mean = sum / n;
+  double m2 = 0;
+  for (int64_t k = b; k < e; ++k) {
+    const double d = double(rewards[row(k) * K + col]) - mean;
+    m2 += d * d;
+  }
+  Rec o;
+  o.n = n;
+  o.mean = mean;
+  o.m2 = m2;
+  o.min = mn;
+  o.max = mx;
+  o.max2 = mx2;
+  o.arg = arg;
+  o.w = w;
+  o.wmean = w > 0 ? wr / w : 0.0;
+  o.nonzero = nz;
+  return o;
+}
+
+template <bool kTop2, bool kWeights>
+void RecordsOfGroups(const GroupAdvantagesParams& p, const Groups& grp, const double* cnt, int64_t g0, int64_t g1, Rec* s) {
+  const int64_t K = p.cols;
+  for (int64_t g = g0; g < g1; ++g) {
+    const int64_t b = grp.Begin(g), e = grp.End(g);
+    for (int64_t col = 0; col < K; ++col) {
+      if (b == e) s[g * K + col] = Rec{};
+      else if (grp.gs) s[g * K + col] = GroupRecordOf<kTop2, kWeights>(p.rewards, K, col, b, e, [](int64_t k) { return k; }, cnt);
+      else {
+        const int64_t* rows = grp.rows.data();
+        s[g * K + col] = GroupRecordOf<kTop2, kWeights>(p.rewards, K, col, b, e, [rows](int64_t k) { return rows[k]; }, cnt);
+      }
+    }
+  }
+}
+
+// Stage 1: one record per group and column, and the group's task id.
 // `whole`: these are all the group's rows (not one rank's share), so that a
 // grpo-passk group of one is an error here.
 Status Records(const GroupAdvantagesParams& p, const Groups& grp, const std::vector<double>& counts, bool whole,
                std::vector<Rec>* rec, std::vector<int64_t>* task) {
   const int64_t G = grp.count, K = p.cols;
-  rec->assign(size_t(G * K), Rec{});
+  rec->resize(size_t(G * K));
   task->assign(size_t(G), 0);
   std::atomic<int> bad{0};  // 1: task id changes within a group; 2: grpo-passk group of one
   Rec* s = rec->data();
   int64_t* tk = task->data();
-  const float* rewards = p.rewards;
   const double* cnt = counts.empty() ? nullptr : counts.data();
-  const bool passk = whole && p.method == AdvantageMethod::kGrpoPassk;
+  const bool top2 = p.method == AdvantageMethod::kGrpoPassk;
+  const bool passk = whole && top2;
   ParallelFor(G, std::max<int64_t>(1, 4096 / std::max<int64_t>(1, p.batch / std::max<int64_t>(G, 1))),
               [&](int64_t g0, int64_t g1) {
+    if (top2) {
+      if (cnt) RecordsOfGroups<true, true>(p, grp, cnt, g0, g1, s);
+      else RecordsOfGroups<true, false>(p, grp, cnt, g0, g1, s);
+    } else {
+      if (cnt) RecordsOfGroups<false, true>(p, grp, cnt, g0, g1, s);
+      else RecordsOfGroups<false, false>(p, grp, cnt, g0, g1, s);
+    }
     for (int64_t g = g0; g < g1; ++g) {
       const int64_t b = grp.Begin(g), e = grp.End(g);
-      if (b == e) continue;
-      const double n = double(e - b);
-      if (passk && n < 2) bad.store(2);
-      for (int64_t col = 0; col < K; ++col) {
-        double sum = 0, mn = INFINITY, mx = -INFINITY, mx2 = -INFINITY, arg = -1, nz = 0, w = 0, wr = 0;
-        for (int64_t k = b; k < e; ++k) {
-          const int64_t i = grp.Row(k);
-          const double r = rewards[i * K + col];
-          sum += r;
-          mn = std::min(mn, r);
-          if (r > mx) {
-            mx2 = mx;
-            mx = r;
-            arg = double(i);
-          } else {
-            mx2 = std::max(mx2, r);
-          }
-          nz += r != 0;
-          if (cnt) {
-            w += cnt[i];
-            wr += cnt[i] * r;
-          }
-        }
-        const double mean = sum / n;
-        double m2 = 0;
-        for (int64_t k = b; k < e; ++k) {
-          const double d = double(rewards[grp.Row(k) * K + col]) - mean;
-          m2 += d * d;
-        }
-        Rec& o = s[g * K + col];
-        o.n = n;
-        o.mean = mean;
-        o.m2 = m2;
-        o.min = mn;
-        o.max = mx;
-        o.max2 = mx2;
-        o.arg = arg;
-        o.owner = 0;
-        o.w = w;
-        o.wmean = w > 0 ? wr / w : 0.0;
-        o.nonzero = nz;
-      }
-      if (p.task_ids) {
+      if (passk && e - b == 1) bad.store(2);
+      if (p.task_ids && e > b) {
         const int64_t t = LoadIndex(p.task_ids, p.task_ids_dtype, grp.Row(b));
         for (int64_t k = b + 1; k < e; ++k)
           if (LoadIndex(p.task_ids, p.task_ids_dtype, grp.Row(k)) != t) bad.store(1);
@@ -292,7 +322,7 @@ void Coefficients(const GroupAdvantagesParams& p, int64_t G, const std::vector<R
                   const std::vector<int64_t>& task, std::vector<Coef>* out) {
   const int64_t K = p.cols;
   std::vector<Coef>& c = *out;
-  c.assign(size_t(G * K), Coef{});
+  c.resize(size_t(G * K));
   if (p.method != AdvantageMethod::kTmnReweight) {
     BatchStats batch;
     if (p.method == AdvantageMethod::kGpg || (p.method == AdvantageMethod::kGrpo && p.scale == AdvantageScale::kBatch))
@@ -319,7 +349,10 @@ void Coefficients(const GroupAdvantagesParams& p, int64_t G, const std::vector<R
     sum_var[t] += GroupVar(rec[size_t(g)]);
   }
   for (int64_t g = 0; g < G; ++g) {
-    if (tslot[size_t(g)] < 0) continue;
+    if (tslot[size_t(g)] < 0) {
+      c[size_t(g)] = Coef{};
+      continue;
+    }
     const size_t t = size_t(tslot[size_t(g)]);
     c[size_t(g)] = TmnCoefficient(rec[size_t(g)], sum_mean[t] / groups[t], sum_var[t] / groups[t], p.eps, p.alpha);
   }
@@ -419,11 +452,21 @@ void Finalize(const GroupAdvantagesParams& p, const Groups& grp, int64_t G, int6
     // The common case (consecutive groups, a coefficient per group) as a
     // plain loop the compiler vectorises.
     const int64_t gs = grp.gs;
+    const bool affine = method != AdvantageMethod::kGrpoPassk && method != AdvantageMethod::kRemax;
     ParallelFor(G, std::max<int64_t>(1, (1 << 14) / gs), [&](int64_t g0, int64_t g1) {
       for (int64_t g = g0; g < g1; ++g) {
         const Coef k = coef[g];
-        for (int64_t i = g * gs; i < (g + 1) * gs; ++i)
-          out[i] = float(RowValue(method, rewards[i], k, double(i), rank, baseline ? baseline[i] : 0.0));
+        if (affine) {
+          // RowValue's (r - center) * scale, with the method's branch out of the loop.
+          const double c = k.center, sp = k.scale_pos, sn = k.scale_neg;
+          for (int64_t i = g * gs; i < (g + 1) * gs; ++i) {
+            const double r = rewards[i];
+            out[i] = float((r - c) * (r > c ? sp : sn));
+          }
+        } else {
+          for (int64_t i = g * gs; i < (g + 1) * gs; ++i)
+            out[i] = float(RowValue(method, rewards[i], k, double(i), rank, baseline ? baseline[i] : 0.0));
+        }
       }
     });
   } else {
