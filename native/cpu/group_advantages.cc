@@ -40,7 +40,9 @@ inline uint64_t Mix64(uint64_t z) {
 
 // Ids of any int64 values to slots 0, 1, ... in order of first insertion:
 // a direct table when the ids span a range comparable to their number (the
-// dense ids most trainers pass), else open addressing.
+// dense ids most trainers pass), else open addressing that grows with the
+// distinct ids (not with the rows), so that a batch of few groups probes a
+// table that stays in cache.
 class IdTable {
  public:
   // `lo`..`hi`: the ids' range when known (lo > hi: unknown), `n`: at most
@@ -55,11 +57,7 @@ class IdTable {
       return;
     }
     direct_ = false;
-    uint64_t cap = 16;
-    while (cap < uint64_t(2 * n + 2)) cap <<= 1;
-    mask_ = cap - 1;
-    keys_.resize(cap);
-    slots_.assign(cap, -1);
+    Allocate(64);
   }
   // The slot of `id`, made the next one when new.
   int64_t Insert(int64_t id) {
@@ -69,20 +67,24 @@ class IdTable {
       return s;
     }
     for (uint64_t h = Mix64(uint64_t(id)) & mask_;; h = (h + 1) & mask_) {
-      if (slots_[h] < 0) {
-        keys_[h] = id;
-        slots_[h] = count_;
-        return count_++;
+      Entry& e = table_[h];
+      if (e.slot < 0) {
+        e = Entry{id, count_};
+        const int64_t s = count_++;
+        if (2 * count_ > int64_t(mask_)) Grow();
+        return s;
       }
-      if (keys_[h] == id) return slots_[h];
+      if (e.id == id) return e.slot;
     }
   }
   // Gives `id` the slot `slot` (open addressing only: Reset with lo > hi).
   void Put(int64_t id, int64_t slot) {
     for (uint64_t h = Mix64(uint64_t(id)) & mask_;; h = (h + 1) & mask_) {
-      if (slots_[h] < 0 || keys_[h] == id) {
-        keys_[h] = id;
-        slots_[h] = slot;
+      Entry& e = table_[h];
+      if (e.slot < 0 || e.id == id) {
+        const bool fresh = e.slot < 0;
+        e = Entry{id, slot};
+        if (fresh && 2 * ++used_ > int64_t(mask_)) Grow();
         count_ = std::max(count_, slot + 1);
         return;
       }
@@ -95,17 +97,40 @@ class IdTable {
       return k < direct_slots_.size() ? direct_slots_[size_t(k)] : -1;
     }
     for (uint64_t h = Mix64(uint64_t(id)) & mask_;; h = (h + 1) & mask_) {
-      if (slots_[h] < 0) return -1;
-      if (keys_[h] == id) return slots_[h];
+      if (table_[h].slot < 0) return -1;
+      if (table_[h].id == id) return table_[h].slot;
     }
   }
   int64_t count() const { return count_; }
 
  private:
+  struct Entry {
+    int64_t id = 0, slot = -1;
+  };
+  void Allocate(uint64_t cap) {
+    mask_ = cap - 1;
+    used_ = 0;
+    table_.assign(size_t(cap), Entry{});
+  }
+  void Grow() {
+    std::vector<Entry> old;
+    old.swap(table_);
+    Allocate(2 * (mask_ + 1));
+    for (const Entry& e : old) {
+      if (e.slot < 0) continue;
+      for (uint64_t h = Mix64(uint64_t(e.id)) & mask_;; h = (h + 1) & mask_)
+        if (table_[h].slot < 0) {
+          table_[h] = e;
+          ++used_;
+          break;
+        }
+    }
+  }
   bool direct_ = false;
-  int64_t lo_ = 0, count_ = 0;
+  int64_t lo_ = 0, count_ = 0, used_ = 0;
   uint64_t mask_ = 0;
-  std::vector<int64_t> direct_slots_, keys_, slots_;
+  std::vector<int64_t> direct_slots_;
+  std::vector<Entry> table_;
 };
 
 template <class I>
