@@ -65,6 +65,10 @@ __device__ double BlockReduce(double v, double* slots) {
   if (warp == 0) {
     v = slots[lane < kWarps ? lane : 0];
     for (int o = kWarps / 2; o > 0; o >>= 1) v = Op::Op(v, __shfl_down_sync(0xffffffffu, v, o));
+    // Lanes >= kWarps read slot 0 above; shuffles do not order memory, so
+    // without this lane 0's write races with those reads (found by the
+    // emulated device under ThreadSanitizer).
+    __syncwarp();
     if (lane == 0) slots[0] = v;
   }
   __syncthreads();
@@ -381,7 +385,9 @@ Status PolicyLoss(const PolicyLossParams& p) {
   double* partials = reinterpret_cast<double*>(static_cast<char*>(scratch) + seq_bytes_aligned);
   PolicyLossParams params = p;
   void* args[] = {&params, &seqs, &partials};
-  cudaError_t err = cudaLaunchCooperativeKernel(reinterpret_cast<const void*>(PolicyLossKernel), dim3(unsigned(blocks)),
+  // The typed form of the C++ API (valid CUDA; the emulated device needs the
+  // parameter types to call the kernel).
+  cudaError_t err = cudaLaunchCooperativeKernel(PolicyLossKernel, dim3(unsigned(blocks)),
                                                 dim3(kThreads), args, 0, static_cast<cudaStream_t>(p.stream));
   if (err == cudaSuccess) err = cudaGetLastError();
   // The caching allocator reuses blocks in stream order on this device's one
