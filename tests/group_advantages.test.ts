@@ -313,7 +313,8 @@ function runDevice(device: rlk.Device): void {
     for (let i = 0; i < 40; i += 3) expect(out[i], `row ${i} has no token (seed ${seed})`).toBe(0);
     // informative: some column varies (column 0 constant, column 1 not).
     const k2: Case = { rewards: Float32Array.from([1, 1, 2, 2]), columns: Float32Array.from([1, 0, 1, 5, 2, 3, 2, 3]), K: 2, groupOf: Int32Array.from([0, 0, 1, 1]) };
-    expect(Array.from(check('column varies', k2, 'gdpo', device, seed).informative.toArraySync())).toEqual([1, 0]);
+    // (check() compares all of informative, padded to B on CUDA, with the reference.)
+    expect(Array.from(check('column varies', k2, 'gdpo', device, seed).informative.toArraySync()).slice(0, 2)).toEqual([1, 0]);
   });
 
   test('grpo-passk: the first maximum, ties for the max, scale none', () => {
@@ -416,7 +417,7 @@ function runDevice(device: rlk.Device): void {
       c.baseline = rewards;
       const out = check('equal', c, method, device, seed);
       expect(Array.from(out.advantages.toArraySync()).every((x) => x === 0), `${method} equal rewards (seed ${seed})`).toBe(true);
-      expect(Array.from(out.informative.toArraySync())).toEqual([0, 0, 0, 0, 0]);
+      expect(Array.from(out.informative.toArraySync()).slice(0, 5)).toEqual([0, 0, 0, 0, 0]);
     }
     // Groups of one: mean 0 (std / var 1), as verl.
     const single: Case = withExtras(r, { rewards: Float32Array.from([0.5, -2, 3]), groupOf: Int32Array.from([0, 1, 2]), consecutive: 1, mask: makeMask(r, 3, 4, 0), T: 4 }, 'mixed');

@@ -445,7 +445,9 @@ __global__ void RecordsKernel(GroupAdvantagesParams p, GroupView v, const int64_
 
 // The merge of every slot's column-0 record (grpo 'batch', gpg).
 __global__ void __launch_bounds__(kReduceThreads) BatchKernel(const Rec* rec, int64_t G, int64_t K, BatchStats* out) {
-  __shared__ Rec smem[kReduceThreads];
+  // Raw storage: CUDA runs no constructors for __shared__ (Rec has member defaults).
+  __shared__ double smem_raw[kReduceThreads * sizeof(Rec) / sizeof(double)];
+  Rec* smem = reinterpret_cast<Rec*>(smem_raw);
   Rec acc;
   for (int64_t g = threadIdx.x; g < G; g += kReduceThreads) MergeAnyOrder(&acc, rec[g * K]);
   acc = BlockMerge(acc, smem);
@@ -568,7 +570,9 @@ __device__ double PreWhiten(const GroupAdvantagesParams& p, int64_t i, const Coe
 // (each token carries its row's value). One block, a fixed tree.
 __global__ void __launch_bounds__(kReduceThreads) WhitenStatsKernel(GroupAdvantagesParams p, GroupView v, const Coef* c,
                                                                    const int64_t* counts, Rec* out, int32_t* err) {
-  __shared__ Rec smem[kReduceThreads];
+  // Raw storage: CUDA runs no constructors for __shared__ (Rec has member defaults).
+  __shared__ double smem_raw[kReduceThreads * sizeof(Rec) / sizeof(double)];
+  Rec* smem = reinterpret_cast<Rec*>(smem_raw);
   Rec acc;
   for (int64_t i = threadIdx.x; i < p.batch; i += kReduceThreads) {
     const int64_t g = v.SlotOf(i);
