@@ -157,7 +157,27 @@ struct Groups {
   int64_t Begin(int64_t g) const { return gs ? g * gs : offsets[size_t(g)]; }
   int64_t End(int64_t g) const { return gs ? (g + 1) * gs : offsets[size_t(g) + 1]; }
   int64_t Row(int64_t k) const { return gs ? k : rows[size_t(k)]; }
-  int64_t SlotOf(int64_t i) const { return gs ? i / gs : slot[size_t(i)]; }
+};
+
+// Slots of the rows b, b + 1, ... in turn, without a division per row for
+// consecutive groups.
+class SlotCursor {
+ public:
+  SlotCursor(const Groups& grp, int64_t b) : grp_(grp), g_(grp.gs ? b / grp.gs : 0), j_(grp.gs ? b - g_ * grp.gs : 0) {}
+  // The slot of row i; i must go up by one per call.
+  int64_t Next(int64_t i) {
+    if (!grp_.gs) return grp_.slot[size_t(i)];
+    const int64_t s = g_;
+    if (++j_ == grp_.gs) {
+      j_ = 0;
+      ++g_;
+    }
+    return s;
+  }
+
+ private:
+  const Groups& grp_;
+  int64_t g_, j_;
 };
 
 void BuildCsr(int64_t B, Groups* g) {
@@ -418,10 +438,12 @@ Status Round2(const GroupAdvantagesParams& p, const Groups& grp, int64_t G, cons
     for (int64_t ch = c0; ch < c1; ++ch) {
       const int64_t b = ch * kChunk, e = std::min(p.batch, b + kChunk);
       double n = 0, sum = 0, mn = INFINITY, mx = -INFINITY;
+      SlotCursor slots(grp, b);
       for (int64_t i = b; i < e; ++i) {
+        const int64_t g = slots.Next(i);
         const double w = cnt ? cnt[i] : 1.0;
         if (w == 0) continue;
-        const double x = PreWhiten(p, i, coef + grp.SlotOf(i) * K);
+        const double x = PreWhiten(p, i, coef + g * K);
         n += w;
         sum += w * x;
         mn = std::min(mn, x);
@@ -430,10 +452,12 @@ Status Round2(const GroupAdvantagesParams& p, const Groups& grp, int64_t G, cons
       if (n == 0) continue;
       const double mean = sum / n;
       double m2 = 0;
+      SlotCursor slots2(grp, b);
       for (int64_t i = b; i < e; ++i) {
+        const int64_t g = slots2.Next(i);
         const double w = cnt ? cnt[i] : 1.0;
         if (w == 0) continue;
-        const double d = PreWhiten(p, i, coef + grp.SlotOf(i) * K) - mean;
+        const double d = PreWhiten(p, i, coef + g * K) - mean;
         m2 += w * d * d;
       }
       Rec& o = part[size_t(ch)];
@@ -496,8 +520,9 @@ void Finalize(const GroupAdvantagesParams& p, const Groups& grp, int64_t G, int6
     });
   } else {
     ParallelFor(p.batch, 1 << 14, [&](int64_t b, int64_t e) {
+      SlotCursor slots(grp, b);
       for (int64_t i = b; i < e; ++i) {
-        const Coef* k = coef + grp.SlotOf(i) * K;
+        const Coef* k = coef + slots.Next(i) * K;
         double a;
         if (whiten) a = WhitenValue(PreWhiten(p, i, k), cnt ? cnt[i] : 1.0, mu, inv_std);
         else a = RowValue(method, rewards[i], *k, double(i), rank, baseline ? baseline[i] : 0.0);
