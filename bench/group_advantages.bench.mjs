@@ -1,52 +1,104 @@
-// groupAdvantages on the CPU: grpo over consecutive groups of 16, grpo over
-// shuffled group ids, and tmn-reweight with 8 tasks, at B = 4096 and 65536,
-// beside PyTorch 1.13 (vectorised, bench/torch_group_advantages.py) with the
-// same thread count, run from here.
-// Usage: node bench/group_advantages.bench.mjs [--threads=N]   (after npm run build)
-import { Bench } from 'tinybench';
+// groupAdvantages on the CPU, every method, at B = 4096 and 65536 (groups of
+// 16; int64 hash ids for one grpo case), beside the same formulas in PyTorch
+// eager and torch.compile (bench/torch_group_advantages.py) on the same
+// thread count, run from here. Medians of ITERS calls, each call including
+// the output allocations and their disposal.
+// Usage: node bench/group_advantages.bench.mjs [--threads=N] [--iters=N] [--sizes=4096,65536] [--only=substring] [--no-torch]
+//   PyTorch from RLK_BENCH_PYTHON, else .venv/bin/python, else /usr/bin/python3.
+// Prints a markdown table and, last, one JSON line of the medians.
+import { spawnSync } from 'node:child_process';
+import { existsSync, readFileSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import * as rlk from '../dist/index.js';
-import { normal, rng, runTorch } from './common.mjs';
+import { normal, rng } from './common.mjs';
 
-const threadsArg = process.argv.find((a) => a.startsWith('--threads='));
-const THREADS = threadsArg ? Number(threadsArg.split('=')[1]) : 2;
-const SIZES = [4096, 65536];
+const here = dirname(fileURLToPath(import.meta.url));
+const arg = (name, dflt) => {
+  const a = process.argv.find((x) => x.startsWith(`--${name}=`));
+  return a ? a.slice(name.length + 3) : dflt;
+};
+const THREADS = Number(arg('threads', '2'));
+const ITERS = Number(arg('iters', '50'));
+const SIZES = arg('sizes', '4096,65536').split(',').map(Number);
+const ONLY = arg('only', '');
 const GS = 16;
 const TASKS = 8;
-const ITERS = 50;
+const K = 3;
 rlk.setNumThreads(THREADS);
 
+function median(fn) {
+  for (let i = 0; i < 3; i++) fn();
+  const ts = [];
+  for (let i = 0; i < ITERS; i++) {
+    const t0 = performance.now();
+    fn();
+    ts.push(performance.now() - t0);
+  }
+  ts.sort((a, b) => a - b);
+  return ts[ts.length >> 1];
+}
 
-const bench = new Bench({ iterations: ITERS, time: 0, warmupIterations: 3, warmupTime: 0 });
+const ours = {};
 for (const B of SIZES) {
   const r = rng(B);
   const G = B / GS;
-  const rewards = rlk.tensor(Float32Array.from({ length: B }, () => (r() < 0.4 ? 1 : 0) + 0.1 * normal(r)));
-  const perm = Int32Array.from({ length: B }, (_, i) => i % G);
-  for (let i = B - 1; i > 0; i--) {
-    const j = Math.floor(r() * (i + 1));
-    [perm[i], perm[j]] = [perm[j], perm[i]];
-  }
-  const groupIds = rlk.tensor(perm);
+  const rewards = rlk.tensor(Float32Array.from({ length: B }, () => (r() < 0.8 ? (r() < 0.4 ? 1 : 0) + 0.1 * normal(r) : 0)));
+  const labels = Array.from({ length: G }, () => BigInt.asIntN(64, (BigInt(Math.floor(r() * 2 ** 32)) << 32n) | BigInt(Math.floor(r() * 2 ** 32))));
+  const hashIds = rlk.tensor(BigInt64Array.from({ length: B }, (_, i) => labels[(i * 7919) % G]));
   const taskOfGroup = Array.from({ length: G }, () => Math.floor(r() * TASKS));
   const taskIds = rlk.tensor(Int32Array.from({ length: B }, (_, i) => taskOfGroup[Math.floor(i / GS)]));
-  const run = (opts) => () => {
-    const out = rlk.groupAdvantages(rewards, opts);
-    out.advantages.dispose();
-    out.informative.dispose();
+  const tokenCounts = rlk.tensor(Int32Array.from({ length: B }, () => Math.floor(r() * 512)));
+  const columns = rlk.tensor(Float32Array.from({ length: B * K }, () => normal(r)), { shape: [B, K] });
+  const baselineRewards = rlk.tensor(Float32Array.from({ length: B }, () => r()));
+  const cases = {
+    [`grpo B=${B}`]: [rewards, { groupSize: GS, method: 'grpo' }],
+    [`grpo batch B=${B}`]: [rewards, { groupSize: GS, method: 'grpo', scale: 'batch' }],
+    [`grpo none B=${B}`]: [rewards, { groupSize: GS, method: 'grpo', scale: 'none' }],
+    [`grpo hash ids B=${B}`]: [rewards, { groupIds: hashIds, method: 'grpo' }],
+    [`rloo B=${B}`]: [rewards, { groupSize: GS, method: 'rloo' }],
+    [`reinforce++ B=${B}`]: [rewards, { groupSize: GS, method: 'reinforce++', tokenCounts }],
+    [`tmn-reweight B=${B}`]: [rewards, { groupSize: GS, method: 'tmn-reweight', taskIds }],
+    [`gdpo B=${B}`]: [columns, { groupSize: GS, method: 'gdpo', rewardWeights: [1, 0.5, 2], tokenCounts }],
+    [`grpo-passk B=${B}`]: [rewards, { groupSize: GS, method: 'grpo-passk' }],
+    [`opo B=${B}`]: [rewards, { groupSize: GS, method: 'opo', tokenCounts }],
+    [`remax B=${B}`]: [rewards, { groupSize: GS, method: 'remax', baselineRewards }],
+    [`gpg B=${B}`]: [rewards, { groupSize: GS, method: 'gpg' }],
   };
-  bench.add(`grpo B=${B}`, run({ groupSize: GS, method: 'grpo' }));
-  bench.add(`grpo ids B=${B}`, run({ groupIds, method: 'grpo' }));
-  bench.add(`tmn-reweight B=${B}`, run({ groupSize: GS, method: 'tmn-reweight', taskIds }));
+  for (const [name, [x, opts]] of Object.entries(cases)) {
+    if (ONLY && !name.includes(ONLY)) continue;
+    ours[name] = median(() => {
+      const out = rlk.groupAdvantages(x, opts);
+      out.advantages.dispose();
+      out.informative.dispose();
+    });
+  }
 }
-await bench.run();
 
-const torch = runTorch('torch_group_advantages.py', [String(THREADS), String(ITERS)]);
-
-console.log(`\ngroupAdvantages, CPU fp32 rewards, groups of ${GS}, ${THREADS} threads (${rlk.buildInfo().cpu.simd}); median of ${ITERS} runs\n`);
-console.log('| case | rlkernels (ms) | PyTorch 1.13 vectorised (ms) | speedup |');
-console.log('|---|---:|---:|---:|');
-for (const task of bench.tasks) {
-  const ms = task.result.latency.p50;
-  const t = torch[task.name];
-  console.log(`| ${task.name} | ${ms.toFixed(3)} | ${t ? t.toFixed(3) : 'n/a'} | ${t ? (t / ms).toFixed(1) + 'x' : 'n/a'} |`);
+function runTorch() {
+  if (process.argv.includes('--no-torch')) return {};
+  const python = process.env.RLK_BENCH_PYTHON || [join(here, '..', '.venv', 'bin', 'python'), '/usr/bin/python3'].find((p) => existsSync(p));
+  if (!python) {
+    console.error('PyTorch comparison unavailable: no python (set RLK_BENCH_PYTHON)');
+    return {};
+  }
+  const r = spawnSync(python, [join(here, 'torch_group_advantages.py'), String(THREADS), String(ITERS), SIZES.join(','), ONLY], { encoding: 'utf8' });
+  if (r.status === 0) return JSON.parse(r.stdout.trim().split('\n').pop());
+  console.error(`PyTorch comparison unavailable: ${(r.stderr || '').trim().split('\n').pop()}`);
+  return {};
 }
+const torch = runTorch();
+
+const load = existsSync('/proc/loadavg') ? readFileSync('/proc/loadavg', 'utf8').split(' ').slice(0, 3).join(' ') : 'n/a';
+console.log(`\ngroupAdvantages, CPU, fp32 rewards, groups of ${GS}, ${THREADS} threads (${rlk.buildInfo().cpu.simd}); median of ${ITERS} calls; load average ${load}\n`);
+console.log('| case | rlkernels (ms) | PyTorch eager (ms) | torch.compile (ms) | vs eager | vs compile |');
+console.log('|---|---:|---:|---:|---:|---:|');
+const fmt = (x) => (x === undefined ? 'n/a' : x.toFixed(4));
+const ratio = (t, ms) => (t === undefined ? 'n/a' : `${(t / ms).toFixed(1)}x`);
+const rows = {};
+for (const [name, ms] of Object.entries(ours)) {
+  const t = torch[name] ?? {};
+  rows[name] = { rlkernels: ms, eager: t.eager ?? null, compile: t.compile ?? null };
+  console.log(`| ${name} | ${fmt(ms)} | ${fmt(t.eager)} | ${fmt(t.compile)} | ${ratio(t.eager, ms)} | ${ratio(t.compile, ms)} |`);
+}
+console.log(JSON.stringify({ bench: 'group_advantages', threads: THREADS, simd: rlk.buildInfo().cpu.simd, medians_ms: rows }));

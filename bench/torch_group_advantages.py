@@ -1,13 +1,16 @@
-"""PyTorch reference timing for bench/group_advantages.bench.mjs.
+"""PyTorch side of bench/group_advantages.bench.mjs: every groupAdvantages method.
 
-The same formulas as rlkernels' groupAdvantages (DESIGN 3.6), written the
-way a PyTorch user would vectorise them (verl's own code loops in Python over
-the rows, which is far slower): grpo over consecutive groups with view/mean/std,
-grpo over shuffled group ids with index_add_, and GoLongRL's tmn-reweight
-(8 tasks) over consecutive groups. float32 rewards, float32 math (PyTorch's
-default). Prints one JSON line: {"case name": median_ms, ...}.
+The same formulas as rlkernels' groupAdvantages (DESIGN 3.6, LOSSES.md
+section 4), written the way a PyTorch user vectorises them (verl's own code
+loops in Python over the rows, which is far slower): consecutive groups of
+GS through view(G, GS), int64 hash ids through torch.unique(return_inverse)
+and index_add_, token counts for the whitening and opo. float32 rewards and
+math (PyTorch's default), each case returning the advantages and the
+informative flags, timed eagerly and under torch.compile (inductor, one
+compile per case and shape before timing). Prints one JSON line:
+{"case": {"eager": median_ms, "compile": median_ms}, ...}.
 
-Usage: /usr/bin/python3 bench/torch_group_advantages.py [threads] [iterations]
+Usage: python bench/torch_group_advantages.py [threads] [iterations] [sizes, e.g. 4096,65536] [case filter]
 """
 import json
 import sys
@@ -17,27 +20,54 @@ import torch
 
 THREADS = int(sys.argv[1]) if len(sys.argv) > 1 else 2
 ITERS = int(sys.argv[2]) if len(sys.argv) > 2 else 50
-SIZES = [4096, 65536]
-GS = 16
-TASKS = 8
+SIZES = [int(s) for s in sys.argv[3].split(",")] if len(sys.argv) > 3 else [4096, 65536]
+ONLY = sys.argv[4] if len(sys.argv) > 4 else ""
+GS, TASKS, K = 16, 8, 3
 EPS, ALPHA, GAMMA = 1e-6, 0.8, 1.0
 
 
-def grpo_consecutive(r):
+def informative(x):
+    return (x.amax(1) > x.amin(1)).to(torch.uint8)
+
+
+def grpo(r, scale):
     x = r.view(-1, GS)
-    mean = x.mean(1, keepdim=True)
-    std = x.std(1, keepdim=True)
-    informative = (x.amax(1) > x.amin(1)).to(torch.uint8)
-    return ((x - mean) / (std + EPS)).view(-1), informative
+    c = x - x.mean(1, keepdim=True)
+    if scale == "group":
+        c = c / (x.std(1, keepdim=True) + EPS)
+    elif scale == "batch":
+        c = c / (r.std() + EPS)
+    return c.view(-1), informative(x)
 
 
-def grpo_ids(r, ids, G):
-    n = torch.zeros(G).index_add_(0, ids, torch.ones_like(r))
-    s = torch.zeros(G).index_add_(0, ids, r)
-    mean = s / n
-    d = r - mean[ids]
-    var = torch.zeros(G).index_add_(0, ids, d * d) / (n - 1)
-    return d / (var.sqrt()[ids] + EPS)
+def grpo_hash(r, ids):
+    uniq, inv = torch.unique(ids, return_inverse=True)
+    G = uniq.numel()
+    n = torch.zeros(G).index_add_(0, inv, torch.ones_like(r))
+    mean = torch.zeros(G).index_add_(0, inv, r) / n
+    d = r - mean[inv]
+    var = torch.zeros(G).index_add_(0, inv, d * d) / (n - 1)
+    hi = torch.full((G,), -torch.inf).index_reduce_(0, inv, r, "amax")
+    lo = torch.full((G,), torch.inf).index_reduce_(0, inv, r, "amin")
+    return d / (var.sqrt()[inv] + EPS), (hi > lo).to(torch.uint8)
+
+
+def rloo(r):
+    x = r.view(-1, GS)
+    return (GS / (GS - 1) * (x - x.mean(1, keepdim=True))).view(-1), informative(x)
+
+
+def whiten(v, c):
+    # verl's masked_whiten with each row's value tiled over its c tokens.
+    n = c.sum()
+    mu = (c * v).sum() / n
+    var = (c * (v - mu) ** 2).sum() / (n - 1)
+    return torch.where(c > 0, (v - mu) * torch.rsqrt(var + 1e-8), torch.zeros_like(v))
+
+
+def reinforce_pp(r, counts):
+    x = r.view(-1, GS)
+    return whiten((x - x.mean(1, keepdim=True)).view(-1), counts.float()), informative(x)
 
 
 def tmn(r, task_of_group):
@@ -51,7 +81,39 @@ def tmn(r, task_of_group):
     m = ALPHA * mean_g + (1 - ALPHA) * mean_task
     p = (x > m[:, None]).float().mean(1)
     w = torch.exp(GAMMA * (0.5 - p))
-    return torch.where(x > mean_g[:, None], a * w[:, None], a / w[:, None]).view(-1)
+    return torch.where(x > mean_g[:, None], a * w[:, None], a / w[:, None]).view(-1), informative(x)
+
+
+def gdpo(rk, weights, counts):
+    x = rk.view(-1, GS, K)
+    s = ((x - x.mean(1, keepdim=True)) / (x.std(1, keepdim=True) + EPS) * weights).sum(-1).view(-1)
+    inf = (x.amax(1) > x.amin(1)).any(-1).to(torch.uint8)
+    return whiten(s, counts.float()), inf
+
+
+def passk(r):
+    x = r.view(-1, GS)
+    top = x.topk(2, dim=1).values
+    std = x.std(1)
+    adv = torch.zeros_like(x).scatter_(1, x.argmax(1, keepdim=True), ((top[:, 0] - top[:, 1]) / (std + EPS))[:, None])
+    return adv.view(-1), informative(x)
+
+
+def opo(r, counts):
+    x = r.view(-1, GS)
+    c = counts.float().view(-1, GS)
+    b = (c * x).sum(1, keepdim=True) / c.sum(1, keepdim=True)
+    return (x - b).view(-1), informative(x)
+
+
+def remax(r, base):
+    return r - base, informative(r.view(-1, GS))
+
+
+def gpg(r):
+    x = r.view(-1, GS)
+    alpha = r.numel() / (r != 0).sum().clamp(min=1)
+    return (alpha * (x - x.mean(1, keepdim=True))).view(-1), informative(x)
 
 
 def timed(fn):
@@ -66,18 +128,41 @@ def timed(fn):
     return ts[len(ts) // 2]
 
 
+def cases(B, g):
+    G = B // GS
+    r = ((torch.rand(B, generator=g) < 0.4).float() + 0.1 * torch.randn(B, generator=g)) * (torch.rand(B, generator=g) < 0.8)
+    ids = torch.randint(-(2**62), 2**62, (G,), generator=g)[torch.randperm(B, generator=g) % G]
+    task_of_group = torch.randint(0, TASKS, (G,), generator=g)
+    counts = torch.randint(0, 512, (B,), generator=g, dtype=torch.int32)
+    rk = torch.randn(B, K, generator=g)
+    weights = torch.tensor([1.0, 0.5, 2.0])
+    base = torch.rand(B, generator=g)
+    return {
+        f"grpo B={B}": (lambda r: grpo(r, "group"), (r,)),
+        f"grpo batch B={B}": (lambda r: grpo(r, "batch"), (r,)),
+        f"grpo none B={B}": (lambda r: grpo(r, "none"), (r,)),
+        f"grpo hash ids B={B}": (grpo_hash, (r, ids)),
+        f"rloo B={B}": (rloo, (r,)),
+        f"reinforce++ B={B}": (reinforce_pp, (r, counts)),
+        f"tmn-reweight B={B}": (tmn, (r, task_of_group)),
+        f"gdpo B={B}": (gdpo, (rk, weights, counts)),
+        f"grpo-passk B={B}": (passk, (r,)),
+        f"opo B={B}": (opo, (r, counts)),
+        f"remax B={B}": (remax, (r, base)),
+        f"gpg B={B}": (gpg, (r,)),
+    }
+
+
 def main():
     torch.set_num_threads(THREADS)
     g = torch.Generator().manual_seed(0)
     out = {}
     for B in SIZES:
-        G = B // GS
-        r = (torch.rand(B, generator=g) < 0.4).float() + 0.1 * torch.randn(B, generator=g)
-        ids = torch.randperm(B, generator=g) % G
-        task_of_group = torch.randint(0, TASKS, (G,), generator=g)
-        out[f"grpo B={B}"] = timed(lambda: grpo_consecutive(r))
-        out[f"grpo ids B={B}"] = timed(lambda: grpo_ids(r, ids, G))
-        out[f"tmn-reweight B={B}"] = timed(lambda: tmn(r, task_of_group))
+        for name, (fn, args) in cases(B, g).items():
+            if ONLY and ONLY not in name:
+                continue
+            compiled = torch.compile(fn, dynamic=False)
+            out[name] = {"eager": timed(lambda: fn(*args)), "compile": timed(lambda: compiled(*args))}
     print(json.dumps(out))
 
 

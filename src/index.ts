@@ -55,5 +55,6 @@ export {
   finalizeGroupAdvantages,
   broadcastAdvantages,
   ADVANTAGE_METHODS,
+  ADVANTAGE_SCALES,
 } from './group_advantages.js';
-export type { AdvantageMethod, GroupAdvantagesOptions, GroupAdvantagesResult } from './group_advantages.js';
+export type { AdvantageMethod, AdvantageScale, GroupAdvantagesOptions, GroupAdvantagesResult } from './group_advantages.js';

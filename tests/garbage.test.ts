@@ -25,6 +25,8 @@ function garbage(): unknown[] {
     { dtype: 'nope' }, { device: 'tpu' }, { device: 'cuda' }, { shape: [-1] }, { shape: 'x' }, { unknownOption: 1 },
     { temperature: -1 }, { temperature: NaN }, { method: 'nope' }, { estimator: 'k9' }, { kind: 'nope' },
     { clipLow: -0.1 }, { dualClip: 0.5 }, { groupSize: 0 }, { groupSize: 3 }, { ignoreIndex: 1.5 }, { out: 5 },
+    { groupSize: 1, method: 'grpo-passk' }, { groupSize: 1, method: 'remax' }, { groupSize: 1, method: 'gdpo', rewardWeights: [1, NaN] },
+    { groupSize: 1, method: 'grpo', scale: 'rows' }, { groupSize: 1, method: 'opo' }, { groupIds: rlk.tensor([2n ** 62n, -5n]), method: 'gpg' },
     throwingGetter,
     disposedTensor(),
     rlk.tensor([1.5, -2]),

@@ -1,8 +1,9 @@
-// CPU group advantages: the four stages of rlk/group_advantages.h in double.
+// CPU group advantages: the stages of rlk/group_advantages.h in double.
 //
-// Determinism: each group's reduction runs on one thread in row order; the
-// batch-wide REINFORCE++ reduction runs over fixed chunks of kChunk rows
-// merged in chunk order; so nothing depends on the thread count.
+// Determinism: the numbering is sequential in row order; each group's
+// reduction runs on one thread in row order; batch-wide reductions run over
+// fixed chunks of kChunk rows merged in chunk order; so nothing depends on
+// the thread count.
 #include "rlk/group_advantages.h"
 
 #include <algorithm>
@@ -17,150 +18,230 @@ namespace rlk::cpu {
 namespace {
 
 constexpr int64_t kChunk = 4096;  // rows per partial of a batch-wide reduction (fixed: not the thread count)
-using Stat = GroupRecord;  // the per-group math is shared with CUDA (group_advantages.h)
+using Rec = GroupRecord;          // the per-group math is shared with CUDA (group_advantages.h)
 using Coef = GroupCoef;
+
+Status Error(const char* what) { return Status{Status::kOutOfRange, what}; }
+#define RLK_TRY(expr)          \
+  do {                         \
+    Status _st = (expr);       \
+    if (!_st.ok()) return _st; \
+  } while (0)
 
 inline int64_t LoadIndex(const void* p, DType dt, int64_t i) {
   return dt == DType::kInt64 ? static_cast<const int64_t*>(p)[i] : int64_t(static_cast<const int32_t*>(p)[i]);
 }
 
-// Rows of each group: implicit for consecutive groups, else a stable
-// counting sort of the rows by group id (CSR), which keeps row order
+inline uint64_t Mix64(uint64_t z) {
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  return z ^ (z >> 31);
+}
+
+// Ids of any int64 values to slots 0, 1, ... in order of first insertion:
+// a direct table when the ids span a range comparable to their number (the
+// dense ids most trainers pass), else open addressing that grows with the
+// distinct ids (not with the rows), so that a batch of few groups probes a
+// table that stays in cache.
+class IdTable {
+ public:
+  // `lo`..`hi`: the ids' range when known (lo > hi: unknown), `n`: at most
+  // this many distinct ids.
+  void Reset(int64_t n, int64_t lo, int64_t hi) {
+    count_ = 0;
+    const uint64_t span = lo <= hi ? uint64_t(hi) - uint64_t(lo) : ~uint64_t(0);
+    if (span < uint64_t(4 * n + 64)) {
+      direct_ = true;
+      lo_ = lo;
+      direct_slots_.assign(size_t(span) + 1, -1);
+      return;
+    }
+    direct_ = false;
+    Allocate(64);
+  }
+  // The slot of `id`, made the next one when new.
+  int64_t Insert(int64_t id) {
+    if (direct_) {
+      int64_t& s = direct_slots_[size_t(uint64_t(id) - uint64_t(lo_))];
+      if (s < 0) s = count_++;
+      return s;
+    }
+    for (uint64_t h = Mix64(uint64_t(id)) & mask_;; h = (h + 1) & mask_) {
+      Entry& e = table_[h];
+      if (e.slot < 0) {
+        e = Entry{id, count_};
+        const int64_t s = count_++;
+        if (2 * count_ > int64_t(mask_)) Grow();
+        return s;
+      }
+      if (e.id == id) return e.slot;
+    }
+  }
+  // Gives `id` the slot `slot` (open addressing only: Reset with lo > hi).
+  void Put(int64_t id, int64_t slot) {
+    for (uint64_t h = Mix64(uint64_t(id)) & mask_;; h = (h + 1) & mask_) {
+      Entry& e = table_[h];
+      if (e.slot < 0 || e.id == id) {
+        const bool fresh = e.slot < 0;
+        e = Entry{id, slot};
+        if (fresh && 2 * ++used_ > int64_t(mask_)) Grow();
+        count_ = std::max(count_, slot + 1);
+        return;
+      }
+    }
+  }
+  // The slot of `id`, or -1.
+  int64_t Find(int64_t id) const {
+    if (direct_) {
+      const uint64_t k = uint64_t(id) - uint64_t(lo_);
+      return k < direct_slots_.size() ? direct_slots_[size_t(k)] : -1;
+    }
+    for (uint64_t h = Mix64(uint64_t(id)) & mask_;; h = (h + 1) & mask_) {
+      if (table_[h].slot < 0) return -1;
+      if (table_[h].id == id) return table_[h].slot;
+    }
+  }
+  int64_t count() const { return count_; }
+
+ private:
+  struct Entry {
+    int64_t id = 0, slot = -1;
+  };
+  void Allocate(uint64_t cap) {
+    mask_ = cap - 1;
+    used_ = 0;
+    table_.assign(size_t(cap), Entry{});
+  }
+  void Grow() {
+    std::vector<Entry> old;
+    old.swap(table_);
+    Allocate(2 * (mask_ + 1));
+    for (const Entry& e : old) {
+      if (e.slot < 0) continue;
+      for (uint64_t h = Mix64(uint64_t(e.id)) & mask_;; h = (h + 1) & mask_)
+        if (table_[h].slot < 0) {
+          table_[h] = e;
+          ++used_;
+          break;
+        }
+    }
+  }
+  bool direct_ = false;
+  int64_t lo_ = 0, count_ = 0, used_ = 0;
+  uint64_t mask_ = 0;
+  std::vector<int64_t> direct_slots_;
+  std::vector<Entry> table_;
+};
+
+template <class I>
+void IdRange(const I* ids, int64_t n, int64_t* lo, int64_t* hi) {
+  I a = n ? ids[0] : I(1), b = n ? ids[0] : I(0);
+  for (int64_t i = 1; i < n; ++i) {
+    a = ids[i] < a ? ids[i] : a;
+    b = ids[i] > b ? ids[i] : b;
+  }
+  *lo = int64_t(a);
+  *hi = int64_t(b);
+}
+
+// Rows of each group: implicit for consecutive groups, else slot_of_row and
+// a stable counting sort of the rows by slot (CSR), which keeps row order
 // within a group.
 struct Groups {
   int64_t gs = 0;
-  std::vector<int64_t> offsets;  // [G + 1] (ids)
-  std::vector<int64_t> rows;     // [B] (ids)
+  int64_t count = 0;                 // G: slots in use
+  std::vector<int64_t> slot;         // [B] (ids)
+  std::vector<int64_t> ids;          // [G] (ids) the id of each slot
+  std::vector<int64_t> offsets;      // [G + 1] (ids)
+  std::vector<int64_t> rows;         // [B] (ids)
   int64_t Begin(int64_t g) const { return gs ? g * gs : offsets[size_t(g)]; }
   int64_t End(int64_t g) const { return gs ? (g + 1) * gs : offsets[size_t(g) + 1]; }
   int64_t Row(int64_t k) const { return gs ? k : rows[size_t(k)]; }
 };
 
-Status CheckGroupIds(const GroupAdvantagesParams& p) {
-  if (!p.group_ids) return Status::Ok();
-  for (int64_t i = 0; i < p.batch; ++i) {
-    int64_t g = LoadIndex(p.group_ids, p.group_ids_dtype, i);
-    if (g < 0 || g >= p.num_groups) return Status{Status::kOutOfRange, "groupIds must be in [0, numGroups)"};
+// Slots of the rows b, b + 1, ... in turn, without a division per row for
+// consecutive groups.
+class SlotCursor {
+ public:
+  SlotCursor(const Groups& grp, int64_t b) : grp_(grp), g_(grp.gs ? b / grp.gs : 0), j_(grp.gs ? b - g_ * grp.gs : 0) {}
+  // The slot of row i; i must go up by one per call.
+  int64_t Next(int64_t i) {
+    if (!grp_.gs) return grp_.slot[size_t(i)];
+    const int64_t s = g_;
+    if (++j_ == grp_.gs) {
+      j_ = 0;
+      ++g_;
+    }
+    return s;
   }
-  return Status::Ok();
-}
 
-template <class I>
-Status BuildGroupsT(const I* ids, int64_t B, int64_t G, Groups* out) {
-  out->gs = 0;
-  out->offsets.assign(size_t(G) + 1, 0);
-  out->rows.resize(size_t(B));
-  int64_t* off = out->offsets.data();
-  int64_t* rows = out->rows.data();
-  for (int64_t i = 0; i < B; ++i) {
-    const int64_t g = int64_t(ids[i]);
-    if (g < 0 || g >= G) return Status{Status::kOutOfRange, "groupIds must be in [0, numGroups)"};
-    ++off[g + 1];
-  }
-  for (int64_t g = 0; g < G; ++g) off[g + 1] += off[g];
-  // off[g] serves as group g's cursor (it ends at the old off[g + 1]); then
+ private:
+  const Groups& grp_;
+  int64_t g_, j_;
+};
+
+void BuildCsr(int64_t B, Groups* g) {
+  const int64_t G = g->count;
+  g->offsets.assign(size_t(G) + 1, 0);
+  g->rows.resize(size_t(B));
+  int64_t* off = g->offsets.data();
+  const int64_t* slot = g->slot.data();
+  for (int64_t i = 0; i < B; ++i) ++off[slot[i] + 1];
+  for (int64_t k = 0; k < G; ++k) off[k + 1] += off[k];
+  // off[k] serves as slot k's cursor (it ends at the old off[k + 1]); then
   // shifting by one restores the offsets. Rows keep their order in a group.
-  for (int64_t i = 0; i < B; ++i) rows[off[int64_t(ids[i])]++] = i;
-  for (int64_t g = G; g > 0; --g) off[g] = off[g - 1];
+  for (int64_t i = 0; i < B; ++i) g->rows[size_t(off[slot[i]]++)] = i;
+  for (int64_t k = G; k > 0; --k) off[k] = off[k - 1];
   off[0] = 0;
+}
+
+// Stage 0: slots in order of first appearance; more than `cap` distinct ids
+// (cap >= 0) is an error.
+template <class I>
+Status NumberT(const I* ids, int64_t B, int64_t cap, IdTable* table, Groups* g) {
+  int64_t lo, hi;
+  IdRange(ids, B, &lo, &hi);
+  table->Reset(B, lo, hi);
+  g->slot.resize(size_t(B));
+  g->ids.clear();
+  for (int64_t i = 0; i < B; ++i) {
+    const int64_t s = table->Insert(int64_t(ids[i]));
+    if (s == int64_t(g->ids.size())) {
+      if (cap >= 0 && s >= cap) return Error("groupIds hold more distinct values than numGroups");
+      g->ids.push_back(int64_t(ids[i]));
+    }
+    g->slot[size_t(i)] = s;
+  }
+  g->count = table->count();
   return Status::Ok();
 }
 
-Status BuildGroups(const GroupAdvantagesParams& p, Groups* out) {
-  if (!p.group_ids) {
-    out->gs = p.group_size;
+Status Number(const GroupAdvantagesParams& p, int64_t cap, IdTable* table, Groups* g) {
+  // group_size, not group_ids, tells the layouts apart: an empty tensor's data is null.
+  if (p.group_size > 0) {
+    g->gs = p.group_size;
+    g->count = p.batch / p.group_size;
     return Status::Ok();
   }
-  if (p.group_ids_dtype == DType::kInt64)
-    return BuildGroupsT(static_cast<const int64_t*>(p.group_ids), p.batch, p.num_groups, out);
-  return BuildGroupsT(static_cast<const int32_t*>(p.group_ids), p.batch, p.num_groups, out);
+  g->gs = 0;
+  Status st = p.group_ids_dtype == DType::kInt64
+                  ? NumberT(static_cast<const int64_t*>(p.group_ids), p.batch, cap, table, g)
+                  : NumberT(static_cast<const int32_t*>(p.group_ids), p.batch, cap, table, g);
+  if (st.ok()) BuildCsr(p.batch, g);
+  return st;
 }
 
-inline int64_t GroupOf(const GroupAdvantagesParams& p, int64_t i) {
-  return p.group_ids ? LoadIndex(p.group_ids, p.group_ids_dtype, i) : i / p.group_size;
-}
-
-// Stage 1: one record per group, two passes in double (mean, then M2).
-Status GroupStats(const GroupAdvantagesParams& p, const Groups& grp, std::vector<Stat>* out) {
-  out->assign(size_t(p.num_groups), Stat{});
-  std::atomic<int> bad{0};  // 1: task id out of range, 2: task id changes within a group
-  Stat* s = out->data();
-  const float* rewards = p.rewards;
-  ParallelFor(p.num_groups, 256, [&](int64_t g0, int64_t g1) {
-    for (int64_t g = g0; g < g1; ++g) {
-      int64_t b = grp.Begin(g), e = grp.End(g);
-      if (b == e) continue;
-      double sum = 0, mn = INFINITY, mx = -INFINITY;
-      for (int64_t k = b; k < e; ++k) {
-        double r = rewards[grp.Row(k)];
-        sum += r;
-        mn = std::min(mn, r);
-        mx = std::max(mx, r);
-      }
-      double n = double(e - b), mean = sum / n, m2 = 0;
-      for (int64_t k = b; k < e; ++k) {
-        double d = double(rewards[grp.Row(k)]) - mean;
-        m2 += d * d;
-      }
-      double key = 1;
-      if (p.task_ids) {
-        int64_t t = LoadIndex(p.task_ids, p.task_ids_dtype, grp.Row(b));
-        if (t < 0 || t >= p.num_groups) bad.store(1);
-        for (int64_t k = b + 1; k < e; ++k)
-          if (LoadIndex(p.task_ids, p.task_ids_dtype, grp.Row(k)) != t) bad.store(2);
-        key = double(t) + 1;
-      }
-      s[g] = Stat{n, mean, m2, mn, mx, key};
-    }
-  });
-  if (bad.load() == 1) return Status{Status::kOutOfRange, "taskIds must be in [0, numGroups)"};
-  if (bad.load() == 2) return Status{Status::kOutOfRange, "taskIds must be constant within a group"};
-  return Status::Ok();
-}
-
-// Stage 2 (GroupCoef, GroupMean and GroupVar of group_advantages.h).
-void Coefficients(const GroupAdvantagesParams& p, const std::vector<Stat>& s1, std::vector<Coef>* out) {
-  const int64_t G = p.num_groups;
-  std::vector<Coef>& c = *out;
-  c.assign(static_cast<size_t>(G), Coef{});
-  if (p.method != AdvantageMethod::kTmnReweight) {
-    for (int64_t g = 0; g < G; ++g) c[size_t(g)] = GroupCoefficient(p.method, s1[size_t(g)], p.eps);
-    return;
-  }
-  // Task aggregates in group order (keys are task + 1 in [1, G]).
-  std::vector<double> groups(static_cast<size_t>(G), 0.0), sum_mean(groups), sum_var(groups);
-  for (int64_t g = 0; g < G; ++g) {
-    const Stat& s = s1[size_t(g)];
-    if (s.n == 0) continue;
-    size_t t = size_t(s.key) - 1;
-    groups[t] += 1;
-    sum_mean[t] += GroupMean(s);
-    sum_var[t] += GroupVar(s);
-  }
-  for (int64_t g = 0; g < G; ++g) {
-    const Stat& s = s1[size_t(g)];
-    if (s.n == 0) continue;
-    size_t t = size_t(s.key) - 1;
-    c[size_t(g)] = TmnCoefficient(s, sum_mean[t] / groups[t], sum_var[t] / groups[t], p.eps, p.alpha);
-  }
-}
-
-// tmn-reweight's weight from p, the (combined) fraction of the group's
-// rewards above m: w = exp(gamma (0.5 - p)); A w above the group mean, A / w
-// elsewhere.
-void ApplyReweight(const GroupAdvantagesParams& p, const std::vector<Stat>& s2, std::vector<Coef>* c) {
-  for (int64_t g = 0; g < p.num_groups; ++g) ApplyTmnReweight(&(*c)[size_t(g)], s2[size_t(g)].mean, p.gamma);
-}
-
-// Tokens per row for REINFORCE++'s whitening (mask rows or token counts).
-Status TokenCounts(const GroupAdvantagesParams& p, std::vector<int64_t>* out) {
-  out->assign(size_t(p.batch), 0);
-  int64_t* c = out->data();
+// Tokens per row (mask rows or token counts); empty where the method reads none.
+Status TokenCounts(const GroupAdvantagesParams& p, std::vector<double>* out) {
+  out->clear();
+  if (!p.token_counts && !p.mask) return Status::Ok();
+  out->resize(size_t(p.batch));
+  double* c = out->data();
   if (p.token_counts) {
     for (int64_t i = 0; i < p.batch; ++i) {
-      int64_t v = LoadIndex(p.token_counts, p.token_counts_dtype, i);
-      if (v < 0) return Status{Status::kOutOfRange, "tokenCounts must be >= 0"};
-      c[i] = v;
+      const int64_t v = LoadIndex(p.token_counts, p.token_counts_dtype, i);
+      if (v < 0) return Error("tokenCounts must be >= 0");
+      c[i] = double(v);
     }
     return Status::Ok();
   }
@@ -170,214 +251,480 @@ Status TokenCounts(const GroupAdvantagesParams& p, std::vector<int64_t>* out) {
       const uint8_t* m = p.mask + i * T;
       int64_t n = 0;
       for (int64_t t = 0; t < T; ++t) n += m[t] != 0;
-      c[i] = n;
+      c[i] = double(n);
     }
   });
   return Status::Ok();
 }
 
+// One group's record of one column: rows row(b)..row(e - 1) in row order
+// (so `arg` is the first row holding the max), two passes in double (mean,
+// then M2). The top two and the token weights only where the method reads
+// them: the plain loop is what the compiler schedules well.
+template <bool kTop2, bool kWeights, class RowOf>
+inline Rec GroupRecordOf(const float* rewards, int64_t K, int64_t col, int64_t b, int64_t e, RowOf row,
+                         const double* cnt) {
+  double sum = 0, mn = INFINITY, mx = -INFINITY, mx2 = -INFINITY, arg = -1, nz = 0, w = 0, wr = 0;
+  for (int64_t k = b; k < e; ++k) {
+    const int64_t i = row(k);
+    const double r = rewards[i * K + col];
+    sum += r;
+    mn = r < mn ? r : mn;
+    nz += r != 0 ? 1.0 : 0.0;
+    if constexpr (kTop2) {
+      if (r > mx) {
+        mx2 = mx;
+        mx = r;
+        arg = double(i);
+      } else {
+        mx2 = r > mx2 ? r : mx2;
+      }
+    } else {
+      mx = r > mx ? r : mx;
+    }
+    if constexpr (kWeights) {
+      w += cnt[i];
+      wr += cnt[i] * r;
+    }
+  }
+  const double n = double(e - b), mean = sum / n;
+  double m2 = 0;
+  for (int64_t k = b; k < e; ++k) {
+    const double d = double(rewards[row(k) * K + col]) - mean;
+    m2 += d * d;
+  }
+  Rec o;
+  o.n = n;
+  o.mean = mean;
+  o.m2 = m2;
+  o.min = mn;
+  o.max = mx;
+  o.max2 = mx2;
+  o.arg = arg;
+  o.w = w;
+  o.wmean = w > 0 ? wr / w : 0.0;
+  o.nonzero = nz;
+  return o;
+}
+
+template <bool kTop2, bool kWeights>
+void RecordsOfGroups(const GroupAdvantagesParams& p, const Groups& grp, const double* cnt, int64_t g0, int64_t g1, Rec* s) {
+  const int64_t K = p.cols;
+  for (int64_t g = g0; g < g1; ++g) {
+    const int64_t b = grp.Begin(g), e = grp.End(g);
+    for (int64_t col = 0; col < K; ++col) {
+      if (b == e) s[g * K + col] = Rec{};
+      else if (grp.gs) s[g * K + col] = GroupRecordOf<kTop2, kWeights>(p.rewards, K, col, b, e, [](int64_t k) { return k; }, cnt);
+      else {
+        const int64_t* rows = grp.rows.data();
+        s[g * K + col] = GroupRecordOf<kTop2, kWeights>(p.rewards, K, col, b, e, [rows](int64_t k) { return rows[k]; }, cnt);
+      }
+    }
+  }
+}
+
+// Stage 1: one record per group and column, and the group's task id.
+// `whole`: these are all the group's rows (not one rank's share), so that a
+// grpo-passk group of one is an error here.
+Status Records(const GroupAdvantagesParams& p, const Groups& grp, const std::vector<double>& counts, bool whole,
+               std::vector<Rec>* rec, std::vector<int64_t>* task) {
+  const int64_t G = grp.count, K = p.cols;
+  rec->resize(size_t(G * K));
+  task->assign(size_t(G), 0);
+  std::atomic<int> bad{0};  // 1: task id changes within a group; 2: grpo-passk group of one
+  Rec* s = rec->data();
+  int64_t* tk = task->data();
+  const double* cnt = counts.empty() ? nullptr : counts.data();
+  const bool top2 = p.method == AdvantageMethod::kGrpoPassk;
+  const bool passk = whole && top2;
+  ParallelFor(G, std::max<int64_t>(1, 4096 / std::max<int64_t>(1, p.batch / std::max<int64_t>(G, 1))),
+              [&](int64_t g0, int64_t g1) {
+    if (top2) {
+      if (cnt) RecordsOfGroups<true, true>(p, grp, cnt, g0, g1, s);
+      else RecordsOfGroups<true, false>(p, grp, cnt, g0, g1, s);
+    } else {
+      if (cnt) RecordsOfGroups<false, true>(p, grp, cnt, g0, g1, s);
+      else RecordsOfGroups<false, false>(p, grp, cnt, g0, g1, s);
+    }
+    for (int64_t g = g0; g < g1; ++g) {
+      const int64_t b = grp.Begin(g), e = grp.End(g);
+      if (passk && e - b == 1) bad.store(2);
+      if (p.task_ids && e > b) {
+        const int64_t t = LoadIndex(p.task_ids, p.task_ids_dtype, grp.Row(b));
+        for (int64_t k = b + 1; k < e; ++k)
+          if (LoadIndex(p.task_ids, p.task_ids_dtype, grp.Row(k)) != t) bad.store(1);
+        tk[g] = t;
+      }
+    }
+  });
+  if (bad.load() == 1) return Error("taskIds must be constant within a group");
+  if (bad.load() == 2) return Error("grpo-passk needs groups of at least 2 rows, got a group of one");
+  return Status::Ok();
+}
+
+// Stage 2 over G slots of records (K columns each) and their task ids.
+void Coefficients(const GroupAdvantagesParams& p, int64_t G, const std::vector<Rec>& rec,
+                  const std::vector<int64_t>& task, std::vector<Coef>* out) {
+  const int64_t K = p.cols;
+  std::vector<Coef>& c = *out;
+  c.resize(size_t(G * K));
+  if (p.method != AdvantageMethod::kTmnReweight) {
+    BatchStats batch;
+    if (p.method == AdvantageMethod::kGpg || (p.method == AdvantageMethod::kGrpo && p.scale == AdvantageScale::kBatch))
+      for (int64_t g = 0; g < G; ++g) MergeGroupRecord(&batch.all, rec[size_t(g * K)]);
+    for (int64_t g = 0; g < G; ++g)
+      for (int64_t k = 0; k < K; ++k)
+        c[size_t(g * K + k)] = GroupCoefficient(p.method, p.scale, rec[size_t(g * K + k)], batch, p.eps,
+                                                p.reward_weights ? p.reward_weights[k] : 1.0);
+    return;
+  }
+  // Task aggregates over the groups with rows, tasks numbered in slot order.
+  IdTable tasks;
+  tasks.Reset(G, 1, 0);
+  std::vector<int64_t> tslot(size_t(G), -1);
+  for (int64_t g = 0; g < G; ++g)
+    if (rec[size_t(g)].n > 0) tslot[size_t(g)] = tasks.Insert(task[size_t(g)]);
+  const size_t T = size_t(tasks.count());
+  std::vector<double> groups(T, 0.0), sum_mean(T, 0.0), sum_var(T, 0.0);
+  for (int64_t g = 0; g < G; ++g) {
+    if (tslot[size_t(g)] < 0) continue;
+    const size_t t = size_t(tslot[size_t(g)]);
+    groups[t] += 1;
+    sum_mean[t] += GroupMean(rec[size_t(g)]);
+    sum_var[t] += GroupVar(rec[size_t(g)]);
+  }
+  for (int64_t g = 0; g < G; ++g) {
+    if (tslot[size_t(g)] < 0) {
+      c[size_t(g)] = Coef{};
+      continue;
+    }
+    const size_t t = size_t(tslot[size_t(g)]);
+    c[size_t(g)] = TmnCoefficient(rec[size_t(g)], sum_mean[t] / groups[t], sum_var[t] / groups[t], p.eps, p.alpha);
+  }
+}
+
+// The value a whitening method whitens (reinforce++: r - mean_g; gdpo: S).
+inline double PreWhiten(const GroupAdvantagesParams& p, int64_t i, const Coef* k) {
+  return p.method == AdvantageMethod::kGdpo ? GdpoValue(p.rewards + i * p.cols, k, p.cols)
+                                            : double(p.rewards[i]) - k->center;
+}
+
 // Stage 3. tmn-reweight: per group, n = rows and mean = fraction of rewards
-// > m (an indicator's record, so Chan's merge gives the global fraction).
-// reinforce++: one record of x = r - mean_g over the masked tokens (each
-// token carries its sequence's x: weight = token count), two passes.
-Status Round2(const GroupAdvantagesParams& p, const Groups& grp, const std::vector<Coef>& c, std::vector<Stat>* out) {
+// > m. reinforce++ and gdpo: one token-weighted record of the values to
+// whiten (each token carries its sequence's value), two passes per chunk.
+Status Round2(const GroupAdvantagesParams& p, const Groups& grp, int64_t G, const std::vector<Coef>& c,
+              const std::vector<double>& counts, std::vector<Rec>* out) {
   if (p.method == AdvantageMethod::kTmnReweight) {
-    out->assign(size_t(p.num_groups), Stat{});
-    Stat* s = out->data();
-    ParallelFor(p.num_groups, 256, [&](int64_t g0, int64_t g1) {
+    out->assign(size_t(G), Rec{});
+    Rec* s = out->data();
+    ParallelFor(grp.count, 256, [&](int64_t g0, int64_t g1) {
       for (int64_t g = g0; g < g1; ++g) {
-        int64_t b = grp.Begin(g), e = grp.End(g);
+        const int64_t b = grp.Begin(g), e = grp.End(g);
         if (b == e) continue;
-        double m = c[size_t(g)].threshold, above = 0;
+        const double m = c[size_t(g)].threshold;
+        double above = 0;
         for (int64_t k = b; k < e; ++k) above += double(p.rewards[grp.Row(k)]) > m;
         s[g] = AboveRecord(above, double(e - b));
       }
     });
     return Status::Ok();
   }
-  std::vector<int64_t> counts;
-  Status st = TokenCounts(p, &counts);
-  if (!st.ok()) return st;
   const int64_t chunks = (p.batch + kChunk - 1) / kChunk;
-  std::vector<Stat> part(static_cast<size_t>(chunks));
-  auto x_of = [&](int64_t i) { return double(p.rewards[i]) - c[size_t(GroupOf(p, i))].center; };
+  std::vector<Rec> part(static_cast<size_t>(chunks));
+  const double* cnt = counts.empty() ? nullptr : counts.data();
+  const Coef* coef = c.data();
+  const int64_t K = p.cols;
   ParallelFor(chunks, 1, [&](int64_t c0, int64_t c1) {
     for (int64_t ch = c0; ch < c1; ++ch) {
-      int64_t b = ch * kChunk, e = std::min(p.batch, b + kChunk);
+      const int64_t b = ch * kChunk, e = std::min(p.batch, b + kChunk);
       double n = 0, sum = 0, mn = INFINITY, mx = -INFINITY;
+      SlotCursor slots(grp, b);
       for (int64_t i = b; i < e; ++i) {
-        if (counts[size_t(i)] == 0) continue;
-        double w = double(counts[size_t(i)]), x = x_of(i);
+        const int64_t g = slots.Next(i);
+        const double w = cnt ? cnt[i] : 1.0;
+        if (w == 0) continue;
+        const double x = PreWhiten(p, i, coef + g * K);
         n += w;
         sum += w * x;
         mn = std::min(mn, x);
         mx = std::max(mx, x);
       }
       if (n == 0) continue;
-      double mean = sum / n, m2 = 0;
+      const double mean = sum / n;
+      double m2 = 0;
+      SlotCursor slots2(grp, b);
       for (int64_t i = b; i < e; ++i) {
-        if (counts[size_t(i)] == 0) continue;
-        double d = x_of(i) - mean;
-        m2 += double(counts[size_t(i)]) * d * d;
+        const int64_t g = slots2.Next(i);
+        const double w = cnt ? cnt[i] : 1.0;
+        if (w == 0) continue;
+        const double d = PreWhiten(p, i, coef + g * K) - mean;
+        m2 += w * d * d;
       }
-      part[size_t(ch)] = Stat{n, mean, m2, mn, mx, 1};
+      Rec& o = part[size_t(ch)];
+      o.n = n;
+      o.mean = mean;
+      o.m2 = m2;
+      o.min = mn;
+      o.max = mx;
     }
   });
-  out->assign(1, Stat{});
-  for (const Stat& s : part) MergeGroupRecord(&(*out)[0], s);
+  out->assign(1, Rec{});
+  for (const Rec& s : part) MergeGroupRecord(&(*out)[0], s);
   return Status::Ok();
 }
 
-// Stage 4.
-Status Finalize(const GroupAdvantagesParams& p, const std::vector<Stat>& s1, const std::vector<Coef>& c,
-                const std::vector<Stat>* s2) {
-  const bool whiten = p.method == AdvantageMethod::kReinforcePP;
-  std::vector<int64_t> counts;
+// gdpo's masked_whiten needs two tokens (verl's masked_var divides by N - 1).
+Status CheckWhiten(const GroupAdvantagesParams& p, const Rec& w) {
+  if (p.method == AdvantageMethod::kGdpo && !(w.n >= 2))
+    return Error("gdpo needs at least 2 tokens in the batch (the sum of mask or tokenCounts, or B without them)");
+  return Status::Ok();
+}
+
+// Stage 4: rows, then informative over `out_groups` (>= G; zeros past G).
+void Finalize(const GroupAdvantagesParams& p, const Groups& grp, int64_t G, int64_t out_groups,
+              const std::vector<Rec>& rec, const std::vector<Coef>& c, const std::vector<Rec>& rec2,
+              const std::vector<double>& counts) {
+  const bool whiten = AdvantageWhitens(p.method);
   double mu = 0, inv_std = 1;
-  if (whiten) {
-    Status st = TokenCounts(p, &counts);
-    if (!st.ok()) return st;
-    WhitenMoments((*s2)[0], &mu, &inv_std);
-  }
+  if (whiten) WhitenMoments(rec2[0], &mu, &inv_std);
   // Locals, not p's fields, in the loop: the stores through `out` could
   // alias p for all the compiler knows, which reloads every field per row.
   const float* rewards = p.rewards;
+  const float* baseline = p.baseline;
   float* out = p.advantages;
   const Coef* coef = c.data();
-  const int64_t* cnt = counts.data();
-  auto row = [=](int64_t i, const Coef& k) {
-    out[i] = float(RowAdvantage(rewards[i], k, whiten, whiten ? cnt[i] : 0, mu, inv_std));
-  };
-  if (p.group_ids) {
-    const void* ids = p.group_ids;
-    const DType dt = p.group_ids_dtype;
-    ParallelFor(p.batch, 1 << 14, [&](int64_t b, int64_t e) {
-      for (int64_t i = b; i < e; ++i) row(i, coef[LoadIndex(ids, dt, i)]);
-    });
-  } else {
-    const int64_t gs = p.group_size;
-    ParallelFor(p.num_groups, std::max<int64_t>(1, (1 << 14) / gs), [&](int64_t g0, int64_t g1) {
+  const double* cnt = counts.empty() ? nullptr : counts.data();
+  const AdvantageMethod method = p.method;
+  const int64_t K = p.cols;
+  const double rank = double(p.rank);
+  if (!whiten && grp.gs) {
+    // The common case (consecutive groups, a coefficient per group) as a
+    // plain loop the compiler vectorises.
+    const int64_t gs = grp.gs;
+    const bool affine = method != AdvantageMethod::kGrpoPassk && method != AdvantageMethod::kRemax;
+    ParallelFor(G, std::max<int64_t>(1, (1 << 14) / gs), [&](int64_t g0, int64_t g1) {
       for (int64_t g = g0; g < g1; ++g) {
         const Coef k = coef[g];
-        for (int64_t i = g * gs; i < (g + 1) * gs; ++i) row(i, k);
+        if (affine) {
+          // RowValue's (r - center) * scale, with the method's branch out of the loop.
+          const double c = k.center, sp = k.scale_pos, sn = k.scale_neg;
+          for (int64_t i = g * gs; i < (g + 1) * gs; ++i) {
+            const double r = rewards[i];
+            out[i] = float((r - c) * (r > c ? sp : sn));
+          }
+        } else {
+          for (int64_t i = g * gs; i < (g + 1) * gs; ++i)
+            out[i] = float(RowValue(method, rewards[i], k, double(i), rank, baseline ? baseline[i] : 0.0));
+        }
+      }
+    });
+  } else {
+    ParallelFor(p.batch, 1 << 14, [&](int64_t b, int64_t e) {
+      SlotCursor slots(grp, b);
+      for (int64_t i = b; i < e; ++i) {
+        const Coef* k = coef + slots.Next(i) * K;
+        double a;
+        if (whiten) a = WhitenValue(PreWhiten(p, i, k), cnt ? cnt[i] : 1.0, mu, inv_std);
+        else a = RowValue(method, rewards[i], *k, double(i), rank, baseline ? baseline[i] : 0.0);
+        out[i] = float(a);
       }
     });
   }
-  ParallelFor(p.num_groups, 1 << 14, [&](int64_t b, int64_t e) {
-    for (int64_t g = b; g < e; ++g) p.informative[g] = s1[size_t(g)].max > s1[size_t(g)].min ? 1 : 0;
+  uint8_t* inf = p.informative;
+  ParallelFor(out_groups, 1 << 14, [&](int64_t b, int64_t e) {
+    for (int64_t g = b; g < e; ++g) {
+      uint8_t v = 0;
+      if (g < G)
+        for (int64_t k = 0; k < K; ++k) v |= rec[size_t(g * K + k)].max > rec[size_t(g * K + k)].min ? 1 : 0;
+      inf[g] = v;
+    }
   });
-  return Status::Ok();
 }
 
-void ToFloat(const std::vector<Stat>& s, float* out) {
-  for (size_t k = 0; k < s.size(); ++k) PackGroupRecord(s[k], out + k * kGroupStatCols);
-}
-
-std::vector<Stat> FromFloat(const float* in, int64_t rows) {
-  std::vector<Stat> s(static_cast<size_t>(rows));
-  for (int64_t k = 0; k < rows; ++k) {
-    s[size_t(k)] = UnpackGroupRecord(in + k * kGroupStatCols);
-  }
-  return s;
-}
-
-// Combined records come from the user: keys must name a task in [1, G] so
-// that stage 2 indexes inside its arrays.
-Status CheckRecords(const std::vector<Stat>& s, int64_t num_groups, const char* what) {
-  for (const Stat& r : s) {
-    if (!(r.n >= 0) || !GroupKeyValid(r, num_groups))
-      return Status{Status::kOutOfRange, what};
-  }
-  return Status::Ok();
-}
-
-// Per-thread scratch of the single-process path: reused across calls so a
-// training loop does not page-fault fresh buffers every step; released when
-// a call needed more than kKeepBytes.
+// Per-thread scratch: reused across calls so a training loop does not
+// page-fault fresh buffers every step; released when a call needed more
+// than kKeepBytes.
 struct Scratch {
+  IdTable table;
   Groups grp;
-  std::vector<Stat> s1, s2;
-  std::vector<Coef> c;
+  std::vector<Rec> rec, rec2;
+  std::vector<int64_t> task;
+  std::vector<Coef> coef;
+  std::vector<double> counts;
   size_t Bytes() const {
-    return grp.offsets.capacity() * 8 + grp.rows.capacity() * 8 + (s1.capacity() + s2.capacity()) * sizeof(Stat) +
-           c.capacity() * sizeof(Coef);
+    return (grp.slot.capacity() + grp.ids.capacity() + grp.offsets.capacity() + grp.rows.capacity() + task.capacity()) * 8 +
+           (rec.capacity() + rec2.capacity()) * sizeof(Rec) + coef.capacity() * sizeof(Coef) + counts.capacity() * 8;
   }
 };
 constexpr size_t kKeepBytes = size_t(64) << 20;
 
-Status GroupAdvantagesFwdImpl(const GroupAdvantagesParams& p, Scratch& w) {
-  Status st = BuildGroups(p, &w.grp);
-  if (!st.ok()) return st;
-  st = GroupStats(p, w.grp, &w.s1);
-  if (!st.ok()) return st;
-  Coefficients(p, w.s1, &w.c);
+Scratch& ThreadScratch() {
+  thread_local Scratch scratch;
+  return scratch;
+}
+void TrimScratch() {
+  if (ThreadScratch().Bytes() > kKeepBytes) ThreadScratch() = Scratch{};
+}
+
+Status FwdImpl(const GroupAdvantagesParams& p0, InformativeAlloc alloc, void* ctx, Scratch& w) {
+  GroupAdvantagesParams p = p0;
+  RLK_TRY(Number(p, p.num_groups, &w.table, &w.grp));
+  const int64_t G = w.grp.count;
+  RLK_TRY(TokenCounts(p, &w.counts));
+  RLK_TRY(Records(p, w.grp, w.counts, true, &w.rec, &w.task));
+  Coefficients(p, G, w.rec, w.task, &w.coef);
   if (AdvantageNeedsRound2(p.method, p.reweight)) {
-    st = Round2(p, w.grp, w.c, &w.s2);
-    if (!st.ok()) return st;
-    if (p.method == AdvantageMethod::kTmnReweight) ApplyReweight(p, w.s2, &w.c);
+    RLK_TRY(Round2(p, w.grp, G, w.coef, w.counts, &w.rec2));
+    if (p.method == AdvantageMethod::kTmnReweight)
+      for (int64_t g = 0; g < G; ++g) ApplyTmnReweight(&w.coef[size_t(g)], w.rec2[size_t(g)].mean, p.gamma);
+    else RLK_TRY(CheckWhiten(p, w.rec2[0]));
   }
-  return Finalize(p, w.s1, w.c, &w.s2);
+  const int64_t out_groups = p.num_groups >= 0 ? p.num_groups : G;
+  if (!p.informative) {
+    p.informative = alloc ? alloc(out_groups, ctx) : nullptr;
+    if (!p.informative && out_groups > 0) return Status{Status::kOutOfMemory, "groupAdvantages: could not allocate informative"};
+  }
+  Finalize(p, w.grp, G, out_groups, w.rec, w.coef, w.rec2, w.counts);
+  return Status::Ok();
+}
+
+// ---- cross-rank ---------------------------------------------------------------
+
+void PackRow(int64_t* row, int64_t width, int64_t id, int64_t task, int64_t present, const Rec* recs, int64_t K) {
+  std::fill(row, row + width, 0);
+  row[kWordId] = id;
+  row[kWordTask] = task;
+  row[kWordPresent] = present;
+  row[kWordCount] = int64_t(recs[0].n);
+  for (int64_t k = 0; k < K; ++k) PackRecord(recs[k], row, k);
+}
+
+// The combined round-1 partials as slots: records [rows, K], tasks, and the
+// table of their ids.
+struct Combined {
+  int64_t rows = 0;
+  std::vector<Rec> rec;
+  std::vector<int64_t> task;
+  IdTable table;
+};
+Status Unpack(const int64_t* stats, int64_t rows, int64_t K, Combined* c) {
+  c->rows = rows;
+  c->rec.assign(size_t(rows * K), Rec{});
+  c->task.assign(size_t(rows), 0);
+  c->table.Reset(rows, 1, 0);
+  for (int64_t g = 0; g < rows; ++g) {
+    const int64_t* row = stats + g * PartialWidth(K);
+    if (row[kWordPresent] == 0) continue;
+    if (row[kWordCount] < 0) return Error("stats holds a record with a negative count");
+    if (c->table.Find(row[kWordId]) >= 0) return Error("stats holds a group id twice");
+    c->table.Put(row[kWordId], g);
+    c->task[size_t(g)] = row[kWordTask];
+    for (int64_t k = 0; k < K; ++k) c->rec[size_t(g * K + k)] = UnpackRecord(row, k);
+  }
+  return Status::Ok();
+}
+
+// This rank's rows in the combined slots.
+Status LookUp(const GroupAdvantagesParams& p, const Combined& c, Groups* g) {
+  g->gs = 0;
+  g->count = c.rows;
+  g->slot.resize(size_t(p.batch));
+  for (int64_t i = 0; i < p.batch; ++i) {
+    const int64_t s = c.table.Find(LoadIndex(p.group_ids, p.group_ids_dtype, i));
+    if (s < 0 || s >= c.rows) return Error("groupIds hold an id that no record of stats has");
+    g->slot[size_t(i)] = s;
+  }
+  BuildCsr(p.batch, g);
+  return Status::Ok();
 }
 
 }  // namespace
 
-Status GroupAdvantagesFwd(const GroupAdvantagesParams& p) {
-  thread_local Scratch scratch;
-  Status st = GroupAdvantagesFwdImpl(p, scratch);
-  if (scratch.Bytes() > kKeepBytes) scratch = Scratch{};
+Status GroupAdvantagesFwd(const GroupAdvantagesParams& p, InformativeAlloc alloc, void* ctx) {
+  Status st = FwdImpl(p, alloc, ctx, ThreadScratch());
+  TrimScratch();
   return st;
 }
 
-Status GroupAdvantagesPartials(const GroupAdvantagesParams& p, const float* stats1, float* out) {
-  Groups grp;
-  Status st = BuildGroups(p, &grp);
-  if (!st.ok()) return st;
-  std::vector<Stat> s;
+Status GroupAdvantagesPartials(const GroupAdvantagesParams& p, const int64_t* stats1, int64_t stats1_rows, int64_t* out) {
+  Scratch w;
+  RLK_TRY(TokenCounts(p, &w.counts));
   if (!stats1) {
-    st = GroupStats(p, grp, &s);
-    if (!st.ok()) return st;
-  } else {
-    std::vector<Stat> s1 = FromFloat(stats1, p.num_groups);
-    st = CheckRecords(s1, p.num_groups, "stats1 holds a record whose count or task key is invalid");
-    if (!st.ok()) return st;
-    std::vector<Coef> c;
-    Coefficients(p, s1, &c);
-    st = Round2(p, grp, c, &s);
-    if (!st.ok()) return st;
-  }
-  ToFloat(s, out);
-  return Status::Ok();
-}
-
-Status GroupAdvantagesCombine(const float* const* parts, int64_t num_parts, int64_t rows, float* out) {
-  std::atomic<bool> mismatch{false};
-  ParallelFor(rows, 1024, [&](int64_t b, int64_t e) {
-    for (int64_t k = b; k < e; ++k) {
-      Stat acc;
-      for (int64_t r = 0; r < num_parts; ++r) {
-        if (!MergeGroupRecord(&acc, UnpackGroupRecord(parts[r] + k * kGroupStatCols))) mismatch.store(true);
-      }
-      PackGroupRecord(acc, out + k * kGroupStatCols);
+    RLK_TRY(Number(p, p.num_groups, &w.table, &w.grp));
+    RLK_TRY(Records(p, w.grp, w.counts, false, &w.rec, &w.task));
+    const int64_t K = p.cols, width = PartialWidth(K);
+    for (int64_t g = 0; g < p.num_groups; ++g) {
+      if (g < w.grp.count) PackRow(out + g * width, width, w.grp.ids[size_t(g)], w.task[size_t(g)], 1, &w.rec[size_t(g * K)], K);
+      else std::fill(out + g * width, out + (g + 1) * width, 0);
     }
-  });
-  if (mismatch.load())
-    return Status{Status::kOutOfRange, "partials disagree on a group's task (taskIds must be constant within a group across ranks)"};
+    return Status::Ok();
+  }
+  Combined c;
+  RLK_TRY(Unpack(stats1, stats1_rows, p.cols, &c));
+  RLK_TRY(LookUp(p, c, &w.grp));
+  Coefficients(p, c.rows, c.rec, c.task, &w.coef);
+  RLK_TRY(Round2(p, w.grp, c.rows, w.coef, w.counts, &w.rec2));
+  const int64_t width = PartialWidth(1);
+  for (size_t g = 0; g < w.rec2.size(); ++g) PackRow(out + g * width, width, int64_t(g), 0, 1, &w.rec2[g], 1);
   return Status::Ok();
 }
 
-Status GroupAdvantagesFinalize(const GroupAdvantagesParams& p, const float* stats1, const float* stats2) {
-  Status st = CheckGroupIds(p);
-  if (!st.ok()) return st;
-  std::vector<Stat> s1 = FromFloat(stats1, p.num_groups), s2;
-  st = CheckRecords(s1, p.num_groups, "stats1 holds a record whose count or task key is invalid");
-  if (!st.ok()) return st;
-  std::vector<Coef> c;
-  Coefficients(p, s1, &c);
-  if (AdvantageNeedsRound2(p.method, p.reweight)) {
-    s2 = FromFloat(stats2, AdvantageRound2Rows(p.method, p.num_groups));
-    if (p.method == AdvantageMethod::kTmnReweight) ApplyReweight(p, s2, &c);
+Status GroupAdvantagesCombine(const int64_t* const* parts, int64_t num_parts, int64_t rows, int64_t width, int64_t* out) {
+  if ((width - kPartialHead) % kPartialPerCol != 0 || width <= kPartialHead) return Error("partials have a bad width");
+  const int64_t K = (width - kPartialHead) / kPartialPerCol;
+  IdTable table;
+  table.Reset(rows * num_parts, 1, 0);
+  std::vector<Rec> acc;
+  std::vector<int64_t> ids, tasks;
+  for (int64_t r = 0; r < num_parts; ++r) {
+    for (int64_t k = 0; k < rows; ++k) {
+      const int64_t* row = parts[r] + k * width;
+      if (row[kWordPresent] == 0) continue;
+      if (row[kWordCount] < 0) return Error("partials hold a record with a negative count");
+      const int64_t s = table.Insert(row[kWordId]);
+      if (s == int64_t(ids.size())) {
+        if (s >= rows) return Error("partials hold more distinct groups than rows (raise numGroups)");
+        ids.push_back(row[kWordId]);
+        tasks.push_back(row[kWordTask]);
+        acc.resize(acc.size() + size_t(K));
+      } else if (tasks[size_t(s)] != row[kWordTask]) {
+        return Error("partials disagree on a group's task (taskIds must be constant within a group across ranks)");
+      }
+      for (int64_t col = 0; col < K; ++col) {
+        Rec b = UnpackRecord(row, col);
+        b.owner = double(r);
+        MergeGroupRecord(&acc[size_t(s * K + col)], b);
+      }
+    }
   }
-  return Finalize(p, s1, c, &s2);
+  for (int64_t g = 0; g < rows; ++g) {
+    if (g < int64_t(ids.size())) PackRow(out + g * width, width, ids[size_t(g)], tasks[size_t(g)], 1, &acc[size_t(g * K)], K);
+    else std::fill(out + g * width, out + (g + 1) * width, 0);
+  }
+  return Status::Ok();
+}
+
+Status GroupAdvantagesFinalize(const GroupAdvantagesParams& p, const int64_t* stats1, int64_t stats1_rows,
+                               const int64_t* stats2) {
+  Scratch w;
+  Combined c;
+  RLK_TRY(TokenCounts(p, &w.counts));
+  RLK_TRY(Unpack(stats1, stats1_rows, p.cols, &c));
+  RLK_TRY(LookUp(p, c, &w.grp));
+  for (int64_t g = 0; g < c.rows; ++g)
+    if (p.method == AdvantageMethod::kGrpoPassk && c.rec[size_t(g)].n == 1)
+      return Error("grpo-passk needs groups of at least 2 rows, got a group of one");
+  Coefficients(p, c.rows, c.rec, c.task, &w.coef);
+  if (AdvantageNeedsRound2(p.method, p.reweight)) {
+    const int64_t rows2 = AdvantageRound2Rows(p.method, c.rows);
+    w.rec2.resize(size_t(rows2));
+    for (int64_t g = 0; g < rows2; ++g) w.rec2[size_t(g)] = UnpackRecord(stats2 + g * PartialWidth(1), 0);
+    if (p.method == AdvantageMethod::kTmnReweight)
+      for (int64_t g = 0; g < c.rows; ++g) ApplyTmnReweight(&w.coef[size_t(g)], w.rec2[size_t(g)].mean, p.gamma);
+    else RLK_TRY(CheckWhiten(p, w.rec2[0]));
+  }
+  Finalize(p, w.grp, c.rows, c.rows, c.rec, w.coef, w.rec2, w.counts);
+  return Status::Ok();
 }
 
 Status BroadcastAdvantages(const BroadcastAdvantagesParams& p) {

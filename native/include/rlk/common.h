@@ -60,15 +60,23 @@ enum DeviceErrorCode : int32_t {
   kDeviceErrorTaskIdInvalid = 30,
   kDeviceErrorNegativeTokenCount = 31,
   kDeviceErrorBadPartials = 32,
+  kDeviceErrorTooManyGroups = 33,
+  kDeviceErrorPasskGroupOfOne = 34,
+  kDeviceErrorGdpoTokens = 35,
+  kDeviceErrorUnknownGroup = 36,
   kDeviceErrorBadTemperature = 3,
 };
 inline const char* DeviceErrorMessage(int32_t code) {
   switch (code) {
     case kDeviceErrorTargetOutOfRange: return "a target index was outside [0, V) and not ignoreIndex";
     case kDeviceErrorIndexOutOfRange: return "an index (group id, sequence offset) was out of range";
-    case kDeviceErrorTaskIdInvalid: return "taskIds must be in [0, numGroups) and constant within a group";
+    case kDeviceErrorTaskIdInvalid: return "taskIds must be constant within a group";
     case kDeviceErrorNegativeTokenCount: return "tokenCounts must be >= 0";
     case kDeviceErrorBadPartials: return "group-advantage partials held an invalid record or disagreed on a group's task";
+    case kDeviceErrorTooManyGroups: return "groupIds hold more distinct values than numGroups (or partials more groups than rows)";
+    case kDeviceErrorPasskGroupOfOne: return "grpo-passk needs groups of at least 2 rows, got a group of one";
+    case kDeviceErrorGdpoTokens: return "gdpo needs at least 2 tokens in the batch";
+    case kDeviceErrorUnknownGroup: return "groupIds hold an id that no record of stats has";
     case kDeviceErrorBadTemperature: return "a per-row temperature was not a positive finite number";
     default: return "a kernel reported an unknown error";
   }

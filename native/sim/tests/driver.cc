@@ -310,7 +310,7 @@ void GroupAdvantages(int64_t B, int64_t G, rlk::AdvantageMethod method) {
   p.batch = B;
   p.num_groups = G;
   p.method = method;
-  if (method == rlk::AdvantageMethod::kReinforcePP) {
+  if (rlk::AdvantageUsesTokens(method)) {
     p.mask = Device(mask);
     p.seq_len = T;
   }
@@ -335,6 +335,9 @@ int RunKernels() {
   LinearLogprobs(5, 6, 300, 2);  // chunks of 2 rows, V across 2 row-kernel strides
   GroupAdvantages(100, 13, rlk::AdvantageMethod::kGrpo);
   GroupAdvantages(24, 8, rlk::AdvantageMethod::kReinforcePP);
+  for (auto m : {rlk::AdvantageMethod::kTmnReweight, rlk::AdvantageMethod::kGdpo, rlk::AdvantageMethod::kGrpoPassk,
+                 rlk::AdvantageMethod::kOpo, rlk::AdvantageMethod::kGpg})
+    GroupAdvantages(100, 13, m);
   if (cudaGetLastError() != cudaSuccess) ++failures;
   std::printf("driver: kernels %s\n", failures ? "FAILED" : "clean");
   return failures ? 1 : 0;
