@@ -292,7 +292,7 @@ Status Fwd(const LinearLogprobsFwdParams& p) {
           const int64_t local = tg - p.vocab_start;
           float* out = p.partials + r * cols;
           out[0] = st.m;
-          out[1] = float(st.s);
+          out[1] = float(st.s - 1.0);  // s - 1, token_logprobs.h's layout
           out[2] = local >= 0 && local < vocab ? xt.p[n] : 0.0f;
           if (p.entropy) out[3] = float(st.t);
           continue;
@@ -305,7 +305,7 @@ Status Fwd(const LinearLogprobsFwdParams& p) {
         if (p.stats) {
           float* out = p.stats + r * kTlpStatsCols;
           out[0] = st.m;
-          out[1] = float(st.s);
+          out[1] = float(st.s - 1.0);  // s - 1, token_logprobs.h's layout
           out[2] = float(h);
         }
       }
@@ -415,7 +415,7 @@ Status Bwd(const LinearLogprobsBwdParams& p) {
       double s, h;
       if (p.stats) {
         m = p.stats[r * kTlpStatsCols];
-        s = p.stats[r * kTlpStatsCols + 1];
+        s = 1.0 + double(p.stats[r * kTlpStatsCols + 1]);  // the stats hold s - 1
         h = p.stats[r * kTlpStatsCols + 2];
       } else {
         const Merged st = MergeTiles(pm.p, ps.p, pt.p, tiles, ncp, n, it, ent);

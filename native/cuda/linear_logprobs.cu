@@ -350,7 +350,7 @@ __global__ void __launch_bounds__(kThreads) LinFwdRowKernel(LinearLogprobsFwdPar
     if (partial) {
       float* out = p.partials + r * cols;
       out[0] = st.m;
-      out[1] = st.s;
+      out[1] = st.s - 1.0f;  // s - 1, token_logprobs.h's layout
       out[2] = in_range ? xt : nan;
       if (p.entropy) out[3] = st.t;
       continue;
@@ -361,7 +361,7 @@ __global__ void __launch_bounds__(kThreads) LinFwdRowKernel(LinearLogprobsFwdPar
     if (p.entropy_out) p.entropy_out[r] = h;
     if (p.stats) {
       p.stats[r * kTlpStatsCols] = st.m;
-      p.stats[r * kTlpStatsCols + 1] = st.s;
+      p.stats[r * kTlpStatsCols + 1] = st.s - 1.0f;
       p.stats[r * kTlpStatsCols + 2] = h;
     }
   }
@@ -389,7 +389,7 @@ __global__ void __launch_bounds__(kThreads) LinBwdRowKernel(LinearLogprobsBwdPar
     float m, s, h;
     if (p.stats) {
       m = p.stats[r * kTlpStatsCols];
-      s = p.stats[r * kTlpStatsCols + 1];
+      s = 1.0f + p.stats[r * kTlpStatsCols + 1];  // the stats hold s - 1
       h = p.stats[r * kTlpStatsCols + 2];
     } else {
       const Lse st = RowLse<T, kEntropy>(x, bias, p.vocab, it);
