@@ -138,6 +138,8 @@ Napi::Value PolicyLossBinding(const Napi::CallbackInfo& info) {
     B = logp->size(0);
     T = logp->size(1);
   }
+  if ((p.mode == kPolicyKlCov || p.mode == kPolicyClipCov) && N >= (int64_t(1) << 32))
+    ThrowRangeError(env, std::string(kFn) + ": logprobs must hold fewer than 2^32 tokens in the covariance modes, got " + std::to_string(N));
   RequireDType(env, adv, {DType::kFloat32}, kFn, "advantages");
   RequireDevice(env, adv, device, kFn, "advantages", "logprobs");
   if (adv->shape() == logp->shape()) {

@@ -471,7 +471,9 @@ RLK_HD uint64_t ClipCovKey(uint64_t seed, uint64_t i, uint64_t j) {
 // kl-cov's order as one 64-bit key, smallest first: larger cov first, then
 // the smaller flat index (t < 2^32). cov's float bits are made monotone
 // (flip all bits of negatives, the sign bit of positives), then inverted.
+// Assumes t < 2^32 (the binding refuses more tokens for kl-cov).
 RLK_HD uint64_t KlCovKey(float cov, uint64_t t) {
+  cov += 0.0f;  // -0 ties with +0 (A = 0 gives (0 - 0) * x = -0 for x < 0)
   uint32_t u;
   memcpy(&u, &cov, 4);
   u = (u & 0x80000000u) ? ~u : (u | 0x80000000u);
