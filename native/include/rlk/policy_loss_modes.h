@@ -438,8 +438,9 @@ struct VespoMode {
 
 // The registry: calls fn.template operator()<Entry>() for the mode's entry,
 // so a machinery instantiates its passes once per mode (no switch per token).
+// Host code: the entry picks a kernel or a templated CPU pass.
 template <class Fn>
-RLK_HD auto PolicyModeDispatch(int32_t mode, Fn&& fn) -> decltype(fn.template operator()<VanillaMode>()) {
+inline auto PolicyModeDispatch(int32_t mode, Fn&& fn) -> decltype(fn.template operator()<VanillaMode>()) {
   switch (mode) {
     case kPolicyGspo: return fn.template operator()<GspoMode>();
     case kPolicySapo: return fn.template operator()<SapoMode>();
