@@ -457,10 +457,10 @@ __global__ void __launch_bounds__(kThreads) PolicyLossKernel(PolicyLossParams p,
     }
     p.grad[t] = coef * g;
     obj_sum.Add(coef * obj);
-    clip += (term.flags & kFlagClip) ? 1.f : 0.f;
-    low += (term.flags & kFlagLow) ? 1.f : 0.f;
-    high += (term.flags & kFlagHigh) ? 1.f : 0.f;
-    dualn += (term.flags & kFlagDual) ? 1.f : 0.f;
+    clip += term.clip ? 1.f : 0.f;
+    low += term.low ? 1.f : 0.f;
+    high += term.high ? 1.f : 0.f;
+    dualn += term.dual ? 1.f : 0.f;
     offn += 1.f - o;
     neg_lr_sum.Add(-ClampLogRatio(tok.d));
     ratio_sum.Add(term.ratio);

@@ -52,14 +52,6 @@ enum PolicyLossMode : int32_t {
   kPolicyNumModes = 14,
 };
 
-// Stat flags of one token.
-enum SurrogateFlag : uint32_t {
-  kFlagClip = 1u,   // clipFraction
-  kFlagLow = 2u,    // clipFractionLow
-  kFlagHigh = 4u,   // clipFractionHigh
-  kFlagDual = 8u,   // dualClipFraction
-};
-
 namespace policy_detail {
 #if defined(__CUDACC__)
 RLK_HD float Exp(float x) { return expf(x); }
@@ -76,15 +68,25 @@ inline double Log(double x) { return std::log(x); }
 inline bool Finite(float x) { return std::isfinite(x); }
 inline bool Finite(double x) { return std::isfinite(x); }
 #endif
+// m ? a : b. Entries select with Sel, combine conditions with & | ! and call
+// Exp / Log / Finite / Min / Max / Clamp unqualified, so that they also run
+// on the CPU's lane types (cpu_lanes.h), whose overloads ADL finds.
+template <class F> RLK_HD F Sel(bool m, F a, F b) { return m ? a : b; }
 // std::min/max argument order: a NaN in `v` propagates (CUDA's fminf would hide it).
-template <class F> RLK_HD F Min(F v, F hi) { return hi < v ? hi : v; }
-template <class F> RLK_HD F Max(F v, F lo) { return lo > v ? lo : v; }
-template <class F> RLK_HD F Clamp(F v, F lo, F hi) { return v < lo ? lo : (v > hi ? hi : v); }
+template <class F> RLK_HD F Min(F v, F hi) { return Sel(hi < v, hi, v); }
+template <class F> RLK_HD F Max(F v, F lo) { return Sel(lo > v, lo, v); }
+template <class F> RLK_HD F Clamp(F v, F lo, F hi) { return Sel(v < lo, lo, Sel(v > hi, hi, v)); }
 }  // namespace policy_detail
+
+// The condition type of F: bool for float / double, a lane mask for lanes.
+template <class F> using MaskOf = decltype(F() < F());
 
 // DESIGN 3.3's clamp of log-ratios and rollout log-weights to [-20, 20].
 template <class F>
-RLK_HD F ClampLogRatio(F x) { return x < F(-20) ? F(-20) : (x > F(20) ? F(20) : x); }
+RLK_HD F ClampLogRatio(F x) {
+  using namespace policy_detail;
+  return Clamp(x, F(-20), F(20));
+}
 
 // Mode constants, from PolicyLossParams, in the machinery's precision.
 template <class F>
@@ -106,8 +108,8 @@ struct ModeConsts {
 template <class F>
 struct PolicyToken {
   F logp, old, A;
-  F d;         // logp - old, unclamped
-  bool sel;    // selected (clip-cov, kl-cov)
+  F d;              // logp - old, unclamped
+  MaskOf<F> sel{};  // selected (clip-cov, kl-cov)
 };
 
 // A sequence's state from its pre-pass (1 and 0 for token-local modes).
@@ -117,16 +119,18 @@ struct SeqState {
   F ds = F(0);     // gspo: d s / d logp_t of the token form (s, or 0 past the clamp)
   F value = F(0);  // geo-mean: the sequence loss -G A s
   F gseq = F(0);   // the per-sequence gradient factor (luspo, geo-mean)
-  F w = F(1);      // geo-mean: G_i; vespo: w_i (for isWeightMean)
+  F w = F(1);      // geo-mean: G_i; vespo: w_i
 };
 
+// A token's loss, derivatives and stat flags (clipFraction, clipFractionLow,
+// clipFractionHigh, dualClipFraction).
 template <class F>
 struct TokenTerm {
   F loss = F(0);
   F grad = F(0);       // d loss_t / d logp_t (times a w o)
   F grad_seq = F(0);   // through the sequence state (times a)
   F ratio = F(1);      // for the ratio stats
-  uint32_t flags = 0;  // SurrogateFlag
+  MaskOf<F> clip{}, low{}, high{}, dual{};
 };
 
 // verl's clipped surrogate on ratio r (value), with dr its derivative with
@@ -139,39 +143,41 @@ struct TokenTerm {
 template <class F>
 RLK_HD void ClippedSurrogate(const ModeConsts<F>& c, F A, F r, F dr, bool dual, bool cap, TokenTerm<F>* o) {
   using namespace policy_detail;
+  using M = MaskOf<F>;
   const F rl = cap ? Min(r, c.cap) : r;
   const F l1 = -A * rl;
   const F l2 = -A * Clamp(r, c.lo, c.hi);
-  F L = l1 > l2 ? l1 : l2;
-  if (l2 != l2) L = l2;  // NaN stays NaN whichever side holds it
-  F g = (l1 >= l2 && (!cap || r < c.cap)) ? -A : F(0);
-  uint32_t f = 0;
-  if (l2 > l1) f |= kFlagClip;
-  if (r < c.lo && A < F(0)) f |= kFlagLow;
-  if (r > c.hi && A > F(0)) f |= kFlagHigh;
-  if (dual && A < F(0)) {
+  F L = Sel(l1 > l2, l1, l2);  // NaN in either side stays NaN
+  M live = l1 >= l2;
+  if (cap) live = live & (r < c.cap);
+  F g = Sel(live, -A, F(0));
+  o->clip = l2 > l1;
+  o->low = (r < c.lo) & (A < F(0));
+  o->high = (r > c.hi) & (A > F(0));
+  if (dual) {
     const F l3 = -A * c.dual_c;
-    if (L > l3) {
-      L = l3;
-      g = F(0);
-      f |= kFlagDual;
-    }
+    const M act = (A < F(0)) & (L > l3);
+    L = Sel(act, l3, L);
+    g = Sel(act, F(0), g);
+    o->dual = act;
   }
   o->loss = L;
   o->grad = g * dr;
-  o->flags = f;
 }
 
 // The ratio of the token modes: r = exp(clamp(d, -20, 20)); the clamp passes
 // the gradient inside its bounds (inclusive).
 template <class F>
 RLK_HD F ClampedRatio(F d, F* dr) {
-  const F r = policy_detail::Exp(ClampLogRatio(d));
-  *dr = (d >= F(-20) && d <= F(20)) ? r : F(0);
+  using namespace policy_detail;
+  const F r = Exp(ClampLogRatio(d));
+  *dr = Sel((d >= F(-20)) & (d <= F(20)), r, F(0));
   return r;
 }
 
 // ---- token-local modes ------------------------------------------------------
+// SeqTerms / SeqFinal run once per token / sequence in the pre-pass, in
+// scalar F; Token runs in the token pass, also on lanes.
 
 // vanilla (+ ratioCap: TRL's delta, INTELLECT-2), verl compute_policy_loss_vanilla.
 struct VanillaMode {
@@ -190,10 +196,11 @@ struct VanillaMode {
 struct SapoMode : VanillaMode {
   template <class F>
   RLK_HD static void Token(const ModeConsts<F>& c, const PolicyToken<F>& t, const SeqState<F>&, TokenTerm<F>* o) {
+    using namespace policy_detail;
     F dr;
     const F r = ClampedRatio(t.d, &dr);
-    const F tau = t.A > F(0) ? c.tau_pos : c.tau_neg;
-    const F sg = F(1) / (F(1) + policy_detail::Exp(-tau * (r - F(1))));
+    const F tau = Sel(t.A > F(0), c.tau_pos, c.tau_neg);
+    const F sg = F(1) / (F(1) + Exp(-tau * (r - F(1))));
     o->ratio = r;
     o->loss = -t.A * (F(4) / tau) * sg;
     o->grad = -t.A * F(4) * sg * (F(1) - sg) * dr;
@@ -215,17 +222,16 @@ struct GpgMode : VanillaMode {
 struct CispoMode : VanillaMode {
   template <class F>
   RLK_HD static void Token(const ModeConsts<F>& c, const PolicyToken<F>& t, const SeqState<F>&, TokenTerm<F>* o) {
+    using namespace policy_detail;
     F dr;
     const F r = ClampedRatio(t.d, &dr);
-    const F rc = policy_detail::Clamp(r, c.lo, c.hi);
+    const F rc = Clamp(r, c.lo, c.hi);
     o->ratio = r;
     o->loss = -rc * t.A * t.logp;
     o->grad = -rc * t.A;
-    uint32_t f = 0;
-    if (r < c.lo || r > c.hi) f |= kFlagClip;
-    if (r < c.lo && t.A < F(0)) f |= kFlagLow;
-    if (r > c.hi && t.A > F(0)) f |= kFlagHigh;
-    o->flags = f;
+    o->clip = (r < c.lo) | (r > c.hi);
+    o->low = (r < c.lo) & (t.A < F(0));
+    o->high = (r > c.hi) & (t.A > F(0));
   }
 };
 
@@ -236,24 +242,26 @@ struct DppoMode : VanillaMode {
   template <class F>
   RLK_HD static void Token(const ModeConsts<F>& c, const PolicyToken<F>& t, const SeqState<F>&, TokenTerm<F>* o) {
     using namespace policy_detail;
+    using M = MaskOf<F>;
     F dr;
     const F r = ClampedRatio(t.d, &dr);
     const F p = Exp(t.logp), po = Exp(t.old);
-    bool valid;
+    const M pos = t.A > F(0);
+    M valid;
     if (kKl) {
       const F b = po * (t.old - t.logp) + (F(1) - po) * Log((F(1) - po + F(1e-8)) / (F(1) - p + F(1e-8)));
-      valid = t.A > F(0) ? (b <= c.ch || p <= po) : (b <= c.cl || p >= po);
+      valid = (pos & ((b <= c.ch) | (p <= po))) | ((!pos) & ((b <= c.cl) | (p >= po)));
     } else {
-      valid = t.A > F(0) ? (p - po <= c.ch) : (p - po >= -c.cl);
+      valid = (pos & (p - po <= c.ch)) | ((!pos) & (p - po >= -c.cl));
     }
     const F rc = Min(r, c.cap);
     o->ratio = r;
-    o->loss = valid ? -t.A * rc * t.logp : F(0);
-    o->grad = valid ? -t.A * rc : F(0);
-    uint32_t f = 0;
-    if (!valid) f |= kFlagClip | (t.A > F(0) ? kFlagHigh : kFlagLow);
-    if (valid && r > c.cap) f |= kFlagDual;
-    o->flags = f;
+    o->loss = Sel(valid, -t.A * rc * t.logp, F(0));
+    o->grad = Sel(valid, -t.A * rc, F(0));
+    o->clip = !valid;
+    o->high = (!valid) & pos;
+    o->low = (!valid) & (!pos);
+    o->dual = valid & (r > c.cap);
   }
 };
 
@@ -274,21 +282,20 @@ struct ClipCovMode : VanillaMode {
   static constexpr int kCov = 1;
   template <class F>
   RLK_HD static void Token(const ModeConsts<F>& c, const PolicyToken<F>& t, const SeqState<F>&, TokenTerm<F>* o) {
-    const F r = policy_detail::Exp(t.d);
+    using namespace policy_detail;
+    const F r = Exp(t.d);
     ClippedSurrogate(c, t.A, r, r, false, false, o);
     o->ratio = r;
-    o->flags &= kFlagLow | kFlagHigh;
-    if (t.sel) {
-      o->loss = F(0);
-      o->grad = F(0);
-      o->flags |= kFlagClip;
-    }
+    o->clip = t.sel;
+    o->loss = Sel(t.sel, F(0), o->loss);
+    o->grad = Sel(t.sel, F(0), o->grad);
   }
   // A candidate for selection: not clipped and lb < cov < ub.
   template <class F>
   RLK_HD static bool Candidate(const ModeConsts<F>& c, const PolicyToken<F>& t, F cov) {
-    const F r = policy_detail::Exp(t.d);
-    const F l1 = -t.A * r, l2 = -t.A * policy_detail::Clamp(r, c.lo, c.hi);
+    using namespace policy_detail;
+    const F r = Exp(t.d);
+    const F l1 = -t.A * r, l2 = -t.A * Clamp(r, c.lo, c.hi);
     return !(l2 > l1) && cov > c.cov_lb && cov < c.cov_ub;
   }
 };
@@ -298,15 +305,13 @@ struct KlCovMode : VanillaMode {
   static constexpr int kCov = 1;
   template <class F>
   RLK_HD static void Token(const ModeConsts<F>& c, const PolicyToken<F>& t, const SeqState<F>&, TokenTerm<F>* o) {
-    const F r = policy_detail::Exp(t.d);
+    using namespace policy_detail;
+    const F r = Exp(t.d);
     o->ratio = r;
-    o->loss = -t.A * r;
-    o->grad = -t.A * r;
-    if (t.sel) {
-      o->loss += c.kappa * (t.d < F(0) ? -t.d : t.d);
-      o->grad += c.kappa * (t.d > F(0) ? F(1) : (t.d < F(0) ? F(-1) : F(0)));
-      o->flags = kFlagClip;
-    }
+    const F sgn = Sel(t.d > F(0), F(1), Sel(t.d < F(0), F(-1), F(0)));
+    o->loss = -t.A * r + Sel(t.sel, c.kappa * Sel(t.d < F(0), -t.d, t.d), F(0));
+    o->grad = -t.A * r + Sel(t.sel, c.kappa * sgn, F(0));
+    o->clip = t.sel;
   }
 };
 
@@ -360,7 +365,6 @@ struct LuspoMode : GspoMode {
   RLK_HD static void Token(const ModeConsts<F>& c, const PolicyToken<F>& t, const SeqState<F>& q, TokenTerm<F>* o) {
     o->ratio = q.s;
     ClippedSurrogate(c, t.A, q.s, F(0), false, false, o);
-    o->grad = F(0);
     o->grad_seq = q.gseq;
   }
 };
@@ -395,12 +399,17 @@ struct GeoMeanMode {
   }
   template <class F>
   RLK_HD static void Token(const ModeConsts<F>& c, const PolicyToken<F>& t, const SeqState<F>& q, TokenTerm<F>* o) {
+    using namespace policy_detail;
+    using M = MaskOf<F>;
     o->ratio = q.s;
     o->loss = q.value;
-    const bool hi = t.A > F(0) && t.d > c.ch, lo = t.A < F(0) && t.d < -c.cl;
-    const bool live = (t.A > F(0) && t.d <= c.ch) || (t.A < F(0) && t.d >= -c.cl);
-    o->grad_seq = live ? q.gseq : F(0);
-    o->flags = (hi || lo ? kFlagClip : 0u) | (lo ? kFlagLow : 0u) | (hi ? kFlagHigh : 0u);
+    const M pos = t.A > F(0), neg = t.A < F(0);
+    const M hi = pos & (t.d > c.ch), lo = neg & (t.d < -c.cl);
+    const M live = (pos & (t.d <= c.ch)) | (neg & (t.d >= -c.cl));
+    o->grad_seq = Sel(live, q.gseq, F(0));
+    o->clip = hi | lo;
+    o->low = lo;
+    o->high = hi;
   }
 };
 
@@ -426,11 +435,11 @@ struct VespoMode {
     using namespace policy_detail;
     F dr;
     o->ratio = ClampedRatio(t.d, &dr);
-    const bool pos = t.A >= F(0);
-    const F k = pos ? c.k_pos : c.k_neg;
-    const F lam = Max(pos ? c.lambda_pos : c.lambda_neg, F(1e-4));
+    const MaskOf<F> pos = t.A >= F(0);
+    const F k = Sel(pos, c.k_pos, c.k_neg);
+    const F lam = Max(Sel(pos, c.lambda_pos, c.lambda_neg), F(1e-4));
     F phi = Exp(lam + k * q.s - lam * q.w);
-    if (!Finite(phi)) phi = F(0);
+    phi = Sel(Finite(phi), phi, F(0));
     o->loss = -phi * t.A * t.logp;
     o->grad = -phi * t.A;
   }
