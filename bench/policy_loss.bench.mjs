@@ -94,7 +94,9 @@ for (const task of bench.tasks) {
 if (flag('json')) {
   console.log(JSON.stringify({ threads: THREADS, isa: rlk.buildInfo().cpu.simd, python: PYTHON, torch: version, note: torchNote, rows }));
 } else {
-  console.log(`\npolicyLoss whole objective, CPU fp32, ${THREADS} threads (ISA path ${rlk.buildInfo().cpu.simd}); median of ${ITERS} runs; forward + gradient + stats`);
+  const isa = rlk.buildInfo().cpu.simd;
+  const lanesNote = isa === 'baseline' ? 'scalar token pass' : 'token pass on 4 double lanes (AVX2 instructions)';
+  console.log(`\npolicyLoss whole objective, CPU fp32, ${THREADS} threads (ISA path ${isa}: ${lanesNote}); median of ${ITERS} runs; forward + gradient + stats`);
   console.log(`PyTorch ${version || 'n/a'} (${PYTHON ?? 'none'}), same thread count${torchNote ? '; ' + torchNote : ''}\n`);
   console.log('| mode | B x T | rlkernels (ms) | GB/s | eager (ms) | compile (ms) | vs eager | vs compile |');
   console.log('|---|---|---:|---:|---:|---:|---:|---:|');

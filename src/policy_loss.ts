@@ -440,6 +440,9 @@ export function policyLoss(inputs: PolicyLossInputs, options?: PolicyLossOptions
       logVeto = Math.log(checkNumber(fn, 'tis.vetoThreshold', t.vetoThreshold, { greaterThan: 0 }));
     }
     if (!rollout) throw typeError(fn, `inputs.rolloutLogprobs must be a tensor when tis is given, got ${describe(i.rolloutLogprobs)}`);
+    if (mode === 'vespo' && tisLevel !== 1) {
+      throw rangeError(fn, `tis.level must be 'token' in mode vespo (TRL allows only token-level IS there), got '${TIS_LEVELS[tisLevel - 1]}'`);
+    }
   }
   let hasReject = false;
   if (o.rolloutCorrection !== undefined) {

@@ -50,7 +50,7 @@ struct Lanes {
   D v;
   RLK_LANE Lanes() : v(D{} + 0.0) {}
   RLK_LANE Lanes(double x) : v(D{} + x) {}
-  RLK_LANE static Lanes Of(D d) {
+  RLK_LANE static Lanes Of(const D& d) {
     Lanes r;
     r.v = d;
     return r;
@@ -63,7 +63,7 @@ struct LaneMask {
   typename Lanes<N>::I m;  // all ones (true) or zero per lane
   RLK_LANE LaneMask() : m(typename Lanes<N>::I{} + 0) {}
   RLK_LANE LaneMask(bool b) : m(typename Lanes<N>::I{} + (b ? -1 : 0)) {}
-  RLK_LANE static LaneMask Of(typename Lanes<N>::I x) {
+  RLK_LANE static LaneMask Of(const typename Lanes<N>::I& x) {
     LaneMask r;
     r.m = x;
     return r;
