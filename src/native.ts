@@ -71,6 +71,20 @@ function load(): { core: NativeCore; path: string } {
       throw new NativeLoadError(`rlkernels: RLK_NATIVE_PATH=${explicit} could not be loaded: ${err instanceof Error ? err.message : String(err)}`, { cause: err });
     }
   }
+  // RLK_CUDA_SIM=1: the test build whose `cuda` device is emulated on the CPU
+  // (native/sim, DESIGN 9), built by `npm run build:sim` into build-sim/.
+  if (process.env.RLK_CUDA_SIM === '1') {
+    const path = join(PACKAGE_ROOT, 'build-sim', 'Release', 'rlkernels.node');
+    try {
+      return { core: require(path) as NativeCore, path };
+    } catch (err) {
+      throw new NativeLoadError(
+        `rlkernels: RLK_CUDA_SIM=1 asks for the emulated-CUDA build, but ${path} could not be loaded ` +
+          `(build it with \`npm run build:sim\`): ${err instanceof Error ? err.message.split('\n')[0] : String(err)}`,
+        { cause: err },
+      );
+    }
+  }
   const nodeGypBuild = require('node-gyp-build') as { (dir: string): unknown; resolve(dir: string): string };
   try {
     const path = nodeGypBuild.resolve(PACKAGE_ROOT);

@@ -23,6 +23,7 @@ export function buildInfo(): BuildInfo {
     cuda: {
       compiled: n.cudaCompiled,
       archs: n.cudaArchs,
+      emulated: n.cudaArchs.startsWith('emulated'),
       runtimeVersion: cudaVersion(n.cudaRuntimeVersion),
       driverVersion: cudaVersion(n.cudaDriverVersion),
       deviceCount: n.cudaDeviceCount,

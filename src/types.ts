@@ -80,6 +80,8 @@ export interface BuildInfo {
   cuda: {
     compiled: boolean;
     archs: string;
+    /** The `cuda` device is the CPU emulation of the test build (native/sim, `RLK_CUDA_SIM=1`), not a GPU. */
+    emulated: boolean;
     runtimeVersion: string | null;
     driverVersion: string | null;
     deviceCount: number;

@@ -86,12 +86,24 @@ export function expectClose(what: string, out: ArrayLike<number>, ref: ArrayLike
 
 export const HAS_CUDA = rlk.cuda.isAvailable();
 
+/** True when the `cuda` device is the CPU emulation (native/sim, RLK_CUDA_SIM=1). */
+export const CUDA_EMULATED = HAS_CUDA && rlk.buildInfo().cuda.emulated;
+
+/**
+ * Shapes for the CUDA tests: `full` on a GPU, `emulated` on the emulated device, where every
+ * CUDA thread is a fiber on the CPU (still reaching every path: see README, "CUDA without a GPU").
+ */
+export function cudaShape<T>(full: T, emulated: T, device: rlk.Device = 'cuda'): T {
+  return CUDA_EMULATED && device !== 'cpu' ? emulated : full;
+}
+
 /** describe() that runs only with a GPU and says so, visibly, without one. */
 export const describeCuda: typeof describe = (HAS_CUDA ? describe : describe.skip) as typeof describe;
+// Printed once per test file that imports this module.
 if (!HAS_CUDA) {
-  const reason = rlk.buildInfo().cuda.reason;
-  // Printed once per test file that imports this module.
-  console.log(`[rlkernels] CUDA tests skipped: ${reason}`);
+  console.log(`[rlkernels] CUDA tests skipped: ${rlk.buildInfo().cuda.reason}`);
+} else {
+  console.log(`[rlkernels] CUDA tests run on ${rlk.buildInfo().cuda.devices.join(', ')}${CUDA_EMULATED ? ' (emulated device: RLK_CUDA_SIM=1)' : ''}`);
 }
 
 /** Devices to run device-generic tests on. */

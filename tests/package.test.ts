@@ -46,7 +46,8 @@ const t = rlk.tensor([[1, 2], [3, 4]], { dtype: 'bfloat16' });
 const info = rlk.buildInfo();
 console.log(JSON.stringify({ binary: info.binary, cuda: info.cuda.compiled, values: Array.from(await t.toArray()) }));`;
     writeFileSync(join(app, 'check.mjs'), script);
-    const res = JSON.parse(execFileSync(process.execPath, ['check.mjs'], { cwd: app, encoding: 'utf8' }));
+    // RLK_CUDA_SIM=0: the consumer loads the shipped binary, not this checkout's emulated-CUDA test build.
+    const res = JSON.parse(execFileSync(process.execPath, ['check.mjs'], { cwd: app, encoding: 'utf8', env: { ...process.env, RLK_CUDA_SIM: '0' } }));
     expect(res.binary).toContain(join('node_modules', 'rlkernels', 'prebuilds', `${process.platform}-${process.arch}`));
     expect(res.values).toEqual([1, 2, 3, 4]);
     // The prebuilt binary carries the CUDA code when this machine's build had nvcc.
@@ -64,7 +65,7 @@ console.log(JSON.stringify({ binary: info.binary, cuda: info.cuda.compiled, valu
         cwd: dir,
         encoding: 'utf8',
         stdio: 'pipe',
-        env: { ...process.env, RLK_NATIVE_PATH: '' },
+        env: { ...process.env, RLK_NATIVE_PATH: '', RLK_CUDA_SIM: '0' },
       });
     } catch (err) {
       stderr = (err as { stderr: string }).stderr;

@@ -83,6 +83,10 @@ __device__ double BlockReduce(double v, double* slots) {
   if (warp == 0) {
     v = slots[lane < kWarps ? lane : 0];
     for (int o = kWarps / 2; o > 0; o >>= 1) v = Op::Op(v, __shfl_down_sync(0xffffffffu, v, o));
+    // Lanes >= kWarps read slot 0 above; shuffles do not order memory, so
+    // without this lane 0's write races with those reads (found by the
+    // emulated device under ThreadSanitizer).
+    __syncwarp();
     if (lane == 0) slots[0] = v;
   }
   __syncthreads();
@@ -566,8 +570,10 @@ struct Launcher {
     unsigned long long* bins = reinterpret_cast<unsigned long long*>(static_cast<char*>(scratch) + seq_bytes + part_bytes);
     PolicyLossParams params = p;
     void* args[] = {&params, &seqs, &partials, &bins};
-    cudaError_t err = cudaLaunchCooperativeKernel(reinterpret_cast<const void*>(PolicyLossKernel<Mode>), dim3(unsigned(blocks)),
-                                                  dim3(kThreads), args, 0, static_cast<cudaStream_t>(p.stream));
+    // The typed form of the C++ API (valid CUDA; the emulated device needs the
+    // parameter types to call the kernel).
+    cudaError_t err = cudaLaunchCooperativeKernel(PolicyLossKernel<Mode>, dim3(unsigned(blocks)), dim3(kThreads), args, 0,
+                                                  static_cast<cudaStream_t>(p.stream));
     if (err == cudaSuccess) err = cudaGetLastError();
     // The caching allocator reuses blocks in stream order on this device's one
     // stream, so the scratch may be handed back before the kernel has run.
