@@ -176,7 +176,7 @@ void TokenPass(const Ctx& c, const ModeConsts<double>& mc, const Tile& tile, int
 // - 1 by its Taylor series on |x| < 1 (as kl_detail::ExpMinusXMinus1), and
 // d/dlogp (e^x - x - 1) = -(e^x - 1) = -(x + (e^x - x - 1)).
 template <int N>
-RLK_LANE void KlLanes(int32_t est, lanes::Lanes<N> d, lanes::Lanes<N>* value, lanes::Lanes<N>* grad) {
+RLK_LANE void KlLanes(int32_t est, const lanes::Lanes<N>& d, lanes::Lanes<N>* value, lanes::Lanes<N>* grad) {
   using L = lanes::Lanes<N>;
   using lanes::Sel;
   switch (est) {

@@ -36,6 +36,14 @@
 #include "rlk/policy_loss.h"
 #include "rlk/runtime.h"
 
+// __noinline__ is nvcc's; g++ builds for the emulated device (native/sim)
+// cannot take it as a macro (libstdc++ spells __attribute__((__noinline__))).
+#if defined(RLK_CUDA_SIM_DEVICE)
+#define RLK_NOINLINE __attribute__((noinline))
+#else
+#define RLK_NOINLINE __noinline__
+#endif
+
 namespace rlk::cuda {
 namespace {
 
@@ -112,12 +120,12 @@ __device__ __forceinline__ void ReportBadOffsets(int32_t* error_word) {
 }
 
 // The decisions every phase must take alike (see the file comment).
-__device__ __noinline__ bool TokenRollout(const PolicyLossParams& p, int64_t t, float* w) {
+__device__ RLK_NOINLINE bool TokenRollout(const PolicyLossParams& p, int64_t t, float* w) {
   return RolloutToken<float>(p, RolloutLogRatio<float>(p, t), w);
 }
 
 // Covariance key of a kept token (UINT64_MAX: not a candidate).
-__device__ __noinline__ uint64_t CovKey(const PolicyLossParams& p, const ModeConsts<float>& mc, int64_t i, int64_t j, int64_t t,
+__device__ RLK_NOINLINE uint64_t CovKey(const PolicyLossParams& p, const ModeConsts<float>& mc, int64_t i, int64_t j, int64_t t,
                                         float A, float abar, float lbar) {
   PolicyToken<float> tok{p.logprobs[t], p.old_logprobs[t], A, 0.f, false};
   tok.d = tok.logp - tok.old;
@@ -308,6 +316,11 @@ __global__ void __launch_bounds__(kThreads) PolicyLossKernel(PolicyLossParams p,
         if (!KeepToken(p, q, t, A, norm, rollout, &w, &o)) continue;
         PolicyToken<float> tok{p.logprobs[t], p.old_logprobs[t], A, 0.f, false};
         tok.d = tok.logp - tok.old;
+        // TwoSum: the exact rounding error of logp - old (adds only, so no FMA contraction).
+        {
+          const float bv = tok.d - tok.logp, av = tok.d - bv;
+          tok.d_lo = (tok.logp - av) + (-tok.old - bv);
+        }
         if (Mode::kSeqSums > 0) {
           float v[S];
           Mode::SeqTerms(mc, tok, w, o, v);

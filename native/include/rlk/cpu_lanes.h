@@ -71,27 +71,27 @@ struct LaneMask {
 };
 
 #define RLK_LANE_BIN(op)                                                                                       \
-  template <int N> RLK_LANE Lanes<N> operator op(Lanes<N> a, Lanes<N> b) { return Lanes<N>::Of(a.v op b.v); } \
-  template <int N> RLK_LANE Lanes<N> operator op(Lanes<N> a, double b) { return Lanes<N>::Of(a.v op b); }     \
-  template <int N> RLK_LANE Lanes<N> operator op(double a, Lanes<N> b) { return Lanes<N>::Of(a op b.v); }
+  template <int N> RLK_LANE Lanes<N> operator op(const Lanes<N>& a, const Lanes<N>& b) { return Lanes<N>::Of(a.v op b.v); } \
+  template <int N> RLK_LANE Lanes<N> operator op(const Lanes<N>& a, double b) { return Lanes<N>::Of(a.v op b); }     \
+  template <int N> RLK_LANE Lanes<N> operator op(double a, const Lanes<N>& b) { return Lanes<N>::Of(a op b.v); }
 RLK_LANE_BIN(+)
 RLK_LANE_BIN(-)
 RLK_LANE_BIN(*)
 RLK_LANE_BIN(/)
 #undef RLK_LANE_BIN
-template <int N> RLK_LANE Lanes<N> operator-(Lanes<N> a) { return Lanes<N>::Of(-a.v); }
-template <int N> RLK_LANE Lanes<N>& operator+=(Lanes<N>& a, Lanes<N> b) { a.v += b.v; return a; }
-template <int N> RLK_LANE Lanes<N>& operator-=(Lanes<N>& a, Lanes<N> b) { a.v -= b.v; return a; }
+template <int N> RLK_LANE Lanes<N> operator-(const Lanes<N>& a) { return Lanes<N>::Of(-a.v); }
+template <int N> RLK_LANE Lanes<N>& operator+=(Lanes<N>& a, const Lanes<N>& b) { a.v += b.v; return a; }
+template <int N> RLK_LANE Lanes<N>& operator-=(Lanes<N>& a, const Lanes<N>& b) { a.v -= b.v; return a; }
 
 // Comparisons are ordered (false with a NaN), as the scalar ones; != is unordered.
 // Written as a vector select so AVX-512 builds them from a compare into a mask
 // register (a bare vector comparison was lowered lane by lane there).
 #define RLK_LANE_CMP(op)                                                                 \
-  template <int N> RLK_LANE LaneMask<N> operator op(Lanes<N> a, Lanes<N> b) {            \
+  template <int N> RLK_LANE LaneMask<N> operator op(const Lanes<N>& a, const Lanes<N>& b) {            \
     typedef typename Lanes<N>::I I;                                                      \
     return LaneMask<N>::Of((a.v op b.v) ? (I{} - 1) : (I{} + 0));                        \
   }                                                                                      \
-  template <int N> RLK_LANE LaneMask<N> operator op(Lanes<N> a, double b) { return a op Lanes<N>(b); }
+  template <int N> RLK_LANE LaneMask<N> operator op(const Lanes<N>& a, double b) { return a op Lanes<N>(b); }
 RLK_LANE_CMP(<)
 RLK_LANE_CMP(<=)
 RLK_LANE_CMP(>)
@@ -100,19 +100,19 @@ RLK_LANE_CMP(==)
 RLK_LANE_CMP(!=)
 #undef RLK_LANE_CMP
 
-template <int N> RLK_LANE LaneMask<N> operator&(LaneMask<N> a, LaneMask<N> b) { return LaneMask<N>::Of(a.m & b.m); }
-template <int N> RLK_LANE LaneMask<N> operator|(LaneMask<N> a, LaneMask<N> b) { return LaneMask<N>::Of(a.m | b.m); }
-template <int N> RLK_LANE LaneMask<N> operator!(LaneMask<N> a) { return LaneMask<N>::Of(~a.m); }
+template <int N> RLK_LANE LaneMask<N> operator&(const LaneMask<N>& a, const LaneMask<N>& b) { return LaneMask<N>::Of(a.m & b.m); }
+template <int N> RLK_LANE LaneMask<N> operator|(const LaneMask<N>& a, const LaneMask<N>& b) { return LaneMask<N>::Of(a.m | b.m); }
+template <int N> RLK_LANE LaneMask<N> operator!(const LaneMask<N>& a) { return LaneMask<N>::Of(~a.m); }
 
 template <int N>
-RLK_LANE Lanes<N> Sel(LaneMask<N> m, Lanes<N> a, Lanes<N> b) {
+RLK_LANE Lanes<N> Sel(const LaneMask<N>& m, const Lanes<N>& a, const Lanes<N>& b) {
   typedef typename Lanes<N>::I I;
   typedef typename Lanes<N>::D D;
   return Lanes<N>::Of((D)(((I)a.v & m.m) | ((I)b.v & ~m.m)));
 }
 
 template <int N>
-RLK_LANE LaneMask<N> Finite(Lanes<N> x) {
+RLK_LANE LaneMask<N> Finite(const Lanes<N>& x) {
   typedef typename Lanes<N>::I I;
   const I e = (I)x.v & (I{} + 0x7ff0000000000000ll);
   return LaneMask<N>::Of(e != (I{} + 0x7ff0000000000000ll));
@@ -126,7 +126,7 @@ RLK_LANE LaneMask<N> Finite(Lanes<N> x) {
 // Taylor polynomial of degree 13 (truncation < 4e-18 relative) and 2^n
 // built in the exponent bits.
 template <int N>
-RLK_LANE Lanes<N> Exp(Lanes<N> x) {
+RLK_LANE Lanes<N> Exp(const Lanes<N>& x) {
   typedef typename Lanes<N>::I I;
   typedef typename Lanes<N>::D D;
   D xv = x.v;
@@ -152,7 +152,7 @@ RLK_LANE Lanes<N> Exp(Lanes<N> x) {
 
 // ln x lane by lane (only the rare dppo-kl and pre-pass paths need it).
 template <int N>
-RLK_LANE Lanes<N> Log(Lanes<N> x) {
+RLK_LANE Lanes<N> Log(const Lanes<N>& x) {
   Lanes<N> r;
   for (int k = 0; k < N; ++k) r.v[k] = std::log(x.v[k]);
   return r;
@@ -166,7 +166,7 @@ RLK_LANE Lanes<N> LoadF(const float* p) {
 }
 
 template <int N>
-RLK_LANE void StoreF(float* p, Lanes<N> x) {
+RLK_LANE void StoreF(float* p, const Lanes<N>& x) {
   const typename Lanes<N>::Fv f = __builtin_convertvector(x.v, typename Lanes<N>::Fv);
   std::memcpy(p, &f, sizeof(f));
 }
@@ -186,7 +186,7 @@ RLK_LANE LaneMask<N> LoadMask(const uint8_t* p) {
 
 // Sum of the lanes in a fixed order (pairwise).
 template <int N>
-RLK_LANE double HSum(Lanes<N> x) {
+RLK_LANE double HSum(const Lanes<N>& x) {
   double a[N];
   std::memcpy(a, &x.v, sizeof(a));
   for (int w = N / 2; w > 0; w /= 2)
@@ -196,7 +196,7 @@ RLK_LANE double HSum(Lanes<N> x) {
 
 // Count of true lanes, accumulated as negative ones.
 template <int N>
-RLK_LANE int64_t HCount(typename Lanes<N>::I c) {
+RLK_LANE int64_t HCount(const typename Lanes<N>::I& c) {
   int64_t s = 0;
   for (int k = 0; k < N; ++k) s -= c[k];
   return s;

@@ -71,11 +71,11 @@ inline bool Finite(double x) { return std::isfinite(x); }
 // m ? a : b. Entries select with Sel, combine conditions with & | ! and call
 // Exp / Log / Finite / Min / Max / Clamp unqualified, so that they also run
 // on the CPU's lane types (cpu_lanes.h), whose overloads ADL finds.
-template <class F> RLK_HD F Sel(bool m, F a, F b) { return m ? a : b; }
+template <class F> RLK_HD F Sel(bool m, const F& a, const F& b) { return m ? a : b; }
 // std::min/max argument order: a NaN in `v` propagates (CUDA's fminf would hide it).
-template <class F> RLK_HD F Min(F v, F hi) { return Sel(hi < v, hi, v); }
-template <class F> RLK_HD F Max(F v, F lo) { return Sel(lo > v, lo, v); }
-template <class F> RLK_HD F Clamp(F v, F lo, F hi) { return Sel(v < lo, lo, Sel(v > hi, hi, v)); }
+template <class F> RLK_HD F Min(const F& v, const F& hi) { return Sel(hi < v, hi, v); }
+template <class F> RLK_HD F Max(const F& v, const F& lo) { return Sel(lo > v, lo, v); }
+template <class F> RLK_HD F Clamp(const F& v, const F& lo, const F& hi) { return Sel(v < lo, lo, Sel(v > hi, hi, v)); }
 }  // namespace policy_detail
 
 // The condition type of F: bool for float / double, a lane mask for lanes.
@@ -83,7 +83,7 @@ template <class F> using MaskOf = decltype(F() < F());
 
 // DESIGN 3.3's clamp of log-ratios and rollout log-weights to [-20, 20].
 template <class F>
-RLK_HD F ClampLogRatio(F x) {
+RLK_HD F ClampLogRatio(const F& x) {
   using namespace policy_detail;
   return Clamp(x, F(-20), F(20));
 }
@@ -110,6 +110,7 @@ struct PolicyToken {
   F logp, old, A;
   F d;              // logp - old, unclamped
   MaskOf<F> sel{};  // selected (clip-cov, kl-cov)
+  F d_lo = F(0);    // logp - old - d exactly (the rounding of d; 0 in double), pre-pass only
 };
 
 // A sequence's state from its pre-pass (1 and 0 for token-local modes).
@@ -141,7 +142,7 @@ struct TokenTerm {
 // bounds, so dL/dr = -A where L1 >= L2, r < cap and the dual clip is
 // inactive, else 0.
 template <class F>
-RLK_HD void ClippedSurrogate(const ModeConsts<F>& c, F A, F r, F dr, bool dual, bool cap, TokenTerm<F>* o) {
+RLK_HD void ClippedSurrogate(const ModeConsts<F>& c, const F& A, const F& r, const F& dr, bool dual, bool cap, TokenTerm<F>* o) {
   using namespace policy_detail;
   using M = MaskOf<F>;
   const F rl = cap ? Min(r, c.cap) : r;
@@ -168,7 +169,7 @@ RLK_HD void ClippedSurrogate(const ModeConsts<F>& c, F A, F r, F dr, bool dual, 
 // The ratio of the token modes: r = exp(clamp(d, -20, 20)); the clamp passes
 // the gradient inside its bounds (inclusive).
 template <class F>
-RLK_HD F ClampedRatio(F d, F* dr) {
+RLK_HD F ClampedRatio(const F& d, F* dr) {
   using namespace policy_detail;
   const F r = Exp(ClampLogRatio(d));
   *dr = Sel((d >= F(-20)) & (d <= F(20)), r, F(0));
@@ -415,17 +416,21 @@ struct GeoMeanMode {
 
 // vespo (TRL vespo, get_gamma_weights): ln w_i = clamp(sum dbar + sum
 // clamp(ln w^IS), ln 1e-8, 20); phi = exp(lambda + k ln w - lambda w);
-// l = -sg(phi) A logp. sums: [sum dbar, sum clamp(ln w^IS, ln 1e-8, 20)].
+// l = -sg(phi) A logp. sums: [sum dbar, sum clamp(ln w^IS, ln 1e-8, 20), the
+// rounding of the dbar inside the clamp]. phi is exponentially sensitive to
+// ln w (relative error |k - lambda w| times its absolute error), so float
+// machinery carries the rounding of logp - old into the sum.
 struct VespoMode {
-  static constexpr int kSeqSums = 2, kCov = 0, kFoldsIs = 1;
+  static constexpr int kSeqSums = 3, kCov = 0, kFoldsIs = 1;
   template <class F>
   RLK_HD static void SeqTerms(const ModeConsts<F>&, const PolicyToken<F>& t, F w, F, F* out) {
     out[0] = ClampLogRatio(t.d);
     out[1] = policy_detail::Clamp(policy_detail::Log(w), F(-18.420680743952367), F(20));
+    out[2] = (t.d > F(-20) && t.d < F(20)) ? t.d_lo : F(0);
   }
   template <class F>
   RLK_HD static void SeqFinal(const ModeConsts<F>&, const F* sums, F n, bool is, SeqState<F>* q) {
-    const F lw = policy_detail::Clamp(sums[0] + (is ? sums[1] : F(0)), F(-18.420680743952367), F(20));
+    const F lw = policy_detail::Clamp(sums[0] + sums[2] + (is ? sums[1] : F(0)), F(-18.420680743952367), F(20));
     q->s = lw;
     q->w = policy_detail::Exp(lw);
     (void)n;
