@@ -1,18 +1,25 @@
-// policyLoss on the CPU: the whole GRPO objective (dual clip, clip-higher,
-// token-mean, k3 KL with a coefficient, gradient and stats) at 64 x 32768
-// and 512 x 8192 fp32, beside PyTorch 1.13 eager + autograd on the same
-// formulas (bench/torch_policy_loss.py) with the same thread count.
-// Usage: node bench/policy_loss.bench.mjs [--threads=N]   (after npm run build)
+// policyLoss on the CPU: each mode's whole GRPO objective (the mode's surrogate with its default
+// aggregation, a k3 KL term with a coefficient, gradient and stats) beside PyTorch eager + autograd
+// and torch.compile of the same formulas (bench/torch_policy_loss.py), same thread count, one run.
+// Usage: node bench/policy_loss.bench.mjs [--threads=N] [--quick] [--modes=a,b] [--json] [--no-compile]
+//   (after npm run build; python: RLK_BENCH_PYTHON, else .venv/bin/python, else /usr/bin/python3)
+import { spawnSync } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { join } from 'node:path';
 import { Bench } from 'tinybench';
 import * as rlk from '../dist/index.js';
-import { normal, rng, runTorch } from './common.mjs';
+import { BENCH_DIR, normal, rng } from './common.mjs';
 
-const threadsArg = process.argv.find((a) => a.startsWith('--threads='));
-const THREADS = threadsArg ? Number(threadsArg.split('=')[1]) : 2;
-const SHAPES = [[64, 32768], [512, 8192]];
-const ITERS = 10;
+const arg = (name) => process.argv.find((a) => a.startsWith(`--${name}=`))?.split('=')[1];
+const flag = (name) => process.argv.includes(`--${name}`);
+const THREADS = Number(arg('threads') ?? 2);
+const QUICK = flag('quick');
+const ALL_MODES = ['vanilla', 'gspo', 'sapo', 'gpg', 'cispo', 'geo-mean', 'dppo-tv', 'dppo-kl', 'dro', 'clip-cov', 'kl-cov', 'reinforce', 'luspo', 'vespo'];
+const MODES = arg('modes') ? arg('modes').split(',') : ALL_MODES;
+const SHAPES = QUICK ? [[16, 4096]] : [[64, 32768], [512, 8192]];
+const ITERS = QUICK ? 5 : 10;
+const PYTHON = process.env.RLK_BENCH_PYTHON || [join(BENCH_DIR, '..', '.venv', 'bin', 'python'), '/usr/bin/python3'].find((p) => existsSync(p));
 rlk.setNumThreads(THREADS);
-
 
 function inputs(B, T) {
   const r = rng(1);
@@ -40,31 +47,63 @@ function inputs(B, T) {
   };
 }
 
+// The Python side's constants (torch_policy_loss.py): clip 0.2 / 0.28, dual clip 3, dro beta 0.1.
+const modeOptions = (mode) => ({ mode, clipLow: 0.2, clipHigh: 0.28, beta: 0.1, ...(mode === 'vanilla' ? { dualClip: 3 } : {}) });
+
 const bench = new Bench({ iterations: ITERS, time: 0, warmupIterations: 2, warmupTime: 0 });
-for (const [B, T] of SHAPES) {
-  const x = inputs(B, T);
-  bench.add(`${B} x ${T}`, async () => {
-    const out = rlk.policyLoss(
-      { logprobs: x.logprobs, oldLogprobs: x.oldLogprobs, advantages: x.advantages, mask: x.mask },
-      { clipLow: 0.2, clipHigh: 0.28, dualClip: 3, aggregation: 'token-mean', kl: { refLogprobs: x.refLogprobs, estimator: 'k3', coef: 0.001 } },
-    );
-    await out.loss.item();
-    await out.readStats();
-    out.loss.dispose();
-    out.grad.dispose();
-  });
+const data = SHAPES.map(([B, T]) => [B, T, inputs(B, T)]);
+for (const mode of MODES) {
+  for (const [B, T, x] of data) {
+    bench.add(`${mode}|${B} x ${T}`, async () => {
+      const out = rlk.policyLoss(
+        { logprobs: x.logprobs, oldLogprobs: x.oldLogprobs, advantages: x.advantages, mask: x.mask },
+        { ...modeOptions(mode), kl: { refLogprobs: x.refLogprobs, estimator: 'k3', coef: 0.001 } },
+      );
+      await out.loss.item();
+      await out.readStats();
+      out.loss.dispose();
+      out.grad.dispose();
+    });
+  }
 }
 await bench.run();
 
-const torch = runTorch('torch_policy_loss.py', [String(THREADS), String(ITERS)]);
+let torch = {};
+let torchNote = '';
+if (!PYTHON) {
+  torchNote = 'no python with torch found (set RLK_BENCH_PYTHON)';
+} else {
+  const pyArgs = [join(BENCH_DIR, 'torch_policy_loss.py'), String(THREADS), String(ITERS), JSON.stringify(SHAPES), MODES.join(',')];
+  if (flag('no-compile')) pyArgs.push('--no-compile');
+  const r = spawnSync(PYTHON, pyArgs, { encoding: 'utf8', maxBuffer: 1 << 24 });
+  if (r.status === 0) torch = JSON.parse(r.stdout.trim().split('\n').pop());
+  else torchNote = `PyTorch comparison failed: ${(r.stderr || '').trim().split('\n').pop()}`;
+}
+const version = PYTHON ? spawnSync(PYTHON, ['-c', 'import torch;print(torch.__version__)'], { encoding: 'utf8' }).stdout.trim() : '';
 
-const gb = (B, T) => (B * T * (4 * 4 + 1 + 4)) / 1e9; // logp, old, adv, ref, mask read; grad written
-console.log(`\npolicyLoss, CPU fp32, ${THREADS} threads (${rlk.buildInfo().cpu.simd}); median of ${ITERS} runs; forward + gradient + stats\n`);
-console.log('| B x T | rlkernels (ms) | GB/s | PyTorch 1.13 eager + autograd (ms) | speedup |');
-console.log('|---|---:|---:|---:|---:|');
+// Bytes moved per token: logp, old, adv, ref read (4 B each), mask (1 B), grad written (4 B).
+const gb = (B, T) => (B * T * (4 * 4 + 1 + 4)) / 1e9;
+const rows = [];
 for (const task of bench.tasks) {
+  const [mode, shape] = task.name.split('|');
+  const [B, T] = shape.split(' x ').map(Number);
   const ms = task.result.latency.p50;
-  const [B, T] = task.name.split(' x ').map(Number);
-  const t = torch[task.name];
-  console.log(`| ${task.name} | ${ms.toFixed(2)} | ${(gb(B, T) / (ms / 1000)).toFixed(1)} | ${t ? t.toFixed(1) : 'n/a'} | ${t ? (t / ms).toFixed(1) + 'x' : 'n/a'} |`);
+  const t = torch[mode]?.[shape] ?? {};
+  rows.push({ mode, shape, ms, gbps: gb(B, T) / (ms / 1000), eager: t.eager, compile: t.compile, compileError: t.compile_error });
+}
+if (flag('json')) {
+  console.log(JSON.stringify({ threads: THREADS, isa: rlk.buildInfo().cpu.simd, python: PYTHON, torch: version, note: torchNote, rows }));
+} else {
+  const isa = rlk.buildInfo().cpu.simd;
+  const lanesNote = isa === 'baseline' ? 'scalar token pass' : 'token pass on 4 double lanes (AVX2 instructions)';
+  console.log(`\npolicyLoss whole objective, CPU fp32, ${THREADS} threads (ISA path ${isa}: ${lanesNote}); median of ${ITERS} runs; forward + gradient + stats`);
+  console.log(`PyTorch ${version || 'n/a'} (${PYTHON ?? 'none'}), same thread count${torchNote ? '; ' + torchNote : ''}\n`);
+  console.log('| mode | B x T | rlkernels (ms) | GB/s | eager (ms) | compile (ms) | vs eager | vs compile |');
+  console.log('|---|---|---:|---:|---:|---:|---:|---:|');
+  const f = (v, d = 2) => (v === undefined ? 'n/a' : v.toFixed(d));
+  for (const r of rows) {
+    const ve = r.eager ? `${(r.eager / r.ms).toFixed(1)}x` : 'n/a';
+    const vc = r.compile ? `${(r.compile / r.ms).toFixed(2)}x` : r.compileError ? 'error' : 'n/a';
+    console.log(`| ${r.mode} | ${r.shape} | ${f(r.ms)} | ${f(r.gbps, 1)} | ${f(r.eager, 1)} | ${f(r.compile, 1)} | ${ve} | ${vc} |`);
+  }
 }

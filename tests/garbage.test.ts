@@ -132,6 +132,59 @@ describe('garbage at every public function', () => {
     }
   });
 
+  it('policyLoss: garbage in every option of the LOSSES.md modes, rollout correction and off-policy mask', async () => {
+    const lp = rlk.tensor([[-0.5, -1], [-2, -0.1]]);
+    const inputs = { logprobs: lp, oldLogprobs: lp, advantages: rlk.tensor([1, -1]), rolloutLogprobs: lp };
+    const keys = [
+      'mode', 'ratioCap', 'tauPos', 'tauNeg', 'beta', 'clipCovRatio', 'clipCovLb', 'clipCovUb', 'seed', 'klCovRatio', 'ppoKlCoef',
+      'kPos', 'lambdaPos', 'kNeg', 'lambdaNeg', 'rolloutCorrection', 'offPolicyMask', 'klBiasCorrection', 'aggregation',
+    ];
+    const pending: Promise<void>[] = [];
+    const call = (what: string, opts: unknown): void => {
+      const p = expectAllowed(`policyLoss(${what})`, () => {
+        const r = rlk.policyLoss(inputs, opts as never);
+        return r.readStats();
+      });
+      if (p) pending.push(p);
+    };
+    for (const g of garbage()) {
+      const l = label(g);
+      call(`options ${l}`, g);
+      for (const k of keys) {
+        call(`${k}: ${l}`, { [k]: g });
+        for (const mode of ['dro', 'clip-cov', 'kl-cov', 'vespo', 'geo-mean', 'luspo', 'reinforce']) call(`${mode} ${k}: ${l}`, { mode, beta: 0.1, [k]: g });
+      }
+      call(`is ${l}`, { rolloutCorrection: { is: g } });
+      call(`reject ${l}`, { rolloutCorrection: { reject: g } });
+      call(`reject [${l}]`, { rolloutCorrection: { reject: [g] } });
+      for (const k of ['level', 'mode', 'upper', 'lower', 'batchNormalize']) call(`is.${k} ${l}`, { rolloutCorrection: { is: { [k]: g } } });
+      for (const k of ['criterion', 'upper', 'lower']) call(`reject.${k} ${l}`, { rolloutCorrection: { reject: [{ criterion: 'token_k1', upper: 2, [k]: g }] } });
+      call(`offPolicyMask.threshold ${l}`, { offPolicyMask: { threshold: g } });
+    }
+    await Promise.all(pending);
+    // The addon checks the criteria it is handed, whatever the TypeScript layer did.
+    const { native } = await import('../src/native.js');
+    const n = native as unknown as Record<string, (...a: unknown[]) => unknown>;
+    const h = lp.handle('test');
+    const config = (criteria: unknown): Record<string, unknown> => ({
+      mode: 0, aggregation: 0, useDualClip: 1, tisLevel: 0, tisMode: 0, useVeto: 0, klEstimator: 0, clipLow: 0.2, clipHigh: 0.2, dualClip: 3,
+      tokenCount: 0, sequenceCount: 0, lossScale: 0, dpSize: 1, tisUpper: 2, tisLower: 0.5, logVeto: 0, klCoef: 0, entropyCoef: 0,
+      klBiasCorrection: 0, rolloutSource: 1, isNormalize: 0, isHasLower: 0, offPolicy: 0, offPolicyDelta: 0, ratioCap: 0, tauPos: 1, tauNeg: 1,
+      beta: 0, covRatio: 0, covLb: 0, covUb: 0, covSeed: 0, klCovCoef: 0, kPos: 1, lambdaPos: 1, kNeg: 1, lambdaNeg: 1, criteria,
+    });
+    const args = (criteria: unknown): unknown[] => [h, h, h, null, h, null, null, null, config(criteria)];
+    expect(() => n.policyLoss(...args([9, 0, 0, 1]))).toThrow(RangeError);
+    expect(() => n.policyLoss(...args([1, 7, 0, 1]))).toThrow(RangeError);
+    expect(() => n.policyLoss(...args([1, 0, NaN, 1]))).toThrow(RangeError);
+    expect(() => n.policyLoss(...args([1, 0, 'x', 1]))).toThrow(TypeError);
+    expect(() => n.policyLoss(...args([1, 0, 0]))).toThrow(RangeError);
+    expect(() => n.policyLoss(...args(new Array(36).fill(1)))).toThrow(RangeError);
+    expect(() => n.policyLoss(...args('x'))).toThrow(TypeError);
+    expect(() => n.policyLoss(h, h, h, null, null, null, null, null, config([1, 0, -1, 1]))).toThrow(/rolloutLogprobs must be a tensor/);
+    expect(() => n.policyLoss(h, h, h, null, h, null, null, null, { ...config([]), mode: 14 })).toThrow(RangeError);
+    expect(() => n.policyLoss(h, h, h, null, h, null, null, null, { ...config([]), covSeed: 2 ** 32 })).toThrow(RangeError);
+  });
+
   it('tensor methods reject garbage', async () => {
     const t = rlk.tensor([1, 2, 3, 4]);
     for (const g of garbage()) {

@@ -116,12 +116,13 @@ function refOptions(c: Case, run: RunOpts): PolicyLossRefOptions {
         veto: o.tis.vetoThreshold ?? undefined,
       }
     : undefined;
+  // This file's cases use vanilla/gspo and DESIGN's aggregations; the other modes are tests/policy_loss_modes.test.ts'.
   return {
-    mode,
+    mode: mode as PolicyLossRefOptions['mode'],
     clipLow,
     clipHigh: o.clipHigh ?? clipLow,
     dualClip: o.dualClip === null ? null : (o.dualClip ?? 3),
-    aggregation: o.aggregation ?? (mode === 'gspo' ? 'seq-mean-token-mean' : 'token-mean'),
+    aggregation: (o.aggregation ?? (mode === 'gspo' ? 'seq-mean-token-mean' : 'token-mean')) as PolicyLossRefOptions['aggregation'],
     tokenCount: o.tokenCount,
     sequenceCount: o.sequenceCount,
     lossScale: o.lossScale ?? (c.spec.packed ? Math.max(0, ...c.lens) : c.spec.T),
@@ -521,9 +522,9 @@ function suite(device: rlk.Device): void {
 
 describe('policyLoss (cpu)', () => suite('cpu'));
 
-// The vector width is chosen at load time (AVX-512 here); run this file's CPU suite once more in
-// child processes with the AVX2 pass and the scalar double pass (CPUs without AVX-512 or AVX2,
-// and token-level rejection everywhere) forced.
+// The pass is chosen at load time (4 double lanes on AVX2 and AVX-512 CPUs); run this file's CPU
+// suite once more in child processes with RLK_SIMD=avx2 and with the scalar double pass (CPUs
+// without AVX2, and every rollout option everywhere) forced.
 describe('policyLoss (cpu, other ISA paths)', () => {
   for (const isa of ['avx2', 'baseline']) {
     it.skipIf(process.env.RLK_SIMD !== undefined)(`passes the CPU suite with RLK_SIMD=${isa}`, () => {

@@ -56,8 +56,8 @@ Napi::Value PolicyLossBinding(const Napi::CallbackInfo& info) {
   Napi::Object cfg = info[8].As<Napi::Object>();
 
   PolicyLossParams p{};
-  p.mode = ConfigCode(env, cfg, "mode", 0, 1);
-  p.aggregation = ConfigCode(env, cfg, "aggregation", 0, 3);
+  p.mode = ConfigCode(env, cfg, "mode", 0, kPolicyNumModes - 1);
+  p.aggregation = ConfigCode(env, cfg, "aggregation", 0, kAggTokenSum);
   p.use_dual_clip = ConfigCode(env, cfg, "useDualClip", 0, 1);
   p.tis_level = ConfigCode(env, cfg, "tisLevel", 0, 3);
   p.tis_mode = ConfigCode(env, cfg, "tisMode", 0, 1);
@@ -75,6 +75,51 @@ Napi::Value PolicyLossBinding(const Napi::CallbackInfo& info) {
   p.log_veto = ConfigNumber(env, cfg, "logVeto");
   p.kl_coef = ConfigNumber(env, cfg, "klCoef");
   p.entropy_coef = ConfigNumber(env, cfg, "entropyCoef");
+  p.kl_bias_correction = ConfigCode(env, cfg, "klBiasCorrection", 0, 1);
+  p.rollout_source = ConfigCode(env, cfg, "rolloutSource", 0, 1);
+  p.is_normalize = ConfigCode(env, cfg, "isNormalize", 0, 1);
+  p.is_has_lower = ConfigCode(env, cfg, "isHasLower", 0, 1);
+  p.off_policy = ConfigCode(env, cfg, "offPolicy", 0, 1);
+  p.off_policy_delta = ConfigNumber(env, cfg, "offPolicyDelta");
+  p.ratio_cap = ConfigNumber(env, cfg, "ratioCap");
+  p.tau_pos = ConfigNumber(env, cfg, "tauPos");
+  p.tau_neg = ConfigNumber(env, cfg, "tauNeg");
+  p.beta = ConfigNumber(env, cfg, "beta");
+  p.cov_ratio = ConfigNumber(env, cfg, "covRatio");
+  p.cov_lb = ConfigNumber(env, cfg, "covLb");
+  p.cov_ub = ConfigNumber(env, cfg, "covUb");
+  p.cov_seed = ConfigNumber(env, cfg, "covSeed");
+  if (p.cov_seed != std::floor(p.cov_seed) || p.cov_seed < 0 || p.cov_seed >= 4294967296.0)
+    ThrowRangeError(env, std::string(kFn) + ": seed must be an integer in [0, 2^32), got " + Describe(cfg.Get("covSeed")));
+  p.kl_cov_coef = ConfigNumber(env, cfg, "klCovCoef");
+  p.k_pos = ConfigNumber(env, cfg, "kPos");
+  p.lambda_pos = ConfigNumber(env, cfg, "lambdaPos");
+  p.k_neg = ConfigNumber(env, cfg, "kNeg");
+  p.lambda_neg = ConfigNumber(env, cfg, "lambdaNeg");
+  // Rejection criteria: flat [estimator, agg, lo, hi] quadruples; lo / hi may be +-inf.
+  {
+    Napi::Value cv = cfg.Get("criteria");
+    if (!cv.IsArray()) ThrowTypeError(env, std::string(kFn) + ": config.criteria must be an array, got " + Describe(cv));
+    Napi::Array ca = cv.As<Napi::Array>();
+    if (ca.Length() % 4 != 0 || ca.Length() / 4 > uint32_t(kMaxRejectCriteria))
+      ThrowRangeError(env, std::string(kFn) + ": rolloutCorrection.reject must hold at most " + std::to_string(kMaxRejectCriteria) +
+                               " criteria, got " + std::to_string(ca.Length() / 4));
+    p.num_criteria = int32_t(ca.Length() / 4);
+    for (int32_t c = 0; c < p.num_criteria; ++c) {
+      Napi::Value e = ca.Get(uint32_t(4 * c)), a = ca.Get(uint32_t(4 * c + 1)), lo = ca.Get(uint32_t(4 * c + 2)), hi = ca.Get(uint32_t(4 * c + 3));
+      if (!e.IsNumber() || !a.IsNumber() || !lo.IsNumber() || !hi.IsNumber())
+        ThrowTypeError(env, std::string(kFn) + ": config.criteria must hold numbers");
+      const double ed = e.As<Napi::Number>().DoubleValue(), ad = a.As<Napi::Number>().DoubleValue();
+      if (!(ed == 1 || ed == 2 || ed == 3) || !(ad == 0 || ad == 1 || ad == 2 || ad == 3))
+        ThrowRangeError(env, std::string(kFn) + ": config.criteria holds an unknown criterion code");
+      p.crit_estimator[c] = int32_t(ed);
+      p.crit_agg[c] = int32_t(ad);
+      p.crit_lo[c] = lo.As<Napi::Number>().DoubleValue();
+      p.crit_hi[c] = hi.As<Napi::Number>().DoubleValue();
+      if (std::isnan(p.crit_lo[c]) || std::isnan(p.crit_hi[c]))
+        ThrowRangeError(env, std::string(kFn) + ": config.criteria bounds must not be NaN");
+    }
+  }
 
   RequireDType(env, logp, {DType::kFloat32}, kFn, "logprobs");
   RequireTokens(env, old, logp, "oldLogprobs");
@@ -93,6 +138,8 @@ Napi::Value PolicyLossBinding(const Napi::CallbackInfo& info) {
     B = logp->size(0);
     T = logp->size(1);
   }
+  if ((p.mode == kPolicyKlCov || p.mode == kPolicyClipCov) && N >= (int64_t(1) << 32))
+    ThrowRangeError(env, std::string(kFn) + ": logprobs must hold fewer than 2^32 tokens in the covariance modes, got " + std::to_string(N));
   RequireDType(env, adv, {DType::kFloat32}, kFn, "advantages");
   RequireDevice(env, adv, device, kFn, "advantages", "logprobs");
   if (adv->shape() == logp->shape()) {
@@ -108,8 +155,9 @@ Napi::Value PolicyLossBinding(const Napi::CallbackInfo& info) {
     RequireDevice(env, mask, device, kFn, "mask", "logprobs");
     RequireShape(env, mask, logp->shape(), kFn, "mask");
   }
-  if (p.tis_level != kTisNone && !rollout)
-    ThrowTypeError(env, std::string(kFn) + ": rolloutLogprobs must be a tensor when tis is given, got undefined");
+  const bool needs_rollout = (p.tis_level != kTisNone || p.num_criteria > 0) && p.mode != kPolicyReinforce;
+  if (needs_rollout && !rollout)
+    ThrowTypeError(env, std::string(kFn) + ": rolloutLogprobs must be a tensor when tis or rolloutCorrection is given, got undefined");
   if (rollout) RequireTokens(env, rollout, logp, "rolloutLogprobs");
   if (ref) RequireTokens(env, ref, logp, "kl.refLogprobs");
   if (ent) RequireTokens(env, ent, logp, "entropy.values");
@@ -128,7 +176,8 @@ Napi::Value PolicyLossBinding(const Napi::CallbackInfo& info) {
   p.advantages = static_cast<const float*>(adv->data());
   p.mask = mask ? static_cast<const uint8_t*>(mask->data()) : nullptr;
   p.rollout_logprobs = rollout ? static_cast<const float*>(rollout->data()) : nullptr;
-  if (p.tis_level == kTisNone) p.rollout_logprobs = nullptr;
+  if (!needs_rollout && !p.off_policy) p.rollout_logprobs = nullptr;
+  if (p.mode == kPolicyReinforce) p.rollout_logprobs = nullptr;
   p.ref_logprobs = ref ? static_cast<const float*>(ref->data()) : nullptr;
   p.entropy = ent ? static_cast<const float*>(ent->data()) : nullptr;
   p.cu_seqlens = cu ? static_cast<const int32_t*>(cu->data()) : nullptr;

@@ -144,7 +144,7 @@ export function policyLossRef(inp: PolicyLossRefInputs, o: PolicyLossRefOptions)
       case 'seq-mean-token-mean':
         return seqDen > 0 ? o.dpSize / seqDen / nSeq[i] : 0;
       case 'seq-mean-token-sum-norm':
-        return 1 / o.lossScale;
+        return seqDen > 0 ? o.dpSize / seqDen / o.lossScale : 0;
     }
   };
 

@@ -1,35 +1,58 @@
-// Policy loss (DESIGN 3.3): verl's clipped surrogate (vanilla with dual clip,
-// or GSPO's token form), rollout correction, KL and entropy terms, one of
-// four aggregations, its gradient with respect to the log-probs and its
-// stats, in one pass over the tokens. The kernels know no option names:
+// Policy loss (DESIGN 3.3, LOSSES.md): every mode of the registry in
+// policy_loss_modes.h, rollout correction (DESIGN's `tis` and current verl's
+// `rolloutCorrection`: IS weights, IcePop mask, batch normalisation,
+// rejection criteria), TRL's off-policy mask, the KL (with TRL's bias
+// correction) and entropy terms, one of five aggregations, the gradient with
+// respect to the log-probs and the stats. The kernels know no option names:
 // src/policy_loss.ts maps them to the codes and scalars below.
 //
 // Sequences: padded layout, sequence i is tokens [i*T, (i+1)*T) of the
 // flattened [B, T] tensors; packed layout, tokens [cu[i], cu[i+1]).
 //
-// Per token t of sequence i with kept mask m'_t (the mask after rollout
-// rejection) the loss is sum_t a_t (w_t L_t + kl_coef k_t - ent_coef H_t),
-// where a_t is the aggregation weight:
+// Phases, the same for every mode (each backend runs them its own way):
+//   R  rollout pre-pass over the input mask m, per sequence: counts, the
+//      log-ratio sums of sequence IS weights, token IS weight sums (batch
+//      normalisation), rejection statistics, the off-policy KL;
+//   D  per-sequence decisions: rejection (so n_i, the kept mask M = m k),
+//      sequence weights, normaliser mu, off-policy flags;
+//   S  the mode's pre-pass over M (sequence modes: kSeqSums; covariance
+//      modes: the batch means of A and logp), then each sequence's state;
+//   K  covariance modes: the selection (clip-cov's keys, kl-cov's top-k);
+//   T  the token pass: loss, gradient, gradEntropy, stat partials;
+//   reduce the partials in a fixed order.
+// Per kept token of sequence i the loss is a_i (w o l_t + kl_coef k_t -
+// ent_coef H_t) with the aggregation weight
 //   token-mean               dp / tokens
+//   token-sum                dp
 //   seq-mean-token-sum       dp / sequences
 //   seq-mean-token-mean      dp / (sequences * n_i)
-//   seq-mean-token-sum-norm  1 / loss_scale
-// (tokens = sum m', n_i = sum_t m' of sequence i, sequences = #{n_i > 0},
-// each overridable by an explicit global count; a zero denominator gives a
-// zero weight, so an all-masked batch gives loss 0 and a zero gradient).
+//   seq-mean-token-sum-norm  dp / (sequences * loss_scale)   (current verl)
+// (tokens = sum M, n_i = sum_t M of sequence i, sequences = #{n_i > 0}, each
+// overridable by an explicit global count; a zero denominator gives a zero
+// weight, so an all-masked batch gives loss 0 and a zero gradient).
 #pragma once
 #include <cmath>
 #include <cstdint>
 
 #include "rlk/common.h"
 #include "rlk/kl_penalty.h"
+#include "rlk/policy_loss_modes.h"
 
 namespace rlk {
 
-enum PolicyLossMode : int32_t { kPolicyVanilla = 0, kPolicyGspo = 1 };
-enum PolicyLossAgg : int32_t { kAggTokenMean = 0, kAggSeqMeanTokenSum = 1, kAggSeqMeanTokenMean = 2, kAggSeqMeanTokenSumNorm = 3 };
+enum PolicyLossAgg : int32_t {
+  kAggTokenMean = 0, kAggSeqMeanTokenSum = 1, kAggSeqMeanTokenMean = 2, kAggSeqMeanTokenSumNorm = 3, kAggTokenSum = 4,
+};
+// Rollout IS weights: DESIGN's `tis` (levels token / sequence / geometric;
+// its mask mode rejects) or LOSSES.md's `rolloutCorrection.is` (token /
+// sequence; its mask mode zeroes the weight, IcePop).
 enum TisLevel : int32_t { kTisNone = 0, kTisToken = 1, kTisSequence = 2, kTisGeometric = 3 };
 enum TisMode : int32_t { kTisTruncate = 0, kTisMask = 1 };
+enum RolloutSource : int32_t { kRolloutTis = 0, kRolloutCorrection = 1 };
+// Rejection criteria (LOSSES.md section 3): estimator k1/k2/k3 of
+// KL(pi_rollout || pi_old) per token, or its sum / mean / max over a sequence.
+enum RejectAgg : int32_t { kRejectToken = 0, kRejectSeqSum = 1, kRejectSeqMean = 2, kRejectSeqMax = 3 };
+constexpr int kMaxRejectCriteria = 8;
 
 // Layout of the stats tensor (float32 [kPolicyStatCount]); src/policy_loss.ts
 // reads it by these indices.
@@ -46,9 +69,12 @@ enum PolicyStat : int32_t {
   kStatVetoedSequences = 9,
   kStatKlMean = 10,
   kStatEntropyMean = 11,
-  kStatKeptTokens = 12,     // sum m' (local)
+  kStatKeptTokens = 12,     // sum M (local)
   kStatSequences = 13,      // #{n_i > 0} (local)
-  kPolicyStatCount = 14,
+  kStatRejectedFraction = 14,
+  kStatRejectedSequences = 15,
+  kStatOffPolicyMaskedFraction = 16,
+  kPolicyStatCount = 17,
 };
 
 struct PolicyLossParams {
@@ -56,7 +82,7 @@ struct PolicyLossParams {
   const float* old_logprobs;      // [N]
   const float* advantages;        // [N], or [B] when adv_per_sequence
   const uint8_t* mask;            // [N], nullptr: every token counts
-  const float* rollout_logprobs;  // [N], needed when tis_level != kTisNone
+  const float* rollout_logprobs;  // [N], needed by rollout weights / rejection (not reinforce) and read by offPolicyMask
   const float* ref_logprobs;      // [N], nullptr: no KL term
   const float* entropy;           // [N], nullptr: no entropy term
   const int32_t* cu_seqlens;      // [B + 1] packed layout, nullptr: padded [B, T]
@@ -75,7 +101,21 @@ struct PolicyLossParams {
   int32_t tis_mode;               // TisMode
   int32_t use_veto;               // 1: veto sequences with a token log-weight < log_veto
   int32_t kl_estimator;           // KlEstimator, when ref_logprobs
+  int32_t kl_bias_correction;     // 1: KL value k r (TRL use_bias_correction_kl)
+  int32_t rollout_source;         // RolloutSource: how tis_level / tis_mode read
+  int32_t is_normalize;           // 1: divide the IS weights by their batch mean
+  int32_t is_has_lower;           // rolloutCorrection truncate: max(w, tis_lower) too
+  int32_t num_criteria;           // rejection criteria, <= kMaxRejectCriteria
+  int32_t crit_estimator[kMaxRejectCriteria];  // 1, 2, 3: k1, k2, k3
+  int32_t crit_agg[kMaxRejectCriteria];        // RejectAgg
+  double crit_lo[kMaxRejectCriteria], crit_hi[kMaxRejectCriteria];  // keep iff lo <= stat <= hi
+  int32_t off_policy;             // 1: TRL off-policy mask with threshold off_policy_delta
+  double off_policy_delta;
   double clip_low, clip_high, dual_clip;
+  double ratio_cap;               // > 0: vanilla's ratioCap, dppo's R
+  double tau_pos, tau_neg, beta;
+  double cov_ratio, cov_lb, cov_ub, cov_seed, kl_cov_coef;
+  double k_pos, lambda_pos, k_neg, lambda_neg;
   double token_count;             // > 0: explicit global token count
   double sequence_count;          // > 0: explicit global sequence count
   double loss_scale;              // > 0: explicit; else T padded, the longest sequence packed
@@ -87,130 +127,163 @@ struct PolicyLossParams {
   int32_t* error_word;            // device error word (CUDA only: bad cu_seqlens)
 };
 
+// ---- helpers shared by the CPU and CUDA machinery ---------------------------
+
+template <class F>
+RLK_HD ModeConsts<F> MakeModeConsts(const PolicyLossParams& p) {
+  ModeConsts<F> c;
+  c.lo = F(1.0 - p.clip_low);
+  c.hi = F(1.0 + p.clip_high);
+  c.cl = F(p.clip_low);
+  c.ch = F(p.clip_high);
+  c.dual_c = F(p.dual_clip);
+  c.dual = p.use_dual_clip != 0 && p.mode == kPolicyVanilla;
+  c.cap = F(p.ratio_cap);
+  c.has_cap = p.ratio_cap > 0;
+  c.tau_pos = F(p.tau_pos);
+  c.tau_neg = F(p.tau_neg);
+  c.beta = F(p.beta);
+  c.cov_lb = F(p.cov_lb);
+  c.cov_ub = F(p.cov_ub);
+  c.kappa = F(p.kl_cov_coef);
+  c.k_pos = F(p.k_pos);
+  c.lambda_pos = F(p.lambda_pos);
+  c.k_neg = F(p.k_neg);
+  c.lambda_neg = F(p.lambda_neg);
+  return c;
+}
+
+// Whether the rollout pre-pass has anything to compute beyond mask counts.
+RLK_HD bool RolloutActive(const PolicyLossParams& p) {
+  return p.tis_level != kTisNone || p.num_criteria > 0 || p.off_policy != 0;
+}
+
+// The token's log rho: old - rollout (LOSSES.md section 3), or for reinforce
+// sg(logp) - old (verl bypass: old_log_prob is the rollout's).
+template <class F>
+RLK_HD F RolloutLogRatio(const PolicyLossParams& p, int64_t t) {
+  if (p.mode == kPolicyReinforce) return F(p.logprobs[t]) - F(p.old_logprobs[t]);
+  if (p.rollout_logprobs == nullptr) return F(0);
+  return F(p.old_logprobs[t]) - F(p.rollout_logprobs[t]);
+}
+
+// The rejection estimators of KL(pi_rollout || pi_old) from ls = clamp(x):
+// k1 = -ls, k2 = ls^2 / 2, k3 = e^ls - 1 - ls (cancellation-free).
+template <class F>
+RLK_HD void RejectEstimators(F x, F* k) {
+  const F ls = ClampLogRatio(x);
+  k[0] = -ls;
+  k[1] = F(0.5) * ls * ls;
+  k[2] = kl_detail::ExpMinusXMinus1(ls);
+}
+
+// One masked token's rollout decision from its log rho x: its IS weight
+// before batch normalisation (token levels; 1 otherwise) and whether
+// token-level rejection keeps it. A backend that decides in several passes
+// calls this with the same F and x each time, so the passes agree bit for bit.
+// `tis` mask mode: the weight outside [lower, upper] rejects the token;
+// rolloutCorrection mask mode (IcePop): it zeroes the weight and keeps it.
+// The minima are std::min's (NaN weights stay NaN: DESIGN 4).
+template <class F>
+RLK_HD bool RolloutToken(const PolicyLossParams& p, F x, F* w) {
+  bool keep = true;
+  F wt = F(1);
+  if (p.tis_level == kTisToken) {
+    wt = policy_detail::Exp(ClampLogRatio(x));
+    const F upper = F(p.tis_upper), lower = F(p.tis_lower);
+    if (p.tis_mode == kTisMask) {
+      const bool in = wt >= lower && wt <= upper;
+      if (p.rollout_source == kRolloutTis) keep = in;
+      else if (!in) wt = F(0);
+    } else {
+      wt = policy_detail::Min(wt, upper);
+      if (p.rollout_source == kRolloutCorrection && p.is_has_lower) wt = policy_detail::Max(wt, lower);
+    }
+  }
+  for (int c = 0; c < p.num_criteria; ++c) {
+    if (p.crit_agg[c] != kRejectToken) continue;
+    F k[3];
+    RejectEstimators(x, k);
+    const F v = k[p.crit_estimator[c] - 1];
+    if (!(v >= F(p.crit_lo[c]) && v <= F(p.crit_hi[c]))) keep = false;
+  }
+  *w = wt;
+  return keep;
+}
+
+// A sequence's rollout pre-pass sums over its masked tokens.
+template <class F>
+struct RolloutSums {
+  F n0 = F(0);        // masked tokens
+  F nk = F(0);        // of those, kept by token-level rejection
+  F sum_x = F(0);     // sum of log rho (sequence weights, geometric mean)
+  F min_x = F(0);     // min log rho (veto); valid when n0 > 0
+  F sum_w = F(0);     // sum of token IS weights (batch normalisation)
+  F ksum[3] = {F(0), F(0), F(0)};
+  F kmax[3] = {F(0), F(0), F(0)};  // valid when n0 > 0
+  F sum_b = F(0);     // sum of b - logp (off-policy mask)
+};
+
+// The sequence's decisions from its sums: rejection (sequence criteria, `tis`
+// mask mode at sequence levels, the veto) and the sequence IS weight before
+// normalisation. Returns whether the sequence is rejected.
+template <class F>
+RLK_HD bool RolloutSequence(const PolicyLossParams& p, const RolloutSums<F>& s, F* w_seq, bool* vetoed) {
+  bool rejected = false;
+  *vetoed = false;
+  *w_seq = F(1);
+  if (p.use_veto && s.n0 > F(0) && s.min_x < F(p.log_veto)) {
+    rejected = true;
+    *vetoed = true;
+  }
+  if (p.tis_level == kTisSequence || p.tis_level == kTisGeometric) {
+    const F lw = p.tis_level == kTisSequence ? s.sum_x : (s.n0 > F(0) ? s.sum_x / s.n0 : F(0));
+    F w = policy_detail::Exp(ClampLogRatio(lw));
+    const F upper = F(p.tis_upper), lower = F(p.tis_lower);
+    if (p.tis_mode == kTisMask) {
+      const bool in = !(w < lower || w > upper);
+      if (p.rollout_source == kRolloutTis) {
+        if (!in) rejected = true;
+      } else if (!in) {
+        w = F(0);
+      }
+    } else {
+      w = policy_detail::Min(w, upper);
+      if (p.rollout_source == kRolloutCorrection && p.is_has_lower) w = policy_detail::Max(w, lower);
+    }
+    *w_seq = w;
+  }
+  for (int c = 0; c < p.num_criteria; ++c) {
+    if (p.crit_agg[c] == kRejectToken) continue;
+    const int e = p.crit_estimator[c] - 1;
+    F v = F(0);
+    if (s.n0 > F(0)) {
+      if (p.crit_agg[c] == kRejectSeqSum) v = s.ksum[e];
+      else if (p.crit_agg[c] == kRejectSeqMean) v = s.ksum[e] / s.n0;
+      else v = s.kmax[e];
+    }
+    if (!(v >= F(p.crit_lo[c]) && v <= F(p.crit_hi[c]))) rejected = true;
+  }
+  return rejected;
+}
+
+// The aggregation weight of a kept token of a sequence with n kept tokens.
+RLK_HD double AggregationWeight(int32_t agg, double dp, double tok_den, double seq_den, double scale, double n) {
+  if (!(n > 0)) return 0.0;
+  switch (agg) {
+    case kAggTokenMean: return tok_den > 0 ? dp / tok_den : 0.0;
+    case kAggTokenSum: return dp;
+    case kAggSeqMeanTokenSum: return seq_den > 0 ? dp / seq_den : 0.0;
+    case kAggSeqMeanTokenMean: return seq_den > 0 ? dp / (seq_den * n) : 0.0;
+    default: return seq_den > 0 && scale > 0 ? dp / (seq_den * scale) : 0.0;
+  }
+}
+
 namespace cpu {
 Status PolicyLoss(const PolicyLossParams& p);
 }  // namespace cpu
 namespace cuda {
 Status PolicyLoss(const PolicyLossParams& p);
 }  // namespace cuda
-
-}  // namespace rlk
-
-namespace rlk {
-
-// Flags of one token's surrogate, for the stats.
-enum SurrogateFlag : uint32_t {
-  kFlagClip = 1u,      // L2 > L1 (verl's pg_clipfrac)
-  kFlagLow = 2u,       // r < 1 - clip_low and A < 0
-  kFlagHigh = 4u,      // r > 1 + clip_high and A > 0
-  kFlagDual = 8u,      // A < 0 and the dual clip is active (verl's pg_clipfrac_lower)
-};
-
-// verl's clipped surrogate for one token with ratio r and advantage A:
-//   L1 = -A r, L2 = -A clamp(r, lo, hi), Lc = max(L1, L2),
-//   where A < 0 (and dual): L = min(Lc, -A c).
-// dL/dr follows torch's autograd of those ops: max passes the gradient to the
-// larger argument (half to each on a tie; a tie with r inside [lo, hi] has
-// both halves equal to -A), clamp passes it only inside its bounds, so
-// dL/dr = -A where L1 >= L2 and the dual clip is not active, else 0.
-template <class F>
-RLK_HD F Surrogate(F A, F r, F lo, F hi, bool dual, F dual_c, F* dl_dr, uint32_t* flags) {
-  F l1 = -A * r;
-  F rc = r < lo ? lo : (r > hi ? hi : r);
-  F l2 = -A * rc;
-  F lc = l1 > l2 ? l1 : l2;
-  F g = l1 >= l2 ? -A : F(0);
-  uint32_t f = 0;
-  if (l2 > l1) f |= kFlagClip;
-  if (r < lo && A < F(0)) f |= kFlagLow;
-  if (r > hi && A > F(0)) f |= kFlagHigh;
-  if (dual && A < F(0)) {
-    F l3 = -A * dual_c;
-    if (lc > l3) {
-      lc = l3;
-      g = F(0);
-      f |= kFlagDual;
-    }
-  }
-  *dl_dr = g;
-  *flags = f;
-  return lc;
-}
-
-namespace policy_detail {
-#if defined(__CUDACC__)
-RLK_HD float Exp(float x) { return expf(x); }
-RLK_HD double Exp(double x) { return ::exp(x); }
-#else
-inline float Exp(float x) { return std::exp(x); }
-inline double Exp(double x) { return std::exp(x); }
-#endif
-}  // namespace policy_detail
-
-// DESIGN 3.3's clamp of log-ratios and rollout log-weights to [-20, 20].
-template <class F>
-RLK_HD F ClampLogRatio(F x) { return x < F(-20) ? F(-20) : (x > F(20) ? F(20) : x); }
-
-// One token's ratio and its derivative dr/dlogp from d = logp - old.
-// Vanilla: r = exp(clamp(d, -20, 20)); the clamp passes the gradient inside
-// its bounds (inclusive), so dr = r there and 0 outside. GSPO: r = s, the
-// sequence ratio, whose derivative with respect to the token's own logp is s
-// (verl's exp(logp_t - sg(logp_t) + sg(mean))), or 0 where the sequence's
-// clamp at 10 blocks it (gspo_grad false).
-template <class F>
-RLK_HD F TokenRatio(bool gspo, F d, F gspo_s, bool gspo_grad, F* dr) {
-  if (gspo) {
-    *dr = gspo_grad ? gspo_s : F(0);
-    return gspo_s;
-  }
-  const F r = policy_detail::Exp(ClampLogRatio(d));
-  *dr = (d >= F(-20) && d <= F(20)) ? r : F(0);
-  return r;
-}
-
-// The per-token and per-sequence decisions below are shared by the CPU (F =
-// double) and CUDA (F = float) kernels. Their minimum is std::min's,
-// `upper < w ? upper : w`, so a NaN weight stays NaN (DESIGN 4: NaN
-// propagates); CUDA's fminf would return `upper` and hide it.
-
-// Rollout-correction weight of one token (DESIGN 3.3) from its log-weight
-// x = old - rollout: w = exp(clamp(x, -20, 20)). Returns whether the token is
-// kept: mode kTisMask keeps it when w lies in [lower, upper] and applies w;
-// kTisTruncate keeps every token and applies min(w, upper). A kernel that
-// decides twice (count pass, token pass) must call this with the same F and
-// the same x so both passes agree bit for bit.
-template <class F>
-RLK_HD bool TokenRolloutWeight(int32_t tis_mode, F x, F lower, F upper, F* w) {
-  const F wt = policy_detail::Exp(ClampLogRatio(x));
-  if (tis_mode == kTisMask) {
-    *w = wt;
-    return wt >= lower && wt <= upper;
-  }
-  *w = upper < wt ? upper : wt;
-  return true;
-}
-
-// Sequence-level rollout weight from the sequence's log-weight lw (the sum,
-// or the mean for 'geometric', of the masked tokens' log-weights). Returns
-// false when mode kTisMask rejects the sequence (w outside [lower, upper]).
-template <class F>
-RLK_HD bool SequenceRolloutWeight(int32_t tis_mode, F lw, F lower, F upper, F* weight) {
-  const F w = policy_detail::Exp(ClampLogRatio(lw));
-  if (tis_mode == kTisMask) {
-    *weight = w;
-    return !(w < lower || w > upper);
-  }
-  *weight = upper < w ? upper : w;
-  return true;
-}
-
-// GSPO's sequence ratio s = exp(min(mean, 10)) from the mean log-ratio over
-// the kept tokens; *grad: whether clamp(max = 10) passes the gradient (at and
-// below 10). A NaN mean gives a NaN ratio (fminf would give e^10).
-template <class F>
-RLK_HD F GspoRatio(F mean, bool* grad) {
-  *grad = mean <= F(10);
-  return policy_detail::Exp(mean > F(10) ? F(10) : mean);
-}
 
 }  // namespace rlk

@@ -276,6 +276,40 @@ void PolicyLoss(int64_t B, int64_t T, bool packed) {
   ExpectFinite(Host(p.loss, 1), "policy loss");
   p.mode = rlk::kPolicyGspo;
   Check(rlk::cuda::PolicyLoss(p), "PolicyLoss (gspo)");
+  // The other phases: the sequence pre-pass (geo-mean, luspo, vespo), the
+  // covariance means and radix select (clip-cov, kl-cov), current verl's
+  // rollout correction with rejection criteria and the off-policy mask.
+  p.tis_level = rlk::kTisToken;
+  p.tis_mode = rlk::kTisMask;
+  p.rollout_source = rlk::kRolloutCorrection;
+  p.is_normalize = 1;
+  p.num_criteria = 2;
+  p.crit_estimator[0] = 2;
+  p.crit_agg[0] = rlk::kRejectToken;
+  p.crit_lo[0] = -1e30;
+  p.crit_hi[0] = 0.5;
+  p.crit_estimator[1] = 3;
+  p.crit_agg[1] = rlk::kRejectSeqMax;
+  p.crit_lo[1] = -1e30;
+  p.crit_hi[1] = 1.0;
+  p.off_policy = 1;
+  p.off_policy_delta = 0.01;
+  p.cov_ratio = 0.05;
+  p.cov_lb = -10;
+  p.cov_ub = 10;
+  p.cov_seed = 7;
+  p.kl_cov_coef = 0.1;
+  p.tau_pos = 1;
+  p.tau_neg = 1.05;
+  p.k_pos = 2;
+  p.lambda_pos = 3;
+  p.k_neg = 3;
+  p.lambda_neg = 2;
+  for (int32_t mode : {rlk::kPolicyGeoMean, rlk::kPolicyLuspo, rlk::kPolicyVespo, rlk::kPolicyClipCov, rlk::kPolicyKlCov}) {
+    p.mode = mode;
+    Check(rlk::cuda::PolicyLoss(p), "PolicyLoss (LOSSES.md modes)");
+    ExpectFinite(Host(p.grad, N), "policy grad (LOSSES.md modes)");
+  }
 }
 
 void KlPenalty(int64_t n) {
