@@ -16,6 +16,16 @@ export type {
   TokenLogprobsShardBackwardOptions,
 } from './token_logprobs.js';
 
+export { linearLogprobs, linearLogprobsBackward, linearLogprobsPartials, linearLogprobsShardBackward } from './linear_logprobs.js';
+export type {
+  LinearLogprobsOptions,
+  LinearLogprobsResult,
+  LinearLogprobsBackwardOptions,
+  LinearLogprobsBackwardResult,
+  LinearLogprobsPartialsOptions,
+  LinearLogprobsShardBackwardOptions,
+} from './linear_logprobs.js';
+
 export { vocabDivergence } from './vocab_divergence.js';
 export type { DivergenceKind, VocabDivergenceOptions, VocabDivergenceResult } from './vocab_divergence.js';
 

@@ -11,6 +11,12 @@ function cudaVersion(v: number): string | null {
   return v > 0 ? `${Math.floor(v / 1000)}.${Math.floor((v % 1000) / 10)}` : null;
 }
 
+function linearLogprobsCudaReason(compiled: boolean): string | null {
+  if (!compiled) return 'this binary was built without CUDA';
+  const why = (native as unknown as { linearLogprobsCudaStatus?: () => string }).linearLogprobsCudaStatus?.() ?? 'this binary predates the CUDA linear log-probs';
+  return why === '' ? null : why;
+}
+
 /** What the loaded binary holds and what it found: CUDA compiled, archs, runtime and driver versions, and why no GPU is usable. */
 export function buildInfo(): BuildInfo {
   const n = native.buildInfo();
@@ -30,6 +36,7 @@ export function buildInfo(): BuildInfo {
       devices: n.cudaDevices,
       available: reason === null,
       reason,
+      linearLogprobs: linearLogprobsCudaReason(n.cudaCompiled),
     },
   };
 }

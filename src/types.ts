@@ -89,5 +89,7 @@ export interface BuildInfo {
     available: boolean;
     /** Why no GPU can be used, or `null` when one can. */
     reason: string | null;
+    /** Why the CUDA linear log-probs cannot run (no cuBLAS headers at build time, no libcublas found), or `null` when they can. */
+    linearLogprobs: string | null;
   };
 }

@@ -101,6 +101,35 @@ describe('garbage at every public function', () => {
     await Promise.all(pending);
   });
 
+  it('the linear log-prob functions reject garbage in every position, with valid arguments elsewhere', () => {
+    const h = rlk.tensor(new Float32Array(6).fill(0.5), { shape: [2, 3] });
+    const w = rlk.tensor(new Float32Array(12).fill(0.25), { shape: [4, 3] });
+    const ids = rlk.tensor([0, 3], { dtype: 'int32' });
+    const g = rlk.tensor([1, -1]);
+    const valid: Record<string, unknown[]> = {
+      linearLogprobs: [h, w, ids, {}],
+      linearLogprobsBackward: [h, w, ids, g, {}],
+      linearLogprobsPartials: [h, w, ids, { vocabStart: 0, vocabSize: 4 }],
+      linearLogprobsShardBackward: [h, w, ids, g, { vocabStart: 0, vocabSize: 4, stats: rlk.zeros([2, 3]) }],
+    };
+    for (const [name, args] of Object.entries(valid)) {
+      const fn = (rlk as unknown as Record<string, (...a: unknown[]) => unknown>)[name];
+      expect(() => fn(...args), `${name} with valid arguments`).not.toThrow();
+      for (const junk of garbage()) {
+        for (let i = 0; i < args.length; i++) {
+          const a = args.slice();
+          a[i] = junk;
+          expectAllowed(`${name}(arg ${i} = ${label(junk)})`, () => fn(...a));
+        }
+        for (const key of ['temperature', 'bias', 'chunkSize', 'ignoreIndex', 'stats', 'gradEntropy', 'entropy']) {
+          const a = args.slice();
+          a[a.length - 1] = { ...(args[args.length - 1] as object), [key]: junk };
+          expectAllowed(`${name}({ ${key}: ${label(junk)} })`, () => fn(...a));
+        }
+      }
+    }
+  });
+
   it('tensor methods reject garbage', async () => {
     const t = rlk.tensor([1, 2, 3, 4]);
     for (const g of garbage()) {

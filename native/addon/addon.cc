@@ -11,6 +11,7 @@ void InitPolicyLoss(Napi::Env env, Napi::Object exports);
 void InitKlPenalty(Napi::Env env, Napi::Object exports);
 void InitVocabDivergence(Napi::Env env, Napi::Object exports);
 void InitDLPack(Napi::Env env, Napi::Object exports);  // dlpack.cc: zero-copy exchange with the libtorch bridge
+void InitLinearLogprobs(Napi::Env env, Napi::Object exports);
 }  // namespace rlk::addon
 
 static Napi::Object Init(Napi::Env env, Napi::Object exports) {
@@ -21,6 +22,7 @@ static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   rlk::addon::InitKlPenalty(env, exports);
   rlk::addon::InitVocabDivergence(env, exports);
   rlk::addon::InitDLPack(env, exports);
+  rlk::addon::InitLinearLogprobs(env, exports);
   return exports;
 }
 

@@ -19,6 +19,7 @@
 
 #include "rlk/group_advantages.h"
 #include "rlk/kl_penalty.h"
+#include "rlk/linear_logprobs.h"
 #include "rlk/policy_loss.h"
 #include "rlk/runtime.h"
 #include "rlk/token_logprobs.h"
@@ -126,6 +127,76 @@ void TokenLogprobs(int64_t rows, int64_t vocab) {
   Check(rlk::cuda::TokenLogprobsBwd(b), "TokenLogprobsBwd (stats)");
   ExpectFinite(Host(dz, size_t(rows * vocab)), "grad logits");
   for (void* p : {(void*)dx, (void*)dt, (void*)lp, (void*)ent, (void*)stats, (void*)g, (void*)dz}) cudaFree(p);
+}
+
+// Fused linear log-probs: the row kernels, the bias kernel and the portable
+// GEMM over chunks that do not divide the rows.
+void LinearLogprobs(int64_t rows, int64_t dim, int64_t vocab, int64_t chunk) {
+  void* stream = nullptr;
+  int32_t* word = nullptr;
+  Check(rlk::DeviceStream(0, &stream), "DeviceStream");
+  Check(rlk::DeviceErrorWord(0, &word), "DeviceErrorWord");
+  float* h = Device(Randn(size_t(rows * dim)));
+  float* w = Device(Randn(size_t(vocab * dim), 0.3f));
+  float* bias = Device(Randn(size_t(vocab)));
+  std::vector<int32_t> t(rows);
+  for (int64_t r = 0; r < rows; ++r) t[r] = int32_t((r * 7919) % vocab);
+  if (rows > 2) t[1] = -100;
+  int32_t* dt = Device(t);
+  float* lp = DeviceOut<float>(rows);
+  float* ent = DeviceOut<float>(rows);
+  float* stats = DeviceOut<float>(size_t(rows) * rlk::kTlpStatsCols);
+  rlk::LinearLogprobsFwdParams f;
+  f.hidden = h;
+  f.weight = w;
+  f.bias = bias;
+  f.targets = dt;
+  f.targets_dtype = rlk::DType::kInt32;
+  f.inv_temperature = 1.0f / 0.7f;
+  f.rows = rows;
+  f.dim = dim;
+  f.vocab = f.vocab_size = vocab;
+  f.chunk = chunk;
+  f.entropy = true;
+  f.logprobs = lp;
+  f.entropy_out = ent;
+  f.stats = stats;
+  f.error_word = word;
+  f.stream = stream;
+  Check(rlk::cuda::LinearLogprobsFwd(f), "LinearLogprobsFwd");
+  ExpectFinite(Host(lp, rows), "linear logprobs");
+  ExpectFinite(Host(ent, rows), "linear entropy");
+  float* g = Device(Randn(rows));
+  float* gh = DeviceOut<float>(size_t(rows * dim));
+  float* gw = DeviceOut<float>(size_t(vocab * dim));
+  float* gb = DeviceOut<float>(size_t(vocab));
+  rlk::LinearLogprobsBwdParams b;
+  b.hidden = h;
+  b.weight = w;
+  b.bias = bias;
+  b.targets = dt;
+  b.targets_dtype = rlk::DType::kInt32;
+  b.inv_temperature = f.inv_temperature;
+  b.grad_logprobs = g;
+  b.grad_entropy = g;
+  b.rows = rows;
+  b.dim = dim;
+  b.vocab = b.vocab_size = vocab;
+  b.chunk = chunk;
+  b.grad_hidden = gh;
+  b.grad_weight = gw;
+  b.grad_bias = gb;
+  b.error_word = word;
+  b.stream = stream;
+  Check(rlk::cuda::LinearLogprobsBwd(b), "LinearLogprobsBwd (recomputed)");
+  b.stats = stats;
+  Check(rlk::cuda::LinearLogprobsBwd(b), "LinearLogprobsBwd (stats)");
+  ExpectFinite(Host(gh, size_t(rows * dim)), "linear grad hidden");
+  ExpectFinite(Host(gw, size_t(vocab * dim)), "linear grad weight");
+  ExpectFinite(Host(gb, size_t(vocab)), "linear grad bias");
+  for (void* p : {(void*)h, (void*)w, (void*)bias, (void*)dt, (void*)lp, (void*)ent, (void*)stats, (void*)g, (void*)gh,
+                  (void*)gw, (void*)gb})
+    cudaFree(p);
 }
 
 void VocabDivergence(int64_t rows, int64_t vocab, rlk::DivergenceKind kind) {
@@ -261,6 +332,7 @@ int RunKernels() {
   PolicyLoss(3, 700, false);  // cooperative, 8 blocks, grid-stride
   PolicyLoss(4, 333, true);
   KlPenalty(1000);
+  LinearLogprobs(5, 6, 300, 2);  // chunks of 2 rows, V across 2 row-kernel strides
   GroupAdvantages(100, 13, rlk::AdvantageMethod::kGrpo);
   GroupAdvantages(24, 8, rlk::AdvantageMethod::kReinforcePP);
   if (cudaGetLastError() != cudaSuccess) ++failures;
