@@ -3,7 +3,7 @@
 // grpo-keychain example's tokens/s. Small tensors, so the kernel itself is
 // negligible and the difference is the bridge (handles, DLPack views, the
 // autograd node). Prints a markdown table. Skips (exit 0) without the bridge.
-//   node bench/torch_bridge.bench.mjs [--quick]
+//   node bench/torch_bridge.bench.mjs [--quick] [--no-example]
 import { spawnSync } from 'node:child_process';
 import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -13,6 +13,7 @@ import * as torch from '../dist/torch.js';
 import { BENCH_DIR, normal, rng } from './common.mjs';
 
 const quick = process.argv.includes('--quick');
+const example = !process.argv.includes('--no-example');
 const status = torch.bridgeStatus();
 if (!status.loadable) {
   console.log(`libtorch bridge not available: ${status.problem}`);
@@ -81,6 +82,31 @@ row('policyLoss [4, 8] forward (grad attached)',
 row('klPenalty [4, 8] forward (grad attached)',
   time(() => rlk.scope(() => void rlk.klPenalty(clp, clp, { estimator: 'k3' }))),
   time(() => torch.scope(() => void torch.klPenalty(tlp, told, { estimator: 'k3' }))));
+const sl = rlk.tensor(logits, { shape: [R, V] });
+const tsl = torch.tensor(logits, { shape: [R, V], requiresGrad: true });
+const ttl = torch.tensor(logits, { shape: [R, V] });
+row('vocabDivergence [8, 64] forward (grad attached)',
+  time(() => rlk.scope(() => void rlk.vocabDivergence(sl, cl, { kind: 'forward-kl' }))),
+  time(() => torch.scope(() => void torch.vocabDivergence(tsl, ttl, { kind: 'forward-kl' }))));
+// linearLogprobs: absent from bridges built before it (the row is then left out).
+const H = 16;
+const hid = Float32Array.from({ length: R * H }, () => normal(r));
+const wgt = Float32Array.from({ length: V * H }, () => normal(r) / 4);
+const ch = rlk.tensor(hid, { shape: [R, H] });
+const cw = rlk.tensor(wgt, { shape: [V, H] });
+const th = torch.tensor(hid, { shape: [R, H], requiresGrad: true });
+const tw = torch.tensor(wgt, { shape: [V, H], requiresGrad: true });
+let linearOk = true;
+try {
+  torch.scope(() => torch.linearLogprobs(th, tw, tt));
+} catch {
+  linearOk = false;
+}
+if (linearOk) {
+  row(`linearLogprobs forward [${R}, ${H}] x [${V}, ${H}] (autograd node)`,
+    time(() => rlk.scope(() => void rlk.linearLogprobs(ch, cw, ct, { saveForBackward: true }))),
+    time(() => torch.scope(() => void torch.linearLogprobs(th, tw, tt))));
+}
 row('DLPack: torch.fromCore + toCore (one tensor each way)',
   0,
   time(() => {
@@ -97,6 +123,7 @@ console.log('|---|---:|---:|---:|');
 for (const x of rows) console.log(`| ${x.what} | ${x.core.toFixed(2)} | ${x.bridge.toFixed(2)} | ${x.over.toFixed(2)} |`);
 
 // The example's throughput (a short run: tokens through the policy per second of step time).
+if (!example) process.exit(0);
 const out = mkdtempSync(join(tmpdir(), 'rlk-grpo-bench-'));
 const steps = quick ? 5 : 30;
 const ex = spawnSync(process.execPath, [join(BENCH_DIR, '..', 'examples', 'grpo-keychain', 'train.mjs'), '--steps', String(steps), '--quiet', '--out', out], { encoding: 'utf8' });

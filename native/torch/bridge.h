@@ -70,6 +70,7 @@ class TorchTensor : public Napi::ObjectWrap<TorchTensor> {
   Napi::Value To(const Napi::CallbackInfo& info);
   Napi::Value ZeroGrad(const Napi::CallbackInfo& info);
   Napi::Value DataPtr(const Napi::CallbackInfo& info);
+  Napi::Value ViewKey(const Napi::CallbackInfo& info);
   Napi::Value ToDLPack(const Napi::CallbackInfo& info);
 
   at::Tensor t_;
