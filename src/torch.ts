@@ -342,8 +342,9 @@ export function tokenLogprobs(logits: TorchTensor, targets: TorchTensor, options
   if (!['float32', 'bfloat16', 'float16'].includes(l.dtype)) throw typeError(fn, `logits must be float32, bfloat16 or float16, got ${l.dtype}`);
   if (t.dtype !== 'int32' && t.dtype !== 'int64') throw typeError(fn, `targets must be int32 or int64, got ${t.dtype}`);
   const [lp, ent] = bridge().tokenLogprobs(l.handle(fn, 'logits'), t.handle(fn, 'targets'), temperature, tt ? tt.handle(fn, 'temperature') : null, ignoreIndex, entropy);
-  const r: { logprobs: TorchTensor; entropy?: TorchTensor } = { logprobs: new TorchTensor(lp) };
-  if (ent) r.entropy = new TorchTensor(ent);
+  const meta = { shape: t.shape, dtype: 'float32', device: l.device } as const;
+  const r: { logprobs: TorchTensor; entropy?: TorchTensor } = { logprobs: new TorchTensor(lp, meta) };
+  if (ent) r.entropy = new TorchTensor(ent, meta);
   return r;
 }
 
@@ -392,10 +393,13 @@ export function linearLogprobs(
     h.handle(fn, 'hidden'), w.handle(fn, 'weight'), b ? b.handle(fn, 'bias') : null, t.handle(fn, 'targets'), temperature,
     tt ? tt.handle(fn, 'temperature') : null, ignoreIndex, entropy, chunk,
   );
-  const r: { logprobs: TorchTensor; entropy?: TorchTensor } = { logprobs: new TorchTensor(lp) };
-  if (ent) r.entropy = new TorchTensor(ent);
+  const meta = { shape: t.shape, dtype: 'float32', device: h.device } as const;
+  const r: { logprobs: TorchTensor; entropy?: TorchTensor } = { logprobs: new TorchTensor(lp, meta) };
+  if (ent) r.entropy = new TorchTensor(ent, meta);
   return r;
 }
+
+const coreNative = native as unknown as { toDLPack(h: NativeTensor): unknown; fromDLPack(c: unknown): NativeTensor };
 
 const CORE_DTYPES: readonly TorchDType[] = ['float32', 'bfloat16', 'float16', 'int32', 'int64', 'uint8'];
 
@@ -416,9 +420,8 @@ function coreView(fn: string, v: TorchTensor): Tensor {
   if (key < 0) throw typeError(fn, `tensors must be contiguous, got ${describe(v)}; call .contiguous() first`);
   const c = v.companion();
   if (c instanceof CoreView && c.key === key && !c.view.disposed) return c.view;
-  const n = native as unknown as { fromDLPack(c: unknown): NativeTensor };
   // Not the caller's: no enclosing rlk.scope may dispose it.
-  const view = keepCore(new Tensor(n.fromDLPack(h.toDLPack())));
+  const view = keepCore(new Tensor(coreNative.fromDLPack(h.toDLPack())));
   v.setCompanion(new CoreView(key, view));
   return view;
 }
@@ -443,7 +446,7 @@ function coreViews(fn: string, v: unknown, depth = 0): unknown {
 
 // A core result as a TorchTensor (DLPack, no copy); the core handle goes.
 function toTorch(t: Tensor): TorchTensor {
-  const h = bridge().fromDLPack((native as unknown as { toDLPack(h: NativeTensor): unknown }).toDLPack(t.handle('toTorch', 'result')));
+  const h = bridge().fromDLPack(coreNative.toDLPack(t.handle('toTorch', 'result')));
   const tt = t.device === 'cpu' ? new TorchTensor(h, { shape: t.shape, dtype: t.dtype as TorchDType, device: 'cpu' }) : new TorchTensor(h);
   t.dispose();
   return tt;
@@ -459,11 +462,14 @@ enum GradKind {
   PerRow = 2,
 }
 
-function attach(kind: GradKind, value: TorchTensor, in0: TorchTensor, g0: TorchTensor, in1?: TorchTensor, g1?: TorchTensor): TorchTensor {
+// The core result `value` as a TorchTensor whose grad_fn scales the precomputed gradients: its DLPack
+// capsule goes straight into attachGrad (no intermediate handle); the core handle goes.
+function attach(kind: GradKind, value: Tensor, in0: TorchTensor, g0: TorchTensor, in1?: TorchTensor, g1?: TorchTensor): TorchTensor {
   const fn = 'attachGrad';
+  const capsule = coreNative.toDLPack(value.handle(fn, 'value'));
   const out = new TorchTensor(
-    bridge().attachGrad(kind, value.handle(fn), in0.handle(fn), g0.handle(fn), in1 ? in1.handle(fn) : null, g1 ? g1.handle(fn) : null),
-    value,
+    bridge().attachGrad(kind, capsule, in0.handle(fn), g0.handle(fn), in1 ? in1.handle(fn) : null, g1 ? g1.handle(fn) : null),
+    value.device === 'cpu' ? { shape: value.shape, dtype: value.dtype as TorchDType, device: 'cpu' } : undefined,
   );
   value.dispose();
   return out;
@@ -503,7 +509,7 @@ export function policyLoss(inputs: TorchPolicyLossInputs, options?: PolicyLossOp
   const r = withViews(fn, [inputs, options], (i, o) => corePolicyLoss(i as never, o as never));
   const grad = toTorch(r.grad);
   const gradEntropy = r.gradEntropy ? toTorch(r.gradEntropy) : undefined;
-  const loss = attach(GradKind.Scalar, toTorch(r.loss), logp, grad, ent && gradEntropy ? ent : undefined, ent && gradEntropy ? gradEntropy : undefined);
+  const loss = attach(GradKind.Scalar, r.loss, logp, grad, ent && gradEntropy ? ent : undefined, ent && gradEntropy ? gradEntropy : undefined);
   const out: TorchPolicyLossResult = { loss, grad, readStats: r.readStats };
   if (gradEntropy) out.gradEntropy = gradEntropy;
   return out;
@@ -519,7 +525,7 @@ export function klPenalty(logprobs: TorchTensor, refLogprobs: TorchTensor, optio
   checkTorchTensor(fn, 'refLogprobs', refLogprobs);
   const r = withViews(fn, [logprobs, refLogprobs, options], (a, b, o) => coreKlPenalty(a as Tensor, b as Tensor, o as KlPenaltyOptions));
   const grad = toTorch(r.grad);
-  return { values: attach(GradKind.Elementwise, toTorch(r.values), lp, grad), grad };
+  return { values: attach(GradKind.Elementwise, r.values, lp, grad), grad };
 }
 
 /**
@@ -540,7 +546,7 @@ export function vocabDivergence(
   const r = withViews(fn, [s, t, o], (a, b, c) => coreVocabDivergence(a as Tensor, b as Tensor, c as VocabDivergenceOptions));
   const gradStudent = toTorch(r.gradStudent);
   const gradTeacher = r.gradTeacher ? toTorch(r.gradTeacher) : undefined;
-  const values = attach(GradKind.PerRow, toTorch(r.values), s, gradStudent, gradTeacher ? t : undefined, gradTeacher);
+  const values = attach(GradKind.PerRow, r.values, s, gradStudent, gradTeacher ? t : undefined, gradTeacher);
   const out: { values: TorchTensor; gradStudent: TorchTensor; gradTeacher?: TorchTensor } = { values, gradStudent };
   if (gradTeacher) out.gradTeacher = gradTeacher;
   return out;

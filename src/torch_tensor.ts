@@ -71,7 +71,7 @@ export interface BridgeNative {
     temperatureTensor: NativeTorchTensor | null, ignoreIndex: number, entropy: boolean, chunkSize: number,
   ): [NativeTorchTensor, NativeTorchTensor | null];
   attachGrad(
-    kind: number, value: NativeTorchTensor, input0: NativeTorchTensor, grad0: NativeTorchTensor,
+    kind: number, value: NativeTorchTensor | unknown, input0: NativeTorchTensor, grad0: NativeTorchTensor,
     input1: NativeTorchTensor | null, grad1: NativeTorchTensor | null,
   ): NativeTorchTensor;
   JitModule: new (path: string, device: string | null) => NativeJitModule;

@@ -408,6 +408,35 @@ describeBridge('policyLoss, klPenalty, vocabDivergence as autograd functions', (
     }
   });
 
+  it('the core views of inputs are kept while their memory stays, follow writes, are remade when it moves, go with the tensor', () => {
+    const lp0 = Float32Array.from([-0.5, -1, -0.25, -2]);
+    const ref0 = Float32Array.from([-0.4, -1.5, -0.3, -1]);
+    const other = Float32Array.from([-2, -0.1, -0.7, -0.2]);
+    const x = leaf(lp0, [4]);
+    const ref = torch.tensor(ref0);
+    const kl = (a: Float32Array, b: Float32Array): Float32Array =>
+      rlk.klPenalty(rlk.tensor(a), rlk.tensor(b), { estimator: 'k3' }).values.toArraySync() as Float32Array;
+    expect(torch.klPenalty(x, ref, { estimator: 'k3' }).values.toArraySync()).toEqual(kl(lp0, ref0));
+    const view = (ref.companion() as unknown as { view: rlk.Tensor }).view;
+    expect(torch.klPenalty(x, ref, { estimator: 'k3' }).values.toArraySync()).toEqual(kl(lp0, ref0));
+    expect((ref.companion() as unknown as { view: rlk.Tensor }).view).toBe(view);
+    // An in-place write is seen through the kept view (it shares the memory).
+    torch.noGrad(() => A('mul_.Scalar', ref, 2));
+    expect(torch.klPenalty(x, ref, { estimator: 'k3' }).values.toArraySync()).toEqual(kl(lp0, Float32Array.from(ref0, (v) => v * 2)));
+    // Memory that moves (set_, as module.to() does to parameters) gets a new view.
+    torch.noGrad(() => A('set_.source_Tensor', ref, torch.tensor(other)));
+    expect(torch.klPenalty(x, ref, { estimator: 'k3' }).values.toArraySync()).toEqual(kl(lp0, other));
+    expect((ref.companion() as unknown as { view: rlk.Tensor }).view).not.toBe(view);
+    expect(view.disposed).toBe(true);
+    // An rlk.scope around the call does not dispose the kept views; disposing the TorchTensor does.
+    rlk.scope(() => torch.klPenalty(x, ref, { estimator: 'k3' }));
+    const kept = (ref.companion() as unknown as { view: rlk.Tensor }).view;
+    expect(kept.disposed).toBe(false);
+    ref.dispose();
+    expect(kept.disposed).toBe(true);
+    expect(ref.companion()).toBeNull();
+  });
+
   it('vocabDivergence: per-row values, student and teacher gradients vs torch autograd', () => {
     const seed = freshSeed();
     const r = rng(seed);

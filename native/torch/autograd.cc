@@ -436,7 +436,8 @@ struct PrecomputedGradFunction : public torch::autograd::Function<PrecomputedGra
   }
 };
 
-// attachGrad(kind, value, input0, grad0, input1 | null, grad1 | null) -> value with a grad_fn
+// attachGrad(kind, value, input0, grad0, input1 | null, grad1 | null) -> value with a grad_fn.
+// `value` may be the core result's DLPack capsule itself: one handle fewer per call.
 Napi::Value AttachGrad(const Napi::CallbackInfo& info) {
   const char* fn = "attachGrad";
   Napi::Env env = info.Env();
@@ -444,7 +445,7 @@ Napi::Value AttachGrad(const Napi::CallbackInfo& info) {
   Precomputed p;
   p.kind = int64_t(info[0].As<Napi::Number>().DoubleValue());
   if (p.kind < kScalar || p.kind > kPerRow) ThrowRange(env, std::string(fn) + ": kind must be 0, 1 or 2");
-  p.value = TensorArg(info, 1, fn, "value");
+  p.value = info[1].IsExternal() ? TensorFromCapsule(env, info[1], fn, "value") : TensorArg(info, 1, fn, "value");
   at::Tensor in0 = TensorArg(info, 2, fn, "input0");
   p.grad0 = TensorArg(info, 3, fn, "grad0");
   at::Tensor in1 = OptionalTensorArg(info, 4, fn, "input1");

@@ -535,23 +535,32 @@ Napi::Value FromData(const Napi::CallbackInfo& info) {
   RLK_TORCH_CATCH(env, fn)
 }
 
-Napi::Value FromDLPack(const Napi::CallbackInfo& info) {
-  const char* fn = "fromCore";
-  Napi::Env env = info.Env();
+}  // namespace
+
+at::Tensor TensorFromCapsule(Napi::Env env, Napi::Value v, const char* fn, const char* name) {
   bool tagged = false;
-  if (info.Length() < 1 || !info[0].IsExternal() ||
-      napi_check_object_type_tag(env, info[0], &kDLPackCapsuleTag, &tagged) != napi_ok || !tagged)
-    ThrowType(env, std::string(fn) + ": capsule must be a DLPack capsule, got " + Describe(info[0]));
-  auto* cap = info[0].As<Napi::External<DLPackCapsule>>().Data();
-  if (!cap->managed) ThrowType(env, std::string(fn) + ": capsule was already consumed (a DLPack capsule is used once)");
+  if (!v.IsExternal() || napi_check_object_type_tag(env, v, &kDLPackCapsuleTag, &tagged) != napi_ok || !tagged)
+    ThrowType(env, std::string(fn) + ": " + name + " must be a DLPack capsule, got " + Describe(v));
+  auto* cap = v.As<Napi::External<DLPackCapsule>>().Data();
+  if (!cap->managed) ThrowType(env, std::string(fn) + ": " + name + " was already consumed (a DLPack capsule is used once)");
   auto* m = static_cast<DLManagedTensor*>(cap->managed);
+  at::Tensor t;
   RLK_TORCH_TRY
   // fromDLPack reads the descriptor (and may refuse it) before it takes
   // ownership: on a throw the capsule still owns the tensor.
-  at::Tensor t = at::fromDLPack(m);
-  cap->managed = nullptr;
-  return TorchTensor::Wrap(env, std::move(t));
+  t = at::fromDLPack(m);
   RLK_TORCH_CATCH(env, fn)
+  cap->managed = nullptr;
+  return t;
+}
+
+namespace {
+
+Napi::Value FromDLPack(const Napi::CallbackInfo& info) {
+  const char* fn = "fromCore";
+  Napi::Env env = info.Env();
+  at::Tensor t = TensorFromCapsule(env, info.Length() < 1 ? env.Undefined() : info[0], fn, "capsule");
+  return TorchTensor::Wrap(env, std::move(t));
 }
 
 // ---- boxed operator calls -----------------------------------------------------

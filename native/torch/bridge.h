@@ -82,6 +82,9 @@ class TorchTensor : public Napi::ObjectWrap<TorchTensor> {
 // DisposedError when it was disposed.
 at::Tensor TensorArg(const Napi::CallbackInfo& info, size_t i, const char* fn, const char* name);
 at::Tensor TensorValue(Napi::Env env, Napi::Value v, const std::string& fn, const std::string& name);
+// A DLPack capsule (the core's toDLPack) as an at::Tensor sharing its memory;
+// the capsule is consumed. TypeError for anything else.
+at::Tensor TensorFromCapsule(Napi::Env env, Napi::Value v, const char* fn, const char* name);
 // undefined/null give an undefined tensor.
 at::Tensor OptionalTensorArg(const Napi::CallbackInfo& info, size_t i, const char* fn, const char* name);
 
