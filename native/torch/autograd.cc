@@ -17,6 +17,7 @@
 // backward scales the precomputed gradient by the upstream one (a scalar for
 // a loss, elementwise for per-token values, per row for per-row values).
 #include <torch/csrc/autograd/custom_function.h>
+#include <torch/csrc/autograd/functions/utils.h>
 
 #include <cmath>
 
@@ -419,21 +420,19 @@ at::Tensor Scale(const at::Tensor& g, const at::Tensor& up, int64_t kind) {
   return g * up.to(g.scalar_type());
 }
 
-struct PrecomputedGradFunction : public torch::autograd::Function<PrecomputedGradFunction> {
-  static variable_list forward(AutogradContext* ctx, const at::Tensor& in0, const std::optional<at::Tensor>& in1,
-                               const Precomputed& p) {
-    ctx->saved_data["g0"] = p.grad0;
-    ctx->saved_data["g1"] = p.grad1;
-    ctx->saved_data["kind"] = p.kind;
-    ctx->set_materialize_grads(false);
-    return {p.value};
-  }
-  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+// A bare autograd Node (no torch::autograd::Function: no context, no saved
+// map, no output wrapping), as libtorch's generated backward nodes are made:
+// the value gets it as grad_fn, its next edges are the inputs'.
+struct PrecomputedGradNode : public torch::autograd::Node {
+  explicit PrecomputedGradNode(torch::autograd::edge_list&& next) : Node(std::move(next)) {}
+  std::string name() const override { return "rlkernels::PrecomputedGradBackward"; }
+  variable_list apply(variable_list&& grads) override {
     const at::Tensor& up = grads[0];
-    if (!up.defined()) return {at::Tensor(), at::Tensor(), at::Tensor()};
-    const int64_t kind = ctx->saved_data["kind"].toInt();
-    return {Scale(ctx->saved_data["g0"].toTensor(), up, kind), Scale(ctx->saved_data["g1"].toTensor(), up, kind), at::Tensor()};
+    if (!up.defined()) return {at::Tensor(), at::Tensor()};
+    return {Scale(grad0, up, kind), Scale(grad1, up, kind)};
   }
+  at::Tensor grad0, grad1;
+  int64_t kind = kScalar;
 };
 
 // attachGrad(kind, value, input0, grad0, input1 | null, grad1 | null) -> value with a grad_fn.
@@ -462,11 +461,18 @@ Napi::Value AttachGrad(const Napi::CallbackInfo& info) {
   };
   expect(in0, p.grad0, "grad0");
   expect(in1, p.grad1, "grad1");
-  variable_list out;
+  // A handle may already have a history: the node goes on a view of it.
+  at::Tensor out = info[1].IsExternal() ? p.value : p.value.detach();
   RLK_TORCH_TRY
-  out = PrecomputedGradFunction::apply(in0, in1.defined() ? std::optional<at::Tensor>(in1) : std::nullopt, p);
+  if (torch::autograd::compute_requires_grad(in0, in1)) {
+    auto node = c10::make_intrusive<PrecomputedGradNode>(torch::autograd::collect_next_edges(in0, in1));
+    node->grad0 = std::move(p.grad0);
+    node->grad1 = std::move(p.grad1);
+    node->kind = p.kind;
+    torch::autograd::set_history(out, node);
+  }
   RLK_TORCH_CATCH(env, fn)
-  return TorchTensor::Wrap(env, out[0]);
+  return TorchTensor::Wrap(env, std::move(out));
 }
 
 }  // namespace
