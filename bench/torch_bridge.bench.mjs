@@ -56,6 +56,7 @@ const tlp = torch.tensor(lp0, { shape: [B, T], requiresGrad: true });
 const told = torch.tensor(lp0, { shape: [B, T] });
 const tadv = torch.tensor(adv0);
 const ones = rlk.tensor(new Float32Array(R).fill(1));
+const tones = torch.tensor(new Float32Array(R).fill(1));
 
 const rows = [];
 const row = (what, core, bridge) => rows.push({ what, core, bridge, over: bridge - core });
@@ -72,7 +73,7 @@ row('tokenLogprobs forward + backward',
     return void rlk.tokenLogprobsBackward(cl, ct, ones, { stats: f.stats });
   }), quick ? 100 : 1000),
   time(() => torch.scope(() => {
-    torch.tokenLogprobs(tlg, tt).logprobs.backward(torch.tensor(new Float32Array(R).fill(1)));
+    torch.tokenLogprobs(tlg, tt).logprobs.backward(tones);
     tlg.zeroGrad();
   }), quick ? 100 : 1000));
 row('policyLoss [4, 8] forward (grad attached)',
