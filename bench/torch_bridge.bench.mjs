@@ -3,7 +3,7 @@
 // grpo-keychain example's tokens/s. Small tensors, so the kernel itself is
 // negligible and the difference is the bridge (handles, DLPack views, the
 // autograd node). Prints a markdown table. Skips (exit 0) without the bridge.
-//   node bench/torch_bridge.bench.mjs [--quick]
+//   node bench/torch_bridge.bench.mjs [--quick] [--no-example]
 import { spawnSync } from 'node:child_process';
 import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -13,6 +13,7 @@ import * as torch from '../dist/torch.js';
 import { BENCH_DIR, normal, rng } from './common.mjs';
 
 const quick = process.argv.includes('--quick');
+const example = !process.argv.includes('--no-example');
 const status = torch.bridgeStatus();
 if (!status.loadable) {
   console.log(`libtorch bridge not available: ${status.problem}`);
@@ -22,20 +23,19 @@ const info = torch.load();
 rlk.setNumThreads(1);
 torch.setNumThreads(1);
 
-function median(xs) {
-  const s = [...xs].sort((a, b) => a - b);
-  return s[Math.floor(s.length / 2)];
-}
-/** Median microseconds per call over `reps` batches of `n` calls. */
-function time(fn, n = quick ? 200 : 2000, reps = quick ? 3 : 7) {
+/**
+ * Microseconds per call: the fastest of `reps` batches of `n` calls (as Python's timeit advises: on a
+ * shared machine the slower batches measure the other processes, not the call).
+ */
+function time(fn, n = quick ? 200 : 1000, reps = quick ? 15 : 30) {
   for (let i = 0; i < Math.min(n, 100); i++) fn();
-  const per = [];
+  let best = Infinity;
   for (let r = 0; r < reps; r++) {
     const t = process.hrtime.bigint();
     for (let i = 0; i < n; i++) fn();
-    per.push(Number(process.hrtime.bigint() - t) / 1e3 / n);
+    best = Math.min(best, Number(process.hrtime.bigint() - t) / 1e3 / n);
   }
-  return median(per);
+  return best;
 }
 
 const r = rng(1);
@@ -56,6 +56,7 @@ const tlp = torch.tensor(lp0, { shape: [B, T], requiresGrad: true });
 const told = torch.tensor(lp0, { shape: [B, T] });
 const tadv = torch.tensor(adv0);
 const ones = rlk.tensor(new Float32Array(R).fill(1));
+const tones = torch.tensor(new Float32Array(R).fill(1));
 
 const rows = [];
 const row = (what, core, bridge) => rows.push({ what, core, bridge, over: bridge - core });
@@ -72,7 +73,7 @@ row('tokenLogprobs forward + backward',
     return void rlk.tokenLogprobsBackward(cl, ct, ones, { stats: f.stats });
   }), quick ? 100 : 1000),
   time(() => torch.scope(() => {
-    torch.tokenLogprobs(tlg, tt).logprobs.backward(torch.tensor(new Float32Array(R).fill(1)));
+    torch.tokenLogprobs(tlg, tt).logprobs.backward(tones);
     tlg.zeroGrad();
   }), quick ? 100 : 1000));
 row('policyLoss [4, 8] forward (grad attached)',
@@ -81,6 +82,31 @@ row('policyLoss [4, 8] forward (grad attached)',
 row('klPenalty [4, 8] forward (grad attached)',
   time(() => rlk.scope(() => void rlk.klPenalty(clp, clp, { estimator: 'k3' }))),
   time(() => torch.scope(() => void torch.klPenalty(tlp, told, { estimator: 'k3' }))));
+const sl = rlk.tensor(logits, { shape: [R, V] });
+const tsl = torch.tensor(logits, { shape: [R, V], requiresGrad: true });
+const ttl = torch.tensor(logits, { shape: [R, V] });
+row('vocabDivergence [8, 64] forward (grad attached)',
+  time(() => rlk.scope(() => void rlk.vocabDivergence(sl, cl, { kind: 'forward-kl' }))),
+  time(() => torch.scope(() => void torch.vocabDivergence(tsl, ttl, { kind: 'forward-kl' }))));
+// linearLogprobs: absent from bridges built before it (the row is then left out).
+const H = 16;
+const hid = Float32Array.from({ length: R * H }, () => normal(r));
+const wgt = Float32Array.from({ length: V * H }, () => normal(r) / 4);
+const ch = rlk.tensor(hid, { shape: [R, H] });
+const cw = rlk.tensor(wgt, { shape: [V, H] });
+const th = torch.tensor(hid, { shape: [R, H], requiresGrad: true });
+const tw = torch.tensor(wgt, { shape: [V, H], requiresGrad: true });
+let linearOk = true;
+try {
+  torch.scope(() => torch.linearLogprobs(th, tw, tt));
+} catch {
+  linearOk = false;
+}
+if (linearOk) {
+  row(`linearLogprobs forward [${R}, ${H}] x [${V}, ${H}] (autograd node)`,
+    time(() => rlk.scope(() => void rlk.linearLogprobs(ch, cw, ct, { saveForBackward: true }))),
+    time(() => torch.scope(() => void torch.linearLogprobs(th, tw, tt))));
+}
 row('DLPack: torch.fromCore + toCore (one tensor each way)',
   0,
   time(() => {
@@ -90,13 +116,14 @@ row('DLPack: torch.fromCore + toCore (one tensor each way)',
     b.dispose();
   }));
 
-console.log(`libtorch bridge overhead, torch ${info.torchVersion}, CPU (rlkernels ISA path: ${rlk.buildInfo().cpu.simd}), 1 thread each side, median us per call`);
+console.log(`libtorch bridge overhead, torch ${info.torchVersion}, CPU (rlkernels ISA path: ${rlk.buildInfo().cpu.simd}), 1 thread each side, us per call (fastest batch)`);
 console.log('');
 console.log('| call | core (us) | bridge (us) | bridge overhead (us) |');
 console.log('|---|---:|---:|---:|');
 for (const x of rows) console.log(`| ${x.what} | ${x.core.toFixed(2)} | ${x.bridge.toFixed(2)} | ${x.over.toFixed(2)} |`);
 
 // The example's throughput (a short run: tokens through the policy per second of step time).
+if (!example) process.exit(0);
 const out = mkdtempSync(join(tmpdir(), 'rlk-grpo-bench-'));
 const steps = quick ? 5 : 30;
 const ex = spawnSync(process.execPath, [join(BENCH_DIR, '..', 'examples', 'grpo-keychain', 'train.mjs'), '--steps', String(steps), '--quiet', '--out', out], { encoding: 'utf8' });

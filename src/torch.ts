@@ -6,18 +6,23 @@
 // importing works everywhere, and the first call says how to build the bridge
 // where it is missing (`bridgeStatus()` reports without loading libtorch).
 //
-// tokenLogprobs runs in the bridge on the logits' memory. The loss families
+// tokenLogprobs and linearLogprobs run in the bridge on the tensors' memory. The loss families
 // (policyLoss, klPenalty, vocabDivergence; groupAdvantages, no gradient) run
 // the core function on DLPack views of the tensors, so their options,
 // defaults, checks and modes are the core's own, and the bridge attaches the
 // gradient the core returns as the value's grad_fn.
 import { checkBoolean, checkNumber, checkOptions, checkShape, describe, rangeError, typeError } from './checks.js';
-import { NativeLoadError } from './errors.js';
 import { groupAdvantages as coreGroupAdvantages, type GroupAdvantagesOptions } from './group_advantages.js';
+import {
+  DEFAULT_CHUNK_SIZE,
+  DEFAULT_IGNORE_INDEX as LINEAR_DEFAULT_IGNORE_INDEX,
+  DEFAULT_TEMPERATURE as LINEAR_DEFAULT_TEMPERATURE,
+  MAX_CHUNK_SIZE,
+} from './linear_logprobs.js';
 import { klPenalty as coreKlPenalty, type KlPenaltyOptions } from './kl_penalty.js';
 import { native, type NativeTensor } from './native.js';
 import { policyLoss as corePolicyLoss, type PolicyLossOptions, type PolicyLossStats } from './policy_loss.js';
-import { Tensor } from './tensor.js';
+import { keep as keepCore, Tensor } from './tensor.js';
 import { DEFAULT_IGNORE_INDEX, DEFAULT_TEMPERATURE } from './token_logprobs.js';
 import {
   aten,
@@ -337,58 +342,118 @@ export function tokenLogprobs(logits: TorchTensor, targets: TorchTensor, options
   if (!['float32', 'bfloat16', 'float16'].includes(l.dtype)) throw typeError(fn, `logits must be float32, bfloat16 or float16, got ${l.dtype}`);
   if (t.dtype !== 'int32' && t.dtype !== 'int64') throw typeError(fn, `targets must be int32 or int64, got ${t.dtype}`);
   const [lp, ent] = bridge().tokenLogprobs(l.handle(fn, 'logits'), t.handle(fn, 'targets'), temperature, tt ? tt.handle(fn, 'temperature') : null, ignoreIndex, entropy);
-  const r: { logprobs: TorchTensor; entropy?: TorchTensor } = { logprobs: new TorchTensor(lp) };
-  if (ent) r.entropy = new TorchTensor(ent);
+  const meta = { shape: t.shape, dtype: 'float32', device: l.device } as const;
+  const r: { logprobs: TorchTensor; entropy?: TorchTensor } = { logprobs: new TorchTensor(lp, meta) };
+  if (ent) r.entropy = new TorchTensor(ent, meta);
   return r;
 }
 
-/**
- * Fused linear log-probs (DESIGN 3.2) as an autograd function: the hook for the core's `linearLogprobs` and
- * `linearLogprobsBackward` (native/include/rlk/linear_logprobs.h), which land separately. Until the core
- * exports them this throws; wire it like `tokenLogprobs` (a bridge Function whose backward calls the core
- * launcher for gradHidden and gradWeight) once they exist.
- * @throws NativeLoadError until the core provides linearLogprobs.
- */
-export function linearLogprobs(_hidden: TorchTensor, _weight: TorchTensor, _targets: TorchTensor, _options?: Record<string, unknown>): never {
-  throw new NativeLoadError('linearLogprobs: not in rlkernels/torch yet (it needs the core linearLogprobs kernels); use lm-head logits with tokenLogprobs');
+export interface TorchLinearLogprobsOptions {
+  /** A positive number, or a float32 TorchTensor of one value per row. Defaults to `1`. */
+  temperature?: number | TorchTensor;
+  /** Also return the entropy (differentiable too). Defaults to `false`. */
+  entropy?: boolean;
+  /** `[V]` in the weight's dtype, added to the logits; gets a gradient when it requires grad. */
+  bias?: TorchTensor;
+  /** Rows whose target equals this give 0 and get zero gradient. Defaults to `-100`. */
+  ignoreIndex?: number;
+  /** Rows per chunk (memory beyond inputs and outputs grows with it). Defaults to `0`: the kernel's choice. */
+  chunkSize?: number;
 }
+
+/**
+ * Fused linear log-probs (DESIGN 3.2) as an autograd function: the log-probs (and entropy) of `targets` under
+ * `softmax((hidden @ weight^T + bias) / T)` without the `[N, V]` logits; `backward()` fills the gradients of
+ * `hidden`, `weight` (and `bias`) through the core's fused backward kernel (native/cpu/linear_logprobs.cc).
+ * `hidden` is `[..., H]`, `weight` `[V, H]` of its dtype, `targets` of `hidden`'s leading shape.
+ * @throws TypeError for a non-TorchTensor, a wrong dtype or device, a non-contiguous tensor, an unknown option;
+ *   RangeError for shapes, targets out of range, bad temperatures or chunk sizes; DisposedError for a disposed tensor.
+ */
+export function linearLogprobs(
+  hidden: TorchTensor, weight: TorchTensor, targets: TorchTensor, options?: TorchLinearLogprobsOptions,
+): { logprobs: TorchTensor; entropy?: TorchTensor } {
+  const fn = 'linearLogprobs';
+  const h = checkTorchTensor(fn, 'hidden', hidden);
+  const w = checkTorchTensor(fn, 'weight', weight);
+  const t = checkTorchTensor(fn, 'targets', targets);
+  const o = checkOptions(fn, options, ['temperature', 'entropy', 'bias', 'ignoreIndex', 'chunkSize']);
+  let temperature = LINEAR_DEFAULT_TEMPERATURE;
+  let tt: TorchTensor | null = null;
+  if (o.temperature instanceof TorchTensor) tt = checkTorchTensor(fn, 'temperature', o.temperature);
+  else if (o.temperature !== undefined) temperature = checkNumber(fn, 'temperature', o.temperature, { greaterThan: 0 });
+  const entropy = o.entropy === undefined ? false : checkBoolean(fn, 'entropy', o.entropy);
+  const ignoreIndex = o.ignoreIndex === undefined ? LINEAR_DEFAULT_IGNORE_INDEX
+    : checkNumber(fn, 'ignoreIndex', o.ignoreIndex, { integer: true, min: -Number.MAX_SAFE_INTEGER, max: Number.MAX_SAFE_INTEGER });
+  const chunk = o.chunkSize === undefined ? DEFAULT_CHUNK_SIZE : checkNumber(fn, 'chunkSize', o.chunkSize, { integer: true, min: 0, max: MAX_CHUNK_SIZE });
+  const b = o.bias === undefined ? null : checkTorchTensor(fn, 'bias', o.bias);
+  if (!['float32', 'bfloat16', 'float16'].includes(h.dtype)) throw typeError(fn, `hidden must be float32, bfloat16 or float16, got ${h.dtype}`);
+  if (w.dtype !== h.dtype) throw typeError(fn, `weight must be ${h.dtype} like hidden, got ${w.dtype}`);
+  if (t.dtype !== 'int32' && t.dtype !== 'int64') throw typeError(fn, `targets must be int32 or int64, got ${t.dtype}`);
+  const [lp, ent] = bridge().linearLogprobs(
+    h.handle(fn, 'hidden'), w.handle(fn, 'weight'), b ? b.handle(fn, 'bias') : null, t.handle(fn, 'targets'), temperature,
+    tt ? tt.handle(fn, 'temperature') : null, ignoreIndex, entropy, chunk,
+  );
+  const meta = { shape: t.shape, dtype: 'float32', device: h.device } as const;
+  const r: { logprobs: TorchTensor; entropy?: TorchTensor } = { logprobs: new TorchTensor(lp, meta) };
+  if (ent) r.entropy = new TorchTensor(ent, meta);
+  return r;
+}
+
+const coreNative = native as unknown as { toDLPack(h: NativeTensor): unknown; fromDLPack(c: unknown): NativeTensor };
 
 const CORE_DTYPES: readonly TorchDType[] = ['float32', 'bfloat16', 'float16', 'int32', 'int64', 'uint8'];
 
+// A TorchTensor's core view, kept on the TorchTensor (its companion) while the
+// tensor's memory stays where it was: the core-backed functions then make no
+// DLPack capsule for an input they saw before. Disposed with the TorchTensor.
+class CoreView {
+  constructor(readonly key: number, readonly view: Tensor) {}
+  dispose(): void {
+    this.view.dispose();
+  }
+}
+
+// The core view of a CPU TorchTensor, made once per memory address.
+function coreView(fn: string, v: TorchTensor): Tensor {
+  const h = v.handle(fn, 'a tensor argument');
+  const key = h.viewKey();
+  if (key < 0) throw typeError(fn, `tensors must be contiguous, got ${describe(v)}; call .contiguous() first`);
+  const c = v.companion();
+  if (c instanceof CoreView && c.key === key && !c.view.disposed) return c.view;
+  // Not the caller's: no enclosing rlk.scope may dispose it.
+  const view = keepCore(new Tensor(coreNative.fromDLPack(h.toDLPack())));
+  v.setCompanion(new CoreView(key, view));
+  return view;
+}
+
 // Core views of the TorchTensors found in a value (depth-limited, plain objects and arrays):
 // the core functions then see their own tensor type and do all the option handling.
-function coreViews(fn: string, v: unknown, made: Tensor[], depth = 0): unknown {
+function coreViews(fn: string, v: unknown, depth = 0): unknown {
   if (v instanceof TorchTensor) {
     checkTorchTensor(fn, 'a tensor argument', v);
     if (v.device !== 'cpu') throw typeError(fn, `tensors must be on the CPU in this bridge (built without CUDA kernels), got ${describe(v)}`);
-    if (!v.isContiguous) throw typeError(fn, `tensors must be contiguous, got ${describe(v)}; call .contiguous() first`);
     if (v.dtype === 'bool') throw typeError(fn, `masks must be uint8, got a bool TorchTensor; convert with .to({ dtype: 'uint8' })`);
     if (!CORE_DTYPES.includes(v.dtype)) throw typeError(fn, `tensors must be float32, bfloat16, float16, int32, int64 or uint8, got ${describe(v)}`);
-    const c = toCore(v);
-    made.push(c);
-    return c;
+    return coreView(fn, v);
   }
   if (depth >= 3 || v === null || typeof v !== 'object' || ArrayBuffer.isView(v) || v instanceof Tensor) return v;
-  if (Array.isArray(v)) return v.map((x) => coreViews(fn, x, made, depth + 1));
+  if (Array.isArray(v)) return v.map((x) => coreViews(fn, x, depth + 1));
   if (Object.getPrototypeOf(v) !== Object.prototype && Object.getPrototypeOf(v) !== null) return v;
   const out: Record<string, unknown> = {};
-  for (const [k, x] of Object.entries(v)) out[k] = coreViews(fn, x, made, depth + 1);
+  for (const k in v) out[k] = coreViews(fn, (v as Record<string, unknown>)[k], depth + 1);
   return out;
 }
 
+// A core result as a TorchTensor (DLPack, no copy); the core handle goes.
 function toTorch(t: Tensor): TorchTensor {
-  const tt = fromCore(t);
+  const h = bridge().fromDLPack(coreNative.toDLPack(t.handle('toTorch', 'result')));
+  const tt = t.device === 'cpu' ? new TorchTensor(h, { shape: t.shape, dtype: t.dtype as TorchDType, device: 'cpu' }) : new TorchTensor(h);
   t.dispose();
   return tt;
 }
 
 function withViews<T>(fn: string, args: unknown[], body: (...core: unknown[]) => T): T {
-  const made: Tensor[] = [];
-  try {
-    return body(...args.map((a) => coreViews(fn, a, made)));
-  } finally {
-    for (const c of made) c.dispose();
-  }
+  return body(...args.map((a) => coreViews(fn, a)));
 }
 
 enum GradKind {
@@ -397,10 +462,14 @@ enum GradKind {
   PerRow = 2,
 }
 
-function attach(kind: GradKind, value: TorchTensor, in0: TorchTensor, g0: TorchTensor, in1?: TorchTensor, g1?: TorchTensor): TorchTensor {
+// The core result `value` as a TorchTensor whose grad_fn scales the precomputed gradients: its DLPack
+// capsule goes straight into attachGrad (no intermediate handle); the core handle goes.
+function attach(kind: GradKind, value: Tensor, in0: TorchTensor, g0: TorchTensor, in1?: TorchTensor, g1?: TorchTensor): TorchTensor {
   const fn = 'attachGrad';
+  const capsule = coreNative.toDLPack(value.handle(fn, 'value'));
   const out = new TorchTensor(
-    bridge().attachGrad(kind, value.handle(fn), in0.handle(fn), g0.handle(fn), in1 ? in1.handle(fn) : null, g1 ? g1.handle(fn) : null),
+    bridge().attachGrad(kind, capsule, in0.handle(fn), g0.handle(fn), in1 ? in1.handle(fn) : null, g1 ? g1.handle(fn) : null),
+    value.device === 'cpu' ? { shape: value.shape, dtype: value.dtype as TorchDType, device: 'cpu' } : undefined,
   );
   value.dispose();
   return out;
@@ -440,7 +509,7 @@ export function policyLoss(inputs: TorchPolicyLossInputs, options?: PolicyLossOp
   const r = withViews(fn, [inputs, options], (i, o) => corePolicyLoss(i as never, o as never));
   const grad = toTorch(r.grad);
   const gradEntropy = r.gradEntropy ? toTorch(r.gradEntropy) : undefined;
-  const loss = attach(GradKind.Scalar, toTorch(r.loss), logp, grad, ent && gradEntropy ? ent : undefined, ent && gradEntropy ? gradEntropy : undefined);
+  const loss = attach(GradKind.Scalar, r.loss, logp, grad, ent && gradEntropy ? ent : undefined, ent && gradEntropy ? gradEntropy : undefined);
   const out: TorchPolicyLossResult = { loss, grad, readStats: r.readStats };
   if (gradEntropy) out.gradEntropy = gradEntropy;
   return out;
@@ -456,7 +525,7 @@ export function klPenalty(logprobs: TorchTensor, refLogprobs: TorchTensor, optio
   checkTorchTensor(fn, 'refLogprobs', refLogprobs);
   const r = withViews(fn, [logprobs, refLogprobs, options], (a, b, o) => coreKlPenalty(a as Tensor, b as Tensor, o as KlPenaltyOptions));
   const grad = toTorch(r.grad);
-  return { values: attach(GradKind.Elementwise, toTorch(r.values), lp, grad), grad };
+  return { values: attach(GradKind.Elementwise, r.values, lp, grad), grad };
 }
 
 /**
@@ -477,7 +546,7 @@ export function vocabDivergence(
   const r = withViews(fn, [s, t, o], (a, b, c) => coreVocabDivergence(a as Tensor, b as Tensor, c as VocabDivergenceOptions));
   const gradStudent = toTorch(r.gradStudent);
   const gradTeacher = r.gradTeacher ? toTorch(r.gradTeacher) : undefined;
-  const values = attach(GradKind.PerRow, toTorch(r.values), s, gradStudent, gradTeacher ? t : undefined, gradTeacher);
+  const values = attach(GradKind.PerRow, r.values, s, gradStudent, gradTeacher ? t : undefined, gradTeacher);
   const out: { values: TorchTensor; gradStudent: TorchTensor; gradTeacher?: TorchTensor } = { values, gradStudent };
   if (gradTeacher) out.gradTeacher = gradTeacher;
   return out;

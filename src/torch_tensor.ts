@@ -44,6 +44,8 @@ export interface NativeTorchTensor {
   to(dtype: string | null, device: string | null, copy: boolean): NativeTorchTensor;
   zeroGrad(): void;
   dataPtr(): number;
+  /** The first element's address while contiguous, else -1: what a core view of the tensor depends on. */
+  viewKey(): number;
   toDLPack(): unknown;
 }
 
@@ -64,8 +66,12 @@ export interface BridgeNative {
     logits: NativeTorchTensor, targets: NativeTorchTensor, temperature: number, temperatureTensor: NativeTorchTensor | null,
     ignoreIndex: number, entropy: boolean,
   ): [NativeTorchTensor, NativeTorchTensor | null];
+  linearLogprobs(
+    hidden: NativeTorchTensor, weight: NativeTorchTensor, bias: NativeTorchTensor | null, targets: NativeTorchTensor, temperature: number,
+    temperatureTensor: NativeTorchTensor | null, ignoreIndex: number, entropy: boolean, chunkSize: number,
+  ): [NativeTorchTensor, NativeTorchTensor | null];
   attachGrad(
-    kind: number, value: NativeTorchTensor, input0: NativeTorchTensor, grad0: NativeTorchTensor,
+    kind: number, value: NativeTorchTensor | unknown, input0: NativeTorchTensor, grad0: NativeTorchTensor,
     input1: NativeTorchTensor | null, grad1: NativeTorchTensor | null,
   ): NativeTorchTensor;
   JitModule: new (path: string, device: string | null) => NativeJitModule;
@@ -128,9 +134,23 @@ function isNativeTorchTensor(v: unknown): v is NativeTorchTensor {
   return loaded !== undefined && v instanceof loaded.TorchTensor;
 }
 
+/** @internal What the bridge already knows of a new handle (spares reading it back through accessors). */
+export interface TorchTensorMeta {
+  readonly shape: readonly number[];
+  readonly dtype: TorchDType;
+  readonly device: TorchDevice;
+}
+
+/** @internal A resource that lives exactly as long as a TorchTensor's handle (torch.ts's cached core view). */
+export interface TorchCompanion {
+  readonly key: number;
+  dispose(): void;
+}
+
 /** A torch tensor (an `at::Tensor` held by the bridge). */
 export class TorchTensor<D extends TorchDType = TorchDType> implements Disposable {
   #h: NativeTorchTensor | null;
+  #companion: TorchCompanion | null = null;
   /** Sizes of each dimension; `[]` for a 0-d tensor. */
   readonly shape: readonly number[];
   readonly dtype: D;
@@ -138,15 +158,29 @@ export class TorchTensor<D extends TorchDType = TorchDType> implements Disposabl
   readonly device: TorchDevice;
   readonly numel: number;
 
-  /** @internal Wraps a bridge handle; use the factories of `rlkernels/torch`. */
-  constructor(handle: NativeTorchTensor) {
+  /**
+   * @internal Wraps a bridge handle; use the factories of `rlkernels/torch`. `meta`, when the caller knows
+   * the handle's shape, dtype and device (a DLPack view of a core tensor), spares three native reads.
+   */
+  constructor(handle: NativeTorchTensor, meta?: TorchTensorMeta) {
     if (!isNativeTorchTensor(handle)) throw new TypeError('TorchTensor: construct tensors with the rlkernels/torch factories');
     this.#h = handle;
-    this.shape = Object.freeze(handle.shape.slice());
-    this.dtype = handle.dtype as D;
-    this.device = handle.device as TorchDevice;
+    this.shape = Object.freeze((meta ?? handle).shape.slice());
+    this.dtype = (meta ?? handle).dtype as D;
+    this.device = (meta ?? handle).device as TorchDevice;
     this.numel = this.shape.reduce((a, b) => a * b, 1);
     scopeStore.getStore()?.add(this);
+  }
+
+  /** @internal The companion kept with this handle (or null). */
+  companion(): TorchCompanion | null {
+    return this.#companion;
+  }
+
+  /** @internal Replaces the companion (disposing the previous one); disposed with the handle. */
+  setCompanion(c: TorchCompanion | null): void {
+    if (this.#companion !== null && this.#companion !== c) this.#companion.dispose();
+    this.#companion = c;
   }
 
   get disposed(): boolean {
@@ -255,6 +289,7 @@ export class TorchTensor<D extends TorchDType = TorchDType> implements Disposabl
   /** Releases this handle now (idempotent); the memory goes when no other handle, view or core tensor holds it. */
   dispose(): void {
     if (this.#h === null) return;
+    this.setCompanion(null);
     this.#h.dispose();
     this.#h = null;
   }

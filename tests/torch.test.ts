@@ -408,6 +408,35 @@ describeBridge('policyLoss, klPenalty, vocabDivergence as autograd functions', (
     }
   });
 
+  it('the core views of inputs are kept while their memory stays, follow writes, are remade when it moves, go with the tensor', () => {
+    const lp0 = Float32Array.from([-0.5, -1, -0.25, -2]);
+    const ref0 = Float32Array.from([-0.4, -1.5, -0.3, -1]);
+    const other = Float32Array.from([-2, -0.1, -0.7, -0.2]);
+    const x = leaf(lp0, [4]);
+    const ref = torch.tensor(ref0);
+    const kl = (a: Float32Array, b: Float32Array): Float32Array =>
+      rlk.klPenalty(rlk.tensor(a), rlk.tensor(b), { estimator: 'k3' }).values.toArraySync() as Float32Array;
+    expect(torch.klPenalty(x, ref, { estimator: 'k3' }).values.toArraySync()).toEqual(kl(lp0, ref0));
+    const view = (ref.companion() as unknown as { view: rlk.Tensor }).view;
+    expect(torch.klPenalty(x, ref, { estimator: 'k3' }).values.toArraySync()).toEqual(kl(lp0, ref0));
+    expect((ref.companion() as unknown as { view: rlk.Tensor }).view).toBe(view);
+    // An in-place write is seen through the kept view (it shares the memory).
+    torch.noGrad(() => A('mul_.Scalar', ref, 2));
+    expect(torch.klPenalty(x, ref, { estimator: 'k3' }).values.toArraySync()).toEqual(kl(lp0, Float32Array.from(ref0, (v) => v * 2)));
+    // Memory that moves (set_, as module.to() does to parameters) gets a new view.
+    torch.noGrad(() => A('set_.source_Tensor', ref, torch.tensor(other)));
+    expect(torch.klPenalty(x, ref, { estimator: 'k3' }).values.toArraySync()).toEqual(kl(lp0, other));
+    expect((ref.companion() as unknown as { view: rlk.Tensor }).view).not.toBe(view);
+    expect(view.disposed).toBe(true);
+    // An rlk.scope around the call does not dispose the kept views; disposing the TorchTensor does.
+    rlk.scope(() => torch.klPenalty(x, ref, { estimator: 'k3' }));
+    const kept = (ref.companion() as unknown as { view: rlk.Tensor }).view;
+    expect(kept.disposed).toBe(false);
+    ref.dispose();
+    expect(kept.disposed).toBe(true);
+    expect(ref.companion()).toBeNull();
+  });
+
   it('vocabDivergence: per-row values, student and teacher gradients vs torch autograd', () => {
     const seed = freshSeed();
     const r = rng(seed);
@@ -442,8 +471,112 @@ describeBridge('policyLoss, klPenalty, vocabDivergence as autograd functions', (
     expect(out.informative.toArraySync()).toEqual(core.informative.toArraySync());
   });
 
-  it('linearLogprobs is a clear hook until the core kernels land', () => {
-    expect(() => torch.linearLogprobs(torch.tensor([1]), torch.tensor([1]), torch.tensor([1]))).toThrow(/linearLogprobs/);
+});
+
+describeBridge('linearLogprobs as an autograd function', () => {
+  const cases: Array<{ lead: number[]; H: number; V: number; temp: number | 'rows'; entropy: boolean; ignore: boolean; bias: boolean; chunk?: number }> = [
+    { lead: [1], H: 5, V: 7, temp: 1, entropy: false, ignore: false, bias: false },
+    { lead: [9], H: 16, V: 33, temp: 0.7, entropy: true, ignore: true, bias: true },
+    { lead: [3, 5], H: 24, V: 300, temp: 'rows', entropy: true, ignore: false, bias: true, chunk: 4 },
+    { lead: [37], H: 32, V: 517, temp: 1.3, entropy: true, ignore: true, bias: false },
+  ];
+  for (const c of cases) {
+    it(`hidden [${c.lead},${c.H}] weight [${c.V},${c.H}] T=${c.temp} entropy=${c.entropy} ignore=${c.ignore} bias=${c.bias}`, () => {
+      const seed = freshSeed();
+      const r = rng(seed);
+      const rows = c.lead.reduce((a, b) => a * b, 1);
+      const hd = Float32Array.from(randn(r, rows * c.H, 1));
+      const wd = Float32Array.from(randn(r, c.V * c.H, 1 / Math.sqrt(c.H)));
+      const bd = Float32Array.from(randn(r, c.V, 0.5));
+      const tg = Int32Array.from({ length: rows }, () => (c.ignore && r() < 0.2 ? -100 : Math.floor(r() * c.V)));
+      const w1 = Float32Array.from(randn(r, rows));
+      const w2 = Float32Array.from(randn(r, rows));
+      const tempRows = Float32Array.from({ length: rows }, () => 0.5 + r());
+      const targets = torch.tensor(tg, { shape: c.lead });
+      const tempT = c.temp === 'rows' ? torch.tensor(tempRows, { shape: c.lead }) : c.temp;
+
+      // The bridge.
+      const h = leaf(hd, [...c.lead, c.H]);
+      const w = leaf(wd, [c.V, c.H]);
+      const b = c.bias ? leaf(bd, [c.V]) : undefined;
+      const out = torch.linearLogprobs(h, w, targets, { temperature: tempT, entropy: c.entropy, bias: b, chunkSize: c.chunk });
+      let loss = A('sum', A('mul.Tensor', out.logprobs, torch.tensor(w1, { shape: c.lead }))) as TT;
+      if (c.entropy) loss = A('add.Tensor', loss, A('sum', A('mul.Tensor', out.entropy!, torch.tensor(w2, { shape: c.lead })))) as TT;
+      loss.backward();
+      const gh = f64(h.grad!), gw = f64(w.grad!);
+      const gb = b ? f64(b.grad!) : [];
+      expect(h.grad!.shape).toEqual([...c.lead, c.H]);
+
+      // The core kernels on the same values: the same forward, the same gradients.
+      const ch = rlk.tensor(hd, { shape: [rows, c.H] });
+      const cw = rlk.tensor(wd, { shape: [c.V, c.H] });
+      const cb = c.bias ? rlk.tensor(bd) : undefined;
+      const ct = rlk.tensor(tg);
+      const ctemp = c.temp === 'rows' ? rlk.tensor(tempRows) : c.temp;
+      const core = rlk.linearLogprobs(ch, cw, ct, { temperature: ctemp, entropy: c.entropy, bias: cb, saveForBackward: true, chunkSize: c.chunk });
+      expect(out.logprobs.toArraySync()).toEqual(core.logprobs.toArraySync());
+      if (c.entropy) expect(out.entropy!.toArraySync()).toEqual(core.entropy!.toArraySync());
+      const cg = rlk.linearLogprobsBackward(ch, cw, ct, rlk.tensor(w1), {
+        temperature: ctemp, gradEntropy: c.entropy ? rlk.tensor(w2) : undefined, bias: cb, stats: core.stats, chunkSize: c.chunk,
+      });
+      expectClose('gradHidden vs core', gh, Array.from(cg.gradHidden.toArraySync() as ArrayLike<number>), 1e-6, seed);
+      expectClose('gradWeight vs core', gw, Array.from(cg.gradWeight.toArraySync() as ArrayLike<number>), 1e-6, seed);
+      if (b) expectClose('gradBias vs core', gb, Array.from(cg.gradBias!.toArraySync() as ArrayLike<number>), 1e-6, seed);
+
+      // Torch autograd of log_softmax((h @ W^T + b) / T).gather, float32 and float64, in this process.
+      for (const dtype of ['float32', 'float64'] as const) {
+        const y = leaf(hd, [...c.lead, c.H], dtype);
+        const wy = leaf(wd, [c.V, c.H], dtype);
+        const by = c.bias ? leaf(bd, [c.V], dtype) : undefined;
+        let logits = A('matmul', y, A('t', wy)) as TT;
+        if (by) logits = A('add.Tensor', logits, by) as TT;
+        const ref = refTokenLogprobs(logits, targets, tempT, -100);
+        let rl = A('sum', A('mul.Tensor', ref.lp, torch.tensor(w1, { shape: c.lead, dtype }))) as TT;
+        if (c.entropy) rl = A('add.Tensor', rl, A('sum', A('mul.Tensor', ref.ent, torch.tensor(w2, { shape: c.lead, dtype })))) as TT;
+        rl.backward();
+        const tol = dtype === 'float64' ? 2e-5 : 5e-5;
+        expectClose(`logprobs vs torch ${dtype}`, f64(out.logprobs), f64(ref.lp.to({ dtype: 'float32' })), tol, seed);
+        if (c.entropy) expectClose(`entropy vs torch ${dtype}`, f64(out.entropy!), f64(ref.ent.to({ dtype: 'float32' })), tol, seed);
+        expectClose(`gradHidden vs torch autograd ${dtype}`, gh, f64(y.grad!.to({ dtype: 'float32' })), tol, seed);
+        expectClose(`gradWeight vs torch autograd ${dtype}`, gw, f64(wy.grad!.to({ dtype: 'float32' })), tol, seed);
+        if (by) expectClose(`gradBias vs torch autograd ${dtype}`, gb, f64(by.grad!.to({ dtype: 'float32' })), tol, seed);
+      }
+    });
+  }
+
+  it('only the inputs that require grad get one; the entropy alone backpropagates; noGrad records nothing', () => {
+    const h = torch.tensor(Float32Array.from([0.1, -0.2, 0.3, 0.4, 0.5, -0.6]), { shape: [2, 3], requiresGrad: true });
+    const w = torch.tensor(Float32Array.from([1, 0, -1, 0.5, 0.5, 0.5, -1, 2, 0, 0, 0, 1]), { shape: [4, 3] });
+    const tg = torch.tensor(Int32Array.from([3, 0]));
+    const out = torch.linearLogprobs(h, w, tg, { entropy: true });
+    (A('sum', out.entropy!) as TT).backward();
+    expect(w.grad).toBeNull();
+    expect(h.grad!.shape).toEqual([2, 3]);
+    expect(f64(h.grad!).some((x) => x !== 0)).toBe(true);
+    const ng = torch.noGrad(() => torch.linearLogprobs(h, w, tg));
+    expect(ng.logprobs.requiresGrad).toBe(false);
+  });
+
+  it('refuses bad input with clear errors', () => {
+    const h = torch.tensor([[1, 2, 3], [4, 5, 6]]);
+    const w = torch.tensor([[1, 0, 0], [0, 1, 0], [0, 0, 1], [1, 1, 1]]);
+    const tg = torch.tensor(Int32Array.from([0, 1]));
+    expect(() => torch.linearLogprobs(A('t', w) as TT, torch.tensor([[1, 2, 3, 4]]), torch.tensor(Int32Array.from([0, 1, 1])))).toThrow(/hidden must be contiguous/);
+    expect(() => torch.linearLogprobs(h, A('t', A('t', w)) as TT, tg, { bias: A('slice.Tensor', torch.tensor([1, 2, 3, 4, 5, 6, 7, 8]), 0, 0, 8, 2) as TT })).toThrow(/bias must be contiguous/);
+    expect(() => torch.linearLogprobs(h, torch.tensor([[1, 2]]), tg)).toThrow(/weight must have shape \[V, 3\]/);
+    expect(() => torch.linearLogprobs(h, w.to({ dtype: 'bfloat16' }), tg)).toThrow(/weight must be float32 like hidden/);
+    expect(() => torch.linearLogprobs(h, w, tg, { bias: torch.tensor([1, 2]) })).toThrow(/bias must have shape \[4\]/);
+    expect(() => torch.linearLogprobs(h, w, torch.tensor(Int32Array.from([0, 4])))).toThrow(/targets\[1\] = 4/);
+    expect(() => torch.linearLogprobs(h, w, torch.tensor(Int32Array.from([0])))).toThrow(/targets must have shape \[2\]/);
+    expect(() => torch.linearLogprobs(h, w, torch.tensor([0, 1]))).toThrow(/targets must be int32 or int64/);
+    expect(() => torch.linearLogprobs(h, w, tg, { temperature: 0 })).toThrow(RangeError);
+    expect(() => torch.linearLogprobs(h, w, tg, { chunkSize: -1 })).toThrow(RangeError);
+    expect(() => torch.linearLogprobs(h, w, tg, { temperature: torch.tensor([1, -1]) })).toThrow(/temperature\[1\]/);
+    expect(() => torch.linearLogprobs(h, w, tg, { bais: 1 } as never)).toThrow(/unknown option 'bais'/);
+    expect(() => torch.linearLogprobs(rlk.tensor([[1, 2, 3]]) as never, w, tg)).toThrow(/hidden must be a TorchTensor/);
+    const d = torch.tensor([[1, 2, 3]]);
+    d.dispose();
+    expect(() => torch.linearLogprobs(h, d, tg)).toThrow(rlk.DisposedError);
   });
 });
 

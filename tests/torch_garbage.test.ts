@@ -1,10 +1,11 @@
 // Garbage at every export of rlkernels/torch and at TorchTensor's methods:
-// each call returns or throws TypeError, RangeError or DisposedError (the
-// linearLogprobs hook: NativeLoadError); nothing crashes the process. The
+// each call returns or throws TypeError, RangeError or DisposedError; nothing
+// crashes the process. The
 // sweep enumerates the module's exports, so a function added later is covered.
 import { expect, it } from 'vitest';
 import * as rlk from '../src/index.js';
 import * as torch from '../src/torch.js';
+import { bridge } from '../src/torch_tensor.js';
 import { describeBridge } from './torch_helpers.js';
 
 const ALLOWED = [TypeError, RangeError, rlk.DisposedError];
@@ -56,6 +57,7 @@ describeBridge('garbage at rlkernels/torch', () => {
     const junk = garbage();
     const live = torch.tensor([[0.5, -1, 2], [3, 4, -5]]);
     const ids = torch.tensor(Int32Array.from([0, 2]));
+    const weight = torch.tensor([[1, 0, 0], [0, 1, 0], [0, 0, 1], [1, 1, 1]]);
     const fns: Array<[string, (...a: unknown[]) => unknown]> = [];
     for (const [name, v] of Object.entries(torch)) {
       if (typeof v === 'function' && v !== torch.TorchTensor) fns.push([name, v as (...a: unknown[]) => unknown]);
@@ -66,10 +68,13 @@ describeBridge('garbage at rlkernels/torch', () => {
     expect(fns.length).toBeGreaterThan(20);
     for (const [name, fn] of fns) {
       if (name === 'noGrad' || name === 'scope') continue; // they call their argument: checked below
-      const allowed = name === 'linearLogprobs' ? [...ALLOWED, rlk.NativeLoadError] : ALLOWED;
+      const allowed = ALLOWED;
       for (const g of junk) {
         const arglists: unknown[][] = [[g], [g, g], [live, g], [live, ids, g], [live, g, {}], [g, ids], [live, live, g], [{ logprobs: g }],
-          [{ logprobs: live, oldLogprobs: g, advantages: g }], [live, 1, g, 2]];
+          [{ logprobs: live, oldLogprobs: g, advantages: g }], [live, 1, g, 2],
+          // linearLogprobs(hidden [2, 3], weight [V, 3], targets [2], options): garbage in each place.
+          [live, weight, ids, g], [live, weight, g], [g, weight, ids], [live, weight, ids, { bias: g }], [live, weight, ids, { temperature: g }],
+          [live, weight, ids, { chunkSize: g }], [live, weight, ids, { ignoreIndex: g, entropy: true }]];
         for (const args of arglists) await expectAllowed(`${name}(${args.map(label).join(', ')})`, () => fn(...args), allowed);
       }
     }
@@ -108,6 +113,21 @@ describeBridge('garbage at rlkernels/torch', () => {
     expect(() => h.to('x', null, false)).toThrow(RangeError);
     expect(() => h.backward(5, false)).toThrow(TypeError);
     expect(() => torch.tensor([1], { device: 'cuda' })).toThrow(/no CUDA|CUDA/);
+    // linearLogprobs(hidden, weight, bias | null, targets, temperature, temperatureTensor | null, ignoreIndex, entropy, chunkSize)
+    const B = bridge() as unknown as { linearLogprobs(...a: unknown[]): unknown };
+    const hid = torch.tensor([[1, 2], [3, 4]]).handle('test');
+    const w = torch.tensor([[1, 0], [0, 1], [1, 1]]).handle('test');
+    const ids = torch.tensor(Int32Array.from([0, 2])).handle('test');
+    expect(() => B.linearLogprobs(hid, w, null, ids, 1, null, -100, false, 0)).not.toThrow();
+    expect(() => B.linearLogprobs(hid, w, null, ids, 1, null, -100, false)).toThrow(/chunkSize/);
+    expect(() => B.linearLogprobs(hid, w, null, ids, 1, null, -100, false, -1)).toThrow(RangeError);
+    expect(() => B.linearLogprobs(hid, w, null, ids, 1, null, 0.5, false, 0)).toThrow(/ignoreIndex/);
+    expect(() => B.linearLogprobs(hid, w, null, ids, -1, null, -100, false, 0)).toThrow(/temperature/);
+    expect(() => B.linearLogprobs(hid, w, w, ids, 1, null, -100, false, 0)).toThrow(/bias must have shape/);
+    expect(() => B.linearLogprobs(hid, ids, null, ids, 1, null, -100, false, 0)).toThrow(/weight must be float32/);
+    expect(() => B.linearLogprobs(w, w, null, ids, 1, null, -100, false, 0)).toThrow(/targets must have shape/);
+    expect(() => B.linearLogprobs(hid, w, null, hid, 1, null, -100, false, 0)).toThrow(/targets must be int32 or int64/);
+    expect(() => B.linearLogprobs(5, w, null, ids, 1, null, -100, false, 0)).toThrow(TypeError);
     t.dispose();
     expect(() => h.read()).toThrow(rlk.DisposedError);
   });

@@ -22,6 +22,9 @@ namespace {
 Napi::FunctionReference* g_tensor_ctor = nullptr;
 Napi::FunctionReference g_disposed_ctor;
 int g_construct_token = 0;
+// The one External that carries g_construct_token (made once: a new External
+// for every tensor handle cost an allocation and a finaliser-less GC object).
+Napi::Reference<Napi::External<int>>* g_construct_arg = nullptr;
 int64_t g_live_tensors = 0;
 }  // namespace
 
@@ -176,6 +179,7 @@ Napi::Function TorchTensor::Define(Napi::Env env) {
           InstanceMethod("to", &TorchTensor::To),
           InstanceMethod("zeroGrad", &TorchTensor::ZeroGrad),
           InstanceMethod("dataPtr", &TorchTensor::DataPtr),
+          InstanceMethod("viewKey", &TorchTensor::ViewKey),
           InstanceMethod("toDLPack", &TorchTensor::ToDLPack),
           InstanceAccessor("shape", &TorchTensor::GetShape, nullptr),
           InstanceAccessor("dtype", &TorchTensor::GetDType, nullptr),
@@ -209,7 +213,9 @@ TorchTensor::TorchTensor(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Torc
 }
 
 Napi::Object TorchTensor::Wrap(Napi::Env env, at::Tensor t) {
-  Napi::Object obj = g_tensor_ctor->New({Napi::External<int>::New(env, &g_construct_token)});
+  if (!g_construct_arg)
+    g_construct_arg = new Napi::Reference<Napi::External<int>>(Napi::Persistent(Napi::External<int>::New(env, &g_construct_token)));
+  Napi::Object obj = g_tensor_ctor->New({g_construct_arg->Value()});
   TorchTensor* w = Unwrap(obj);
   w->t_ = std::move(t);
   ++g_live_tensors;
@@ -422,6 +428,16 @@ Napi::Value TorchTensor::DataPtr(const Napi::CallbackInfo& info) {
   return Napi::Number::New(info.Env(), double(reinterpret_cast<uintptr_t>(t_.data_ptr())));
 }
 
+// What a core view of this tensor depends on: the address of its first
+// element while it is contiguous, -1 otherwise. TypeScript keeps the core
+// view it made (torch.ts) while this stays the same, so that the core-backed
+// autograd functions make no DLPack capsule per call.
+Napi::Value TorchTensor::ViewKey(const Napi::CallbackInfo& info) {
+  RLK_LIVE("viewKey");
+  if (!t_.is_contiguous() || !t_.has_storage()) return Napi::Number::New(info.Env(), -1);
+  return Napi::Number::New(info.Env(), double(reinterpret_cast<uintptr_t>(t_.data_ptr())));
+}
+
 namespace {
 void FinalizeCapsule(Napi::Env, DLPackCapsule* c) {
   if (c->managed) {
@@ -519,23 +535,32 @@ Napi::Value FromData(const Napi::CallbackInfo& info) {
   RLK_TORCH_CATCH(env, fn)
 }
 
-Napi::Value FromDLPack(const Napi::CallbackInfo& info) {
-  const char* fn = "fromCore";
-  Napi::Env env = info.Env();
+}  // namespace
+
+at::Tensor TensorFromCapsule(Napi::Env env, Napi::Value v, const char* fn, const char* name) {
   bool tagged = false;
-  if (info.Length() < 1 || !info[0].IsExternal() ||
-      napi_check_object_type_tag(env, info[0], &kDLPackCapsuleTag, &tagged) != napi_ok || !tagged)
-    ThrowType(env, std::string(fn) + ": capsule must be a DLPack capsule, got " + Describe(info[0]));
-  auto* cap = info[0].As<Napi::External<DLPackCapsule>>().Data();
-  if (!cap->managed) ThrowType(env, std::string(fn) + ": capsule was already consumed (a DLPack capsule is used once)");
+  if (!v.IsExternal() || napi_check_object_type_tag(env, v, &kDLPackCapsuleTag, &tagged) != napi_ok || !tagged)
+    ThrowType(env, std::string(fn) + ": " + name + " must be a DLPack capsule, got " + Describe(v));
+  auto* cap = v.As<Napi::External<DLPackCapsule>>().Data();
+  if (!cap->managed) ThrowType(env, std::string(fn) + ": " + name + " was already consumed (a DLPack capsule is used once)");
   auto* m = static_cast<DLManagedTensor*>(cap->managed);
+  at::Tensor t;
   RLK_TORCH_TRY
   // fromDLPack reads the descriptor (and may refuse it) before it takes
   // ownership: on a throw the capsule still owns the tensor.
-  at::Tensor t = at::fromDLPack(m);
-  cap->managed = nullptr;
-  return TorchTensor::Wrap(env, std::move(t));
+  t = at::fromDLPack(m);
   RLK_TORCH_CATCH(env, fn)
+  cap->managed = nullptr;
+  return t;
+}
+
+namespace {
+
+Napi::Value FromDLPack(const Napi::CallbackInfo& info) {
+  const char* fn = "fromCore";
+  Napi::Env env = info.Env();
+  at::Tensor t = TensorFromCapsule(env, info.Length() < 1 ? env.Undefined() : info[0], fn, "capsule");
+  return TorchTensor::Wrap(env, std::move(t));
 }
 
 // ---- boxed operator calls -----------------------------------------------------

@@ -70,6 +70,7 @@ class TorchTensor : public Napi::ObjectWrap<TorchTensor> {
   Napi::Value To(const Napi::CallbackInfo& info);
   Napi::Value ZeroGrad(const Napi::CallbackInfo& info);
   Napi::Value DataPtr(const Napi::CallbackInfo& info);
+  Napi::Value ViewKey(const Napi::CallbackInfo& info);
   Napi::Value ToDLPack(const Napi::CallbackInfo& info);
 
   at::Tensor t_;
@@ -81,6 +82,9 @@ class TorchTensor : public Napi::ObjectWrap<TorchTensor> {
 // DisposedError when it was disposed.
 at::Tensor TensorArg(const Napi::CallbackInfo& info, size_t i, const char* fn, const char* name);
 at::Tensor TensorValue(Napi::Env env, Napi::Value v, const std::string& fn, const std::string& name);
+// A DLPack capsule (the core's toDLPack) as an at::Tensor sharing its memory;
+// the capsule is consumed. TypeError for anything else.
+at::Tensor TensorFromCapsule(Napi::Env env, Napi::Value v, const char* fn, const char* name);
 // undefined/null give an undefined tensor.
 at::Tensor OptionalTensorArg(const Napi::CallbackInfo& info, size_t i, const char* fn, const char* name);
 
