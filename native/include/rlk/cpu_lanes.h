@@ -150,6 +150,34 @@ RLK_LANE Lanes<N> Exp(const Lanes<N>& x) {
   return Lanes<N>::Of((x.v != x.v) ? x.v : y);
 }
 
+// e^x - x - 1 for finite x in [-20, 20] (NaN stays NaN) with Exp's reduction
+// x = n ln2 + r and e^r = 1 + r + r^2 q(r): where n = 0, r is x exactly and
+// the value is r^2 q(r), without the cancellation of e^x - x - 1 (|x| <=
+// ln2 / 2 there); elsewhere 2^n e^r - x - 1 loses at most ~40 ulps (|x| >
+// ln2 / 2 keeps the value above 0.05 of its terms). One polynomial instead
+// of Exp plus kl_penalty.h's 16-term series.
+template <int N>
+RLK_LANE Lanes<N> ExpMinusXMinus1(const Lanes<N>& x) {
+  typedef typename Lanes<N>::I I;
+  typedef typename Lanes<N>::D D;
+  const D xv = x.v;
+  const double kShift = 6755399441055744.0;  // 1.5 * 2^52
+  const D t = xv * 1.4426950408889634 + kShift;
+  const D n = t - kShift;
+  D r = xv - n * 6.93147180369123816490e-01;
+  r = r - n * 1.90821492927058770002e-10;
+  static constexpr double kInvFact[12] = {1.0 / 6227020800.0, 1.0 / 479001600.0, 1.0 / 39916800.0, 1.0 / 3628800.0,
+                                          1.0 / 362880.0,     1.0 / 40320.0,     1.0 / 5040.0,      1.0 / 720.0,
+                                          1.0 / 120.0,        1.0 / 24.0,        1.0 / 6.0,         0.5};
+  D q = D{} + kInvFact[0];
+  for (int k = 1; k < 12; ++k) q = q * r + kInvFact[k];
+  const D tail = r * r * q;
+  const I ni = (I)t - (I)(D{} + kShift);
+  const D scale = (D)((ni + 1023) << 52);
+  const D direct = ((tail + r) + 1.0) * scale - xv - 1.0;
+  return Lanes<N>::Of((n == 0.0) ? tail : direct);
+}
+
 // ln x lane by lane (only the rare dppo-kl and pre-pass paths need it).
 template <int N>
 RLK_LANE Lanes<N> Log(const Lanes<N>& x) {
