@@ -310,8 +310,14 @@ RLK_AVX2 __attribute__((flatten)) void TokenPassAvx2(const Ctx& c, const ModeCon
 }
 
 template <class Mode, bool kHasKl, bool kHasEnt>
+RLK_AVX512 __attribute__((flatten, noinline)) void TokenPassAvx512(const Ctx& c, const ModeConsts<double>& md, const Tile& tile, TileT* out) {
+  TokenBodyLanes<8, Mode, kHasKl, kHasEnt>(c, md, tile, out);
+}
+
+template <class Mode, bool kHasKl, bool kHasEnt>
 void TokenTile(const Ctx& c, const ModeConsts<double>& md, simd::IsaKind isa, const Tile& tile, TileT* out) {
-  if (isa == simd::IsaKind::kAvx512 || isa == simd::IsaKind::kAvx2) TokenPassAvx2<Mode, kHasKl, kHasEnt>(c, md, tile, out);
+  if (isa == simd::IsaKind::kAvx512) TokenPassAvx512<Mode, kHasKl, kHasEnt>(c, md, tile, out);
+  else if (isa == simd::IsaKind::kAvx2) TokenPassAvx2<Mode, kHasKl, kHasEnt>(c, md, tile, out);
   else TokenPass<Mode, kHasKl, kHasEnt>(c, md, tile, tile.begin, tile.end, out);
 }
 
