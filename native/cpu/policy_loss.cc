@@ -300,10 +300,9 @@ RLK_LANE void TokenBodyLanes(const Ctx& c, const ModeConsts<double>& md, const T
   *out = r;
 }
 
-// The ISA entry point: everything inlined (flatten) so the lanes compile to
-// AVX2 instructions. AVX-512 machines run it too: GCC 12 lowered the 8-lane
-// form's vector comparisons lane by lane under the AVX-512 target (measured
-// 2-3x slower than 4 lanes), so the 8-lane instantiation is not used.
+// The ISA entry points: everything inlined (flatten) so the lanes compile to
+// that ISA's instructions, 4 lanes on AVX2, 8 on AVX-512 (its comparisons go
+// through cpu_lanes.h's CmpMask: GCC 12 lowered them lane by lane otherwise).
 template <class Mode, bool kHasKl, bool kHasEnt>
 RLK_AVX2 __attribute__((flatten)) void TokenPassAvx2(const Ctx& c, const ModeConsts<double>& md, const Tile& tile, TileT* out) {
   TokenBodyLanes<4, Mode, kHasKl, kHasEnt>(c, md, tile, out);

@@ -5,8 +5,8 @@
 // float runs here on 4 or 8 tokens at once, in double (the loss is a sum of
 // terms that cancel; double lanes keep the CPU within rounding of float64).
 //
-// Written with GCC vector extensions, not intrinsics, and without target
-// attributes: every function is always_inline, and a pass that uses them
+// Written with GCC vector extensions (and, for the 8-lane comparisons, two
+// AVX-512 builtins) without target attributes: every function is always_inline, and a pass that uses them
 // carries the target attribute (RLK_AVX2 / RLK_AVX512 of cpu_simd.h), so GCC
 // lowers the vectors there to that ISA's instructions; nothing here is ever
 // compiled out of line for a CPU that lacks it. Lane order is fixed, so
