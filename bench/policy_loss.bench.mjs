@@ -95,7 +95,7 @@ if (flag('json')) {
   console.log(JSON.stringify({ threads: THREADS, isa: rlk.buildInfo().cpu.simd, python: PYTHON, torch: version, note: torchNote, rows }));
 } else {
   const isa = rlk.buildInfo().cpu.simd;
-  const lanesNote = isa === 'baseline' ? 'scalar token pass' : 'token pass on 4 double lanes (AVX2 instructions)';
+  const lanesNote = isa === 'baseline' ? 'scalar token pass' : isa === 'avx512' ? 'token pass on 8 double lanes (AVX-512)' : 'token pass on 4 double lanes (AVX2)';
   console.log(`\npolicyLoss whole objective, CPU fp32, ${THREADS} threads (ISA path ${isa}: ${lanesNote}); median of ${ITERS} runs; forward + gradient + stats`);
   console.log(`PyTorch ${version || 'n/a'} (${PYTHON ?? 'none'}), same thread count${torchNote ? '; ' + torchNote : ''}\n`);
   console.log('| mode | B x T | rlkernels (ms) | GB/s | eager (ms) | compile (ms) | vs eager | vs compile |');

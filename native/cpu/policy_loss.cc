@@ -172,9 +172,9 @@ void TokenPass(const Ctx& c, const ModeConsts<double>& mc, const Tile& tile, int
 // options whose tokens need no rollout decision (every mode, the KL and
 // entropy terms, any mask and aggregation). Kept tokens are the mask's.
 
-// KlValueGrad (kl_penalty.h) on lanes, the same formulas and clamps: e^x - x
-// - 1 by its Taylor series on |x| < 1 (as kl_detail::ExpMinusXMinus1), and
-// d/dlogp (e^x - x - 1) = -(e^x - 1) = -(x + (e^x - x - 1)).
+// KlValueGrad (kl_penalty.h) on lanes, the same formulas and clamps, with
+// e^x - x - 1 from lanes::ExpMinusXMinus1 (one polynomial, exact reduction
+// near 0) and d/dlogp (e^x - x - 1) = -(e^x - 1) = -(x + (e^x - x - 1)).
 template <int N>
 RLK_LANE void KlLanes(int32_t est, const lanes::Lanes<N>& d, lanes::Lanes<N>* value, lanes::Lanes<N>* grad) {
   using L = lanes::Lanes<N>;
@@ -189,16 +189,7 @@ RLK_LANE void KlLanes(int32_t est, const lanes::Lanes<N>& d, lanes::Lanes<N>* va
   const L x = -d;
   const auto x_cl = (x < -20.0) | (x > 20.0);
   const L xc = Sel(x < -20.0, L(-20.0), Sel(x > 20.0, L(20.0), x));
-  static constexpr double kInvFact[16] = {
-      2.8114572543455207e-15, 4.7794773323873853e-14, 7.6471637318198164e-13, 1.1470745597729725e-11,
-      1.6059043836821613e-10, 2.0876756987868099e-09, 2.5052108385441720e-08, 2.7557319223985891e-07,
-      2.7557319223985893e-06, 2.4801587301587302e-05, 1.9841269841269841e-04, 1.3888888888888889e-03,
-      8.3333333333333333e-03, 4.1666666666666667e-02, 1.6666666666666667e-01, 0.5};
-  L poly(kInvFact[0]);
-  for (int k = 1; k < 16; ++k) poly = poly * xc + kInvFact[k];
-  const L series = xc * xc * poly;
-  const L direct = lanes::Exp(xc) - xc - 1.0;
-  const L em = Sel((xc > -1.0) & (xc < 1.0), series, direct);
+  const L em = lanes::ExpMinusXMinus1(xc);
   const auto v_cl = em > 10.0;
   *value = Sel(v_cl, L(10.0), em);
   *grad = est == kKlK3Plus ? d : Sel(x_cl | v_cl, L(0.0), -(xc + em));
@@ -228,6 +219,18 @@ RLK_LANE void TokenBodyLanes(const Ctx& c, const ModeConsts<double>& md, const T
   I nclip = I{} + 0, nlow = nclip, nhigh = nclip, ndual = nclip;
   const int64_t vend = tile.begin + (tile.end - tile.begin) / N * N;
   for (int64_t t = tile.begin; t < vend; t += N) {
+    if (p.mask) {
+      // N dropped tokens (padding) add exactly nothing to the sums (every
+      // term is selected to +0 there): only their zero gradients are stored.
+      static_assert(N <= 8, "mask bytes as one integer");
+      uint64_t bytes = 0;
+      std::memcpy(&bytes, p.mask + t, N);
+      if (bytes == 0) {
+        lanes::StoreF<N>(p.grad + t, zero);
+        if (kHasEnt) lanes::StoreF<N>(p.grad_entropy + t, zero);
+        continue;
+      }
+    }
     const LM keep = p.mask ? lanes::LoadMask<N>(p.mask + t) : LM(true);
     PolicyToken<L> tok;
     tok.logp = lanes::LoadF<N>(p.logprobs + t);
@@ -297,18 +300,23 @@ RLK_LANE void TokenBodyLanes(const Ctx& c, const ModeConsts<double>& md, const T
   *out = r;
 }
 
-// The ISA entry point: everything inlined (flatten) so the lanes compile to
-// AVX2 instructions. AVX-512 machines run it too: GCC 12 lowered the 8-lane
-// form's vector comparisons lane by lane under the AVX-512 target (measured
-// 2-3x slower than 4 lanes), so the 8-lane instantiation is not used.
+// The ISA entry points: everything inlined (flatten) so the lanes compile to
+// that ISA's instructions, 4 lanes on AVX2, 8 on AVX-512 (its comparisons go
+// through cpu_lanes.h's CmpMask: GCC 12 lowered them lane by lane otherwise).
 template <class Mode, bool kHasKl, bool kHasEnt>
 RLK_AVX2 __attribute__((flatten)) void TokenPassAvx2(const Ctx& c, const ModeConsts<double>& md, const Tile& tile, TileT* out) {
   TokenBodyLanes<4, Mode, kHasKl, kHasEnt>(c, md, tile, out);
 }
 
 template <class Mode, bool kHasKl, bool kHasEnt>
+RLK_AVX512 __attribute__((flatten, noinline)) void TokenPassAvx512(const Ctx& c, const ModeConsts<double>& md, const Tile& tile, TileT* out) {
+  TokenBodyLanes<8, Mode, kHasKl, kHasEnt>(c, md, tile, out);
+}
+
+template <class Mode, bool kHasKl, bool kHasEnt>
 void TokenTile(const Ctx& c, const ModeConsts<double>& md, simd::IsaKind isa, const Tile& tile, TileT* out) {
-  if (isa == simd::IsaKind::kAvx512 || isa == simd::IsaKind::kAvx2) TokenPassAvx2<Mode, kHasKl, kHasEnt>(c, md, tile, out);
+  if (isa == simd::IsaKind::kAvx512) TokenPassAvx512<Mode, kHasKl, kHasEnt>(c, md, tile, out);
+  else if (isa == simd::IsaKind::kAvx2) TokenPassAvx2<Mode, kHasKl, kHasEnt>(c, md, tile, out);
   else TokenPass<Mode, kHasKl, kHasEnt>(c, md, tile, tile.begin, tile.end, out);
 }
 
