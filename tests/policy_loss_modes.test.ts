@@ -386,6 +386,24 @@ function suite(device: rlk.Device): void {
         await check(c, { opts: { mode: m.mode, ...('opts' in m ? m.opts : {}) } }, device, `${m.mode} large ratios`);
       }
     });
+    it('vespo keeps float32 precision where phi is steep in ln w (two seeds that once failed on cuda, and fresh ones)', async () => {
+      // phi's relative error is |k - lambda w| times the absolute error of ln w:
+      // at w ~ 20 a float32 ln w alone costs 3e-6, so the sequence is finished in double.
+      const isOpts: rlk.RolloutIsOptions = { level: 'token', mode: 'mask', upper: 1.4, lower: 0.9, batchNormalize: true };
+      const isCase = (seed: number) => makeCase(seed, { B: 5, T: 21, emptyRows: 1, rolloutScale: 0.2 });
+      const bigCase = (seed: number) => {
+        const c = makeCase(seed, { B: 2, T: 9, ratioScale: 3 });
+        c.old[0] = c.logp[0] - 25;
+        c.old[1] = c.logp[1] + 25;
+        return c;
+      };
+      await check(isCase(424988694), { opts: { mode: 'vespo', rolloutCorrection: { is: isOpts } }, rollout: true }, device, 'vespo is');
+      await check(bigCase(1021148013), { opts: { mode: 'vespo' } }, device, 'vespo large ratios');
+      for (let k = 0; k < 6; k++) {
+        await check(isCase(freshSeed()), { opts: { mode: 'vespo', rolloutCorrection: { is: isOpts } }, rollout: true }, device, 'vespo is', false);
+        await check(bigCase(freshSeed()), { opts: { mode: 'vespo' } }, device, 'vespo large ratios', false);
+      }
+    });
   });
 
   describe('covariance selection', () => {

@@ -208,8 +208,7 @@ RLK_LANE void TokenBodyLanes(const Ctx& c, const ModeConsts<double>& md, const T
   mc.cap = md.cap; mc.has_cap = md.has_cap; mc.tau_pos = md.tau_pos; mc.tau_neg = md.tau_neg; mc.beta = md.beta;
   mc.cov_lb = md.cov_lb; mc.cov_ub = md.cov_ub; mc.kappa = md.kappa;
   mc.k_pos = md.k_pos; mc.lambda_pos = md.lambda_pos; mc.k_neg = md.k_neg; mc.lambda_neg = md.lambda_neg;
-  SeqState<L> st;
-  st.s = q.st.s; st.ds = q.st.ds; st.value = q.st.value; st.gseq = q.st.gseq; st.w = q.st.w;
+  const SeqState<L> st = SeqStateAs<L>(q.st);
   const L coef(q.coef), klc(p.kl_coef), entc(p.entropy_coef), zero(0.0);
   const L seq_a(p.adv_per_sequence ? double(p.advantages[tile.seq]) : 0.0);
   const L wstat(p.mode == kPolicyGeoMean ? q.st.w : 1.0);

@@ -331,14 +331,16 @@ __global__ void __launch_bounds__(kThreads) PolicyLossKernel(PolicyLossParams p,
           cl.Add(tok.logp);
         }
       }
-      float tot[S];
-      for (int j = 0; j < S; ++j) tot[j] = float(BlockReduce<Sum>(sums[j].Value(), slots));
+      double tot[S];
+      for (int j = 0; j < S; ++j) tot[j] = BlockReduce<Sum>(sums[j].Value(), slots);
       const float sa = float(BlockReduce<Sum>(ca.Value(), slots));
       const float sl = float(BlockReduce<Sum>(cl.Value(), slots));
       if (threadIdx.x == 0) {
-        SeqState<float> st;
-        if (Mode::kSeqSums > 0 && !(q.flags & kSeqRejected)) Mode::SeqFinal(mc, tot, q.n, p.tis_level != kTisNone, &st);
-        seqs[i].st = st;
+        // The sequence is finished in double (see SeqStateAs).
+        SeqState<double> st;
+        if (Mode::kSeqSums > 0 && !(q.flags & kSeqRejected))
+          Mode::SeqFinal(MakeModeConsts<double>(p), tot, double(q.n), p.tis_level != kTisNone, &st);
+        seqs[i].st = SeqStateAs<float>(st);
         seqs[i].cov_a = sa;
         seqs[i].cov_l = sl;
       }

@@ -121,7 +121,18 @@ struct SeqState {
   F value = F(0);  // geo-mean: the sequence loss -G A s
   F gseq = F(0);   // the per-sequence gradient factor (luspo, geo-mean)
   F w = F(1);      // geo-mean: G_i; vespo: w_i
+  F phi_pos = F(0), phi_neg = F(0);  // vespo: phi for A >= 0 and for A < 0
 };
+
+// A sequence state in another precision: float machinery finishes its
+// sequences in double (vespo's phi is exponentially sensitive to ln w_i).
+template <class T, class F>
+RLK_HD SeqState<T> SeqStateAs(const SeqState<F>& q) {
+  SeqState<T> r;
+  r.s = T(q.s); r.ds = T(q.ds); r.value = T(q.value); r.gseq = T(q.gseq); r.w = T(q.w);
+  r.phi_pos = T(q.phi_pos); r.phi_neg = T(q.phi_neg);
+  return r;
+}
 
 // A token's loss, derivatives and stat flags (clipFraction, clipFractionLow,
 // clipFractionHigh, dualClipFraction).
@@ -419,7 +430,9 @@ struct GeoMeanMode {
 // l = -sg(phi) A logp. sums: [sum dbar, sum clamp(ln w^IS, ln 1e-8, 20), the
 // rounding of the dbar inside the clamp]. phi is exponentially sensitive to
 // ln w (relative error |k - lambda w| times its absolute error), so float
-// machinery carries the rounding of logp - old into the sum.
+// machinery carries the rounding of logp - old into the sum and finishes the
+// sequence in double; phi depends only on the sequence and the sign of A, so
+// both values are formed once per sequence.
 struct VespoMode {
   static constexpr int kSeqSums = 3, kCov = 0, kFoldsIs = 1;
   template <class F>
@@ -429,22 +442,24 @@ struct VespoMode {
     out[2] = (t.d > F(-20) && t.d < F(20)) ? t.d_lo : F(0);
   }
   template <class F>
-  RLK_HD static void SeqFinal(const ModeConsts<F>&, const F* sums, F n, bool is, SeqState<F>* q) {
-    const F lw = policy_detail::Clamp(sums[0] + sums[2] + (is ? sums[1] : F(0)), F(-18.420680743952367), F(20));
+  RLK_HD static void SeqFinal(const ModeConsts<F>& c, const F* sums, F n, bool is, SeqState<F>* q) {
+    using namespace policy_detail;
+    const F lw = Clamp(sums[0] + sums[2] + (is ? sums[1] : F(0)), F(-18.420680743952367), F(20));
     q->s = lw;
-    q->w = policy_detail::Exp(lw);
+    q->w = Exp(lw);
+    const F lam_pos = Max(c.lambda_pos, F(1e-4)), lam_neg = Max(c.lambda_neg, F(1e-4));
+    const F phi_pos = Exp(lam_pos + c.k_pos * lw - lam_pos * q->w);
+    const F phi_neg = Exp(lam_neg + c.k_neg * lw - lam_neg * q->w);
+    q->phi_pos = Sel(Finite(phi_pos), phi_pos, F(0));
+    q->phi_neg = Sel(Finite(phi_neg), phi_neg, F(0));
     (void)n;
   }
   template <class F>
-  RLK_HD static void Token(const ModeConsts<F>& c, const PolicyToken<F>& t, const SeqState<F>& q, TokenTerm<F>* o) {
+  RLK_HD static void Token(const ModeConsts<F>&, const PolicyToken<F>& t, const SeqState<F>& q, TokenTerm<F>* o) {
     using namespace policy_detail;
     F dr;
     o->ratio = ClampedRatio(t.d, &dr);
-    const MaskOf<F> pos = t.A >= F(0);
-    const F k = Sel(pos, c.k_pos, c.k_neg);
-    const F lam = Max(Sel(pos, c.lambda_pos, c.lambda_neg), F(1e-4));
-    F phi = Exp(lam + k * q.s - lam * q.w);
-    phi = Sel(Finite(phi), phi, F(0));
+    const F phi = Sel(t.A >= F(0), q.phi_pos, q.phi_neg);
     o->loss = -phi * t.A * t.logp;
     o->grad = -phi * t.A;
   }
