@@ -61,6 +61,7 @@ export interface BridgeNative {
   setNumThreads(n: number): void;
   getNumThreads(): number;
   setDisposedErrorClass(ctor: new (message: string) => Error): void;
+  setRecyclePool?(pool: NativeTorchTensor[]): void;
   buildInfo(): { torchVersion: string; cudaKernels: boolean; torchHasCuda: boolean; liveTensors: number; threads: number };
   tokenLogprobs(
     logits: NativeTorchTensor, targets: NativeTorchTensor, temperature: number, temperatureTensor: NativeTorchTensor | null,
@@ -97,6 +98,10 @@ export interface NativeAdamW {
 
 let loaded: BridgeNative | undefined;
 
+// Disposed handles the bridge reuses for new tensors (spares napi_wrap's reference and finaliser); bounded.
+const RECYCLE: NativeTorchTensor[] = [];
+const RECYCLE_MAX = 64;
+
 /**
  * @internal The bridge, loaded on first use.
  * @throws NativeLoadError when it is not built, was built for another torch, or fails to load: says what to do.
@@ -124,6 +129,7 @@ export function bridge(): BridgeNative {
     );
   }
   b.setDisposedErrorClass(DisposedError);
+  b.setRecyclePool?.(RECYCLE);
   loaded = b;
   return b;
 }
@@ -290,8 +296,10 @@ export class TorchTensor<D extends TorchDType = TorchDType> implements Disposabl
   dispose(): void {
     if (this.#h === null) return;
     this.setCompanion(null);
-    this.#h.dispose();
+    const h = this.#h;
+    h.dispose();
     this.#h = null;
+    if (RECYCLE.length < RECYCLE_MAX) RECYCLE.push(h);
   }
 
   [Symbol.dispose](): void {

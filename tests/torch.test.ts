@@ -293,6 +293,45 @@ describeBridge('tokenLogprobs as an autograd function', () => {
     expect(Math.abs(g[0] + g[1] + g[2])).toBeLessThan(1e-2);
   });
 
+  it('bfloat16 and float16 logits: forward equal to the core on the same values, gradient in the logits dtype within one ulp of float64 torch autograd', () => {
+    const seed = freshSeed();
+    const r = rng(seed);
+    for (const dtype of ['bfloat16', 'float16'] as const) {
+      const rows = 7, V = 301;
+      const tg = Int32Array.from({ length: rows }, () => Math.floor(r() * V));
+      const w1 = Float32Array.from(randn(r, rows));
+      const w2 = Float32Array.from(randn(r, rows));
+      const x = torch.tensor(Float32Array.from(randn(r, rows * V, 3)), { shape: [rows, V], dtype, requiresGrad: true });
+      const targets = torch.tensor(tg);
+      const out = torch.tokenLogprobs(x, targets, { temperature: 0.7, entropy: true });
+      const loss = A('add.Tensor', A('sum', A('mul.Tensor', out.logprobs, torch.tensor(w1))), A('sum', A('mul.Tensor', out.entropy!, torch.tensor(w2)))) as TT;
+      loss.backward();
+      expect(x.grad!.dtype).toBe(dtype);
+      const grad = f64(x.grad!.to({ dtype: 'float32' }));
+
+      // The core on the same half-precision values.
+      const cx = torch.toCore(x.detach());
+      const ct = rlk.tensor(tg);
+      const core = rlk.tokenLogprobs(cx, ct, { temperature: 0.7, entropy: true });
+      expect(out.logprobs.toArraySync()).toEqual(core.logprobs.toArraySync());
+      expect(out.entropy!.toArraySync()).toEqual(core.entropy!.toArraySync());
+
+      // float64 torch autograd of the same values: the gradient rounded once to the logits dtype.
+      const y = torch.tensor(Float32Array.from(f64(x.detach().to({ dtype: 'float32' }))), { shape: [rows, V], dtype: 'float64', requiresGrad: true });
+      const ref = refTokenLogprobs(y, targets, 0.7, -100);
+      const rl = A('add.Tensor', A('sum', A('mul.Tensor', ref.lp, torch.tensor(w1, { dtype: 'float64' }))), A('sum', A('mul.Tensor', ref.ent, torch.tensor(w2, { dtype: 'float64' })))) as TT;
+      rl.backward();
+      expectClose(`${dtype} logprobs vs float64 torch`, f64(out.logprobs), f64(ref.lp.to({ dtype: 'float32' })), 1e-6, seed);
+      const want = Array.from(y.grad!.toArraySync() as Float64Array);
+      const mant = dtype === 'bfloat16' ? 7 : 10;
+      const minUlp = dtype === 'bfloat16' ? 2 ** -133 : 2 ** -24;
+      for (let i = 0; i < want.length; i++) {
+        const ulp = want[i] === 0 ? minUlp : Math.max(minUlp, 2 ** (Math.floor(Math.log2(Math.abs(want[i]))) - mant));
+        if (!(Math.abs(grad[i] - want[i]) <= ulp)) throw new Error(`${dtype} grad[${i}]: got ${grad[i]}, want ${want[i]} (one ulp ${ulp}; seed ${seed})`);
+      }
+    }
+  });
+
   it('refuses bad input with clear errors', () => {
     const x = torch.tensor([[1, 2, 3], [4, 5, 6]]);
     const tg = torch.tensor(Int32Array.from([0, 1]));
@@ -543,6 +582,36 @@ describeBridge('linearLogprobs as an autograd function', () => {
       }
     });
   }
+
+  it('bfloat16 hidden and weight: forward equal to the core, gradients in bfloat16 close to float64 torch autograd', () => {
+    const seed = freshSeed();
+    const r = rng(seed);
+    const rows = 11, H = 24, V = 301;
+    const tg = Int32Array.from({ length: rows }, () => (r() < 0.2 ? -100 : Math.floor(r() * V)));
+    const w1 = Float32Array.from(randn(r, rows));
+    const h = torch.tensor(Float32Array.from(randn(r, rows * H, 1)), { shape: [rows, H], dtype: 'bfloat16', requiresGrad: true });
+    const w = torch.tensor(Float32Array.from(randn(r, V * H, 1 / Math.sqrt(H))), { shape: [V, H], dtype: 'bfloat16', requiresGrad: true });
+    const targets = torch.tensor(tg);
+    const out = torch.linearLogprobs(h, w, targets, { temperature: 0.8, entropy: true });
+    (A('add.Tensor', A('sum', A('mul.Tensor', out.logprobs, torch.tensor(w1))), A('sum', out.entropy!)) as TT).backward();
+    expect(h.grad!.dtype).toBe('bfloat16');
+    expect(w.grad!.dtype).toBe('bfloat16');
+
+    const core = rlk.linearLogprobs(torch.toCore(h.detach()), torch.toCore(w.detach()), rlk.tensor(tg), { temperature: 0.8, entropy: true });
+    expect(out.logprobs.toArraySync()).toEqual(core.logprobs.toArraySync());
+    expect(out.entropy!.toArraySync()).toEqual(core.entropy!.toArraySync());
+
+    // float64 autograd of the same bfloat16 values; bfloat16 keeps 8 bits, so the gradients agree to its rounding.
+    const up = (t: TT, shape: number[]) => torch.tensor(Float32Array.from(f64(t.detach().to({ dtype: 'float32' }))), { shape, dtype: 'float64', requiresGrad: true });
+    const y = up(h, [rows, H]);
+    const wy = up(w, [V, H]);
+    const ref = refTokenLogprobs(A('matmul', y, A('t', wy)) as TT, targets, 0.8, -100);
+    (A('add.Tensor', A('sum', A('mul.Tensor', ref.lp, torch.tensor(w1, { dtype: 'float64' }))), A('sum', ref.ent)) as TT).backward();
+    expectClose('bf16 logprobs vs float64 torch', f64(out.logprobs), f64(ref.lp.to({ dtype: 'float32' })), 1e-5, seed);
+    expectClose('bf16 entropy vs float64 torch', f64(out.entropy!), f64(ref.ent.to({ dtype: 'float32' })), 1e-5, seed);
+    expectClose('bf16 gradHidden vs float64 torch', f64(h.grad!.to({ dtype: 'float32' })), f64(y.grad!.to({ dtype: 'float32' })), 4e-3, seed);
+    expectClose('bf16 gradWeight vs float64 torch', f64(w.grad!.to({ dtype: 'float32' })), f64(wy.grad!.to({ dtype: 'float32' })), 4e-3, seed);
+  });
 
   it('only the inputs that require grad get one; the entropy alone backpropagates; noGrad records nothing', () => {
     const h = torch.tensor(Float32Array.from([0.1, -0.2, 0.3, 0.4, 0.5, -0.6]), { shape: [2, 3], requiresGrad: true });

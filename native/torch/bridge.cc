@@ -26,6 +26,12 @@ int g_construct_token = 0;
 // for every tensor handle cost an allocation and a finaliser-less GC object).
 Napi::Reference<Napi::External<int>>* g_construct_arg = nullptr;
 int64_t g_live_tensors = 0;
+// Disposed handles the JS side hands back (torch_tensor.ts RECYCLE): a new
+// handle reuses one instead of paying napi_wrap's reference and finaliser
+// (a third of a DLPack conversion's cost, as for the core's tensors).
+Napi::ObjectReference* g_recycle = nullptr;
+// Identifies the bridge's handles without napi_instanceof's prototype walk.
+const napi_type_tag kTorchTensorTag = {0x726c6b746f726368ull, 0x54656e736f720001ull};
 }  // namespace
 
 // ---- errors -------------------------------------------------------------------
@@ -197,10 +203,7 @@ Napi::Function TorchTensor::Define(Napi::Env env) {
 bool TorchTensor::Is(Napi::Value v) {
   if (!g_tensor_ctor || !v.IsObject()) return false;
   bool is = false;
-  if (napi_instanceof(v.Env(), v, g_tensor_ctor->Value(), &is) != napi_ok || !is) {
-    Napi::Env(v.Env()).GetAndClearPendingException();
-    return false;
-  }
+  if (napi_check_object_type_tag(v.Env(), v, &kTorchTensorTag, &is) != napi_ok || !is) return false;
   void* wrapped = nullptr;
   return napi_unwrap(v.Env(), v, &wrapped) == napi_ok && wrapped != nullptr;
 }
@@ -210,13 +213,32 @@ TorchTensor::TorchTensor(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Torc
     disposed_ = true;
     ThrowType(info.Env(), "NativeTorchTensor cannot be constructed directly: use the rlkernels/torch factories");
   }
+  napi_type_tag_object(info.Env(), info.This(), &kTorchTensorTag);
 }
 
 Napi::Object TorchTensor::Wrap(Napi::Env env, at::Tensor t) {
-  if (!g_construct_arg)
-    g_construct_arg = new Napi::Reference<Napi::External<int>>(Napi::Persistent(Napi::External<int>::New(env, &g_construct_token)));
-  Napi::Object obj = g_tensor_ctor->New({g_construct_arg->Value()});
-  TorchTensor* w = Unwrap(obj);
+  Napi::Object obj;
+  TorchTensor* w = nullptr;
+  if (g_recycle) {
+    Napi::Array pool = g_recycle->Value().As<Napi::Array>();
+    for (uint32_t n = pool.Length(); n > 0 && !w; --n) {
+      Napi::Value v = pool.Get(n - 1);
+      pool.Set("length", Napi::Number::New(env, n - 1));
+      if (!Is(v)) continue;
+      TorchTensor* c = Unwrap(v.As<Napi::Object>());
+      if (c->disposed_ && !c->t_.defined()) {
+        obj = v.As<Napi::Object>();
+        w = c;
+        w->disposed_ = false;
+      }
+    }
+  }
+  if (!w) {
+    if (!g_construct_arg)
+      g_construct_arg = new Napi::Reference<Napi::External<int>>(Napi::Persistent(Napi::External<int>::New(env, &g_construct_token)));
+    obj = g_tensor_ctor->New({g_construct_arg->Value()});
+    w = Unwrap(obj);
+  }
   w->t_ = std::move(t);
   ++g_live_tensors;
   // Host memory this handle alone keeps alive is reported to V8, so that the
@@ -802,6 +824,14 @@ Napi::Value SetNumThreads(const Napi::CallbackInfo& info) {
 
 Napi::Value GetNumThreads(const Napi::CallbackInfo& info) { return Napi::Number::New(info.Env(), at::get_num_threads()); }
 
+Napi::Value SetRecyclePool(const Napi::CallbackInfo& info) {
+  if (!info[0].IsArray()) ThrowType(info.Env(), "setRecyclePool: expected an array");
+  delete g_recycle;
+  g_recycle = new Napi::ObjectReference(Napi::Persistent(info[0].As<Napi::Object>()));
+  g_recycle->SuppressDestruct();
+  return info.Env().Undefined();
+}
+
 Napi::Value SetDisposedErrorClass(const Napi::CallbackInfo& info) {
   if (!info[0].IsFunction()) ThrowType(info.Env(), "setDisposedErrorClass: ctor must be a function");
   g_disposed_ctor = Napi::Persistent(info[0].As<Napi::Function>());
@@ -835,6 +865,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("setNumThreads", Napi::Function::New(env, SetNumThreads, "setNumThreads"));
   exports.Set("getNumThreads", Napi::Function::New(env, GetNumThreads, "getNumThreads"));
   exports.Set("setDisposedErrorClass", Napi::Function::New(env, SetDisposedErrorClass, "setDisposedErrorClass"));
+  exports.Set("setRecyclePool", Napi::Function::New(env, SetRecyclePool, "setRecyclePool"));
   exports.Set("buildInfo", Napi::Function::New(env, BuildInfo, "buildInfo"));
   InitAutograd(env, exports);
   InitJit(env, exports);
