@@ -37,6 +37,30 @@ export function normal(r) {
 }
 
 /** N(0, scale^2) float32 values from a fast LCG (benches need realistic logits, not a good generator). */
+/**
+ * The policy-loss benches' batch (both the side-by-side bench and the single-call timer):
+ * B rows of T tokens, each row's first 30-100 % unmasked, log-probs in (-4, 0), old and
+ * reference log-probs within ~0.3 of them, token advantages N(0, 1). Typed arrays; seeded.
+ */
+export function policyLossData(B, T) {
+  const r = rng(1);
+  const n = B * T;
+  const logp = new Float32Array(n), old = new Float32Array(n), ref = new Float32Array(n), adv = new Float32Array(n);
+  const mask = new Uint8Array(n);
+  for (let b = 0; b < B; b++) {
+    const len = Math.floor((0.3 + 0.7 * r()) * T);
+    for (let t = 0; t < T; t++) {
+      const i = b * T + t;
+      logp[i] = -r() * 4 - 0.01;
+      old[i] = logp[i] + normal(r) * 0.3;
+      ref[i] = logp[i] + normal(r) * 0.3;
+      adv[i] = normal(r);
+      mask[i] = t < len ? 1 : 0;
+    }
+  }
+  return { logp, old, ref, adv, mask, shape: [B, T] };
+}
+
 export function randomFloats(n, seed = 12345, scale = 2) {
   const out = new Float32Array(n);
   let s = seed >>> 0;

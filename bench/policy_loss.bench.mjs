@@ -8,7 +8,7 @@ import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { Bench } from 'tinybench';
 import * as rlk from '../dist/index.js';
-import { BENCH_DIR, normal, rng } from './common.mjs';
+import { BENCH_DIR, policyLossData } from './common.mjs';
 
 const arg = (name) => process.argv.find((a) => a.startsWith(`--${name}=`))?.split('=')[1];
 const flag = (name) => process.argv.includes(`--${name}`);
@@ -22,22 +22,7 @@ const PYTHON = process.env.RLK_BENCH_PYTHON || [join(BENCH_DIR, '..', '.venv', '
 rlk.setNumThreads(THREADS);
 
 function inputs(B, T) {
-  const r = rng(1);
-  const n = B * T;
-  const logp = new Float32Array(n), old = new Float32Array(n), ref = new Float32Array(n), adv = new Float32Array(n);
-  const mask = new Uint8Array(n);
-  for (let b = 0; b < B; b++) {
-    const len = Math.floor((0.3 + 0.7 * r()) * T);
-    for (let t = 0; t < T; t++) {
-      const i = b * T + t;
-      logp[i] = -r() * 4 - 0.01;
-      old[i] = logp[i] + normal(r) * 0.3;
-      ref[i] = logp[i] + normal(r) * 0.3;
-      adv[i] = normal(r);
-      mask[i] = t < len ? 1 : 0;
-    }
-  }
-  const shape = [B, T];
+  const { logp, old, ref, adv, mask, shape } = policyLossData(B, T);
   return {
     logprobs: rlk.tensor(logp, { shape }),
     oldLogprobs: rlk.tensor(old, { shape }),

@@ -2,28 +2,13 @@
 // grad, stats) on one thread: the quick check used while tuning the CPU token pass.
 // Usage: node bench/policy_loss_time.mjs [--threads=N] [--B=64] [--T=32768] [--iters=15] [--no-kl]
 import * as rlk from '../dist/index.js';
-import { normal, rng } from './common.mjs';
+import { policyLossData } from './common.mjs';
 
 const arg = (name, d) => Number(process.argv.find((a) => a.startsWith(`--${name}=`))?.split('=')[1] ?? d);
 const NOKL = process.argv.includes('--no-kl');
 const B = arg('B', 64), T = arg('T', 32768), ITERS = arg('iters', 15);
 rlk.setNumThreads(arg('threads', 1));
-const r = rng(1);
-const n = B * T;
-const logp = new Float32Array(n), old = new Float32Array(n), ref = new Float32Array(n), adv = new Float32Array(n);
-const mask = new Uint8Array(n);
-for (let b = 0; b < B; b++) {
-  const len = Math.floor((0.3 + 0.7 * r()) * T);
-  for (let t = 0; t < T; t++) {
-    const i = b * T + t;
-    logp[i] = -r() * 4 - 0.01;
-    old[i] = logp[i] + normal(r) * 0.3;
-    ref[i] = logp[i] + normal(r) * 0.3;
-    adv[i] = normal(r);
-    mask[i] = t < len ? 1 : 0;
-  }
-}
-const shape = [B, T];
+const { logp, old, ref, adv, mask, shape } = policyLossData(B, T);
 const x = {
   logprobs: rlk.tensor(logp, { shape }), oldLogprobs: rlk.tensor(old, { shape }), advantages: rlk.tensor(adv, { shape }),
   mask: rlk.tensor(mask, { shape, dtype: 'uint8' }),

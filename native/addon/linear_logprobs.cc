@@ -9,6 +9,7 @@
 #include "checks.h"
 #include "rlk/linear_logprobs.h"
 #include "rlk/runtime.h"
+#include "launch.h"
 #include "tensor.h"
 
 namespace rlk::addon {
@@ -121,34 +122,6 @@ void ShardRange(const Napi::CallbackInfo& info, size_t si, size_t vi, const char
     ThrowRangeError(info.Env(), Str(fn) + "vocabStart + the shard's vocabulary (" + std::to_string(*start) + " + " +
                                     std::to_string(a.vocab) + ") must be <= vocabSize, got vocabSize " +
                                     std::to_string(*size));
-}
-
-struct Output {
-  Napi::Value value;
-  void* data = nullptr;
-};
-Output NewOutput(Napi::Env env, const char* fn, const std::vector<int64_t>& shape, DType dtype, int device) {
-  int64_t n = 1;
-  for (int64_t d : shape) n *= d;
-  auto storage = AllocStorage(env, fn, size_t(n) * ElementSize(dtype), device);
-  void* data = storage->data;
-  return {Tensor::Wrap(env, storage, shape, dtype), data};
-}
-
-struct Queue {
-  int32_t* error_word = nullptr;
-  void* stream = nullptr;
-};
-Queue DeviceQueue(Napi::Env env, const char* fn, int device) {
-  Queue q;
-  if (device == kCpu) return q;
-#if RLK_WITH_CUDA
-  ThrowIfError(env, DeviceStream(device, &q.stream), fn);
-  ThrowIfError(env, DeviceErrorWord(device, &q.error_word), fn);
-#else
-  ThrowTypeError(env, Str(fn) + "this build has no CUDA kernels");
-#endif
-  return q;
 }
 
 Status RunFwd(int device, const LinearLogprobsFwdParams& p) {

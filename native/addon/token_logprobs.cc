@@ -10,6 +10,7 @@
 #include "checks.h"
 #include "rlk/runtime.h"
 #include "rlk/token_logprobs.h"
+#include "launch.h"
 #include "tensor.h"
 
 namespace rlk::addon {
@@ -118,37 +119,6 @@ Tensor* OptionalFloatArg(const Napi::CallbackInfo& info, size_t i, const char* f
   RequireDevice(info.Env(), t, r.device, fn, name, "logits");
   RequireShape(info.Env(), t, shape, fn, name);
   return t;
-}
-
-// The output: `out` when given, else a new tensor.
-struct Output {
-  Napi::Value value;
-  void* data = nullptr;
-};
-Output MakeOutput(Napi::Env env, const char* fn, Tensor* out, Napi::Value out_value, const std::vector<int64_t>& shape,
-                  DType dtype, int device) {
-  if (out) return {out_value, out->data()};
-  int64_t n = 1;
-  for (int64_t d : shape) n *= d;
-  auto storage = AllocStorage(env, fn, size_t(n) * ElementSize(dtype), device);
-  void* data = storage->data;
-  return {Tensor::Wrap(env, storage, shape, dtype), data};
-}
-
-struct Queue {
-  int32_t* error_word = nullptr;
-  void* stream = nullptr;
-};
-Queue DeviceQueue(Napi::Env env, const char* fn, int device) {
-  Queue q;
-  if (device == kCpu) return q;
-#if RLK_WITH_CUDA
-  ThrowIfError(env, DeviceStream(device, &q.stream), fn);
-  ThrowIfError(env, DeviceErrorWord(device, &q.error_word), fn);
-#else
-  ThrowTypeError(env, Str(fn) + "this build has no CUDA kernels");
-#endif
-  return q;
 }
 
 Status RunFwd(int device, const TokenLogprobsFwdParams& p) {
