@@ -213,6 +213,20 @@ describeBridge('torch.distributed: bad input and state (one process)', () => {
       objective(one).backward();
       expectClose('group of one gradHidden', hid.grad!.toArraySync() as Float32Array, gh, 1e-6, seed);
       expectClose('group of one gradWeight', w.grad!.toArraySync() as Float32Array, gw, 1e-6, seed);
+      // bfloat16: the kernels read it, Gloo all-reduces the gradient in it; the single-process bridge's results.
+      const hb = hid.to({ dtype: 'bfloat16' }).detach();
+      const wb = w.to({ dtype: 'bfloat16' }).detach();
+      hb.requiresGrad = true;
+      wb.requiresGrad = true;
+      const b16 = await D.linearLogprobs(hb, wb, tg, { vocabStart: 0, vocabSize: 4, ...opts });
+      const r16 = torch.linearLogprobs(hb, wb, tg, opts);
+      expect(b16.logprobs.toArraySync()).toEqual(r16.logprobs.toArraySync());
+      objective(r16).backward();
+      const gh16 = (hb.grad!.to({ dtype: 'float32' }).toArraySync() as Float32Array).slice();
+      hb.zeroGrad();
+      objective(b16).backward();
+      expect(hb.grad!.dtype).toBe('bfloat16');
+      expect(hb.grad!.to({ dtype: 'float32' }).toArraySync()).toEqual(gh16);
       // hidden without grad: the weight's gradient alone, no all-reduce.
       const frozen = torch.tensor(new Float32Array([0.5, -1, 2, 0.25, 1.5, -0.5]), { shape: [2, 3] });
       w.zeroGrad();
