@@ -8,7 +8,9 @@
 // resolves a promise when complete. Every wait is bounded by `timeoutMs`.
 //
 // On top of the collectives: the vocabulary-parallel log-probs of DESIGN 3.1
-// (one all-gather of 3-4 floats per token; the backward is local), the
+// (one all-gather of 3-4 floats per token; the backward is local), their
+// fused form on a sharded LM head (3.2; the backward all-reduces the hidden
+// states' gradient), the
 // cross-rank group advantages of 3.6, and the data-parallel policy loss of 3.3
 // with global token and sequence counts.
 import { checkBoolean, checkEnum, checkNumber, checkOptions, describe, rangeError, typeError } from './checks.js';
@@ -20,6 +22,7 @@ import {
   type GroupAdvantagesOptions,
 } from './group_advantages.js';
 import type { PolicyLossOptions } from './policy_loss.js';
+import { DEFAULT_CHUNK_SIZE, MAX_CHUNK_SIZE } from './linear_logprobs.js';
 import { DEFAULT_IGNORE_INDEX, DEFAULT_TEMPERATURE } from './token_logprobs.js';
 import { aten, bridge, checkTorchTensor, TorchTensor, type NativeTorchTensor } from './torch_tensor.js';
 import { fromCore, full, policyLoss as torchPolicyLoss, tensor, toCore, type TorchPolicyLossInputs, type TorchPolicyLossResult } from './torch.js';
@@ -44,6 +47,8 @@ interface NativeDistributed {
   state(): { initialized: boolean; initializing: boolean; rank?: number; worldSize?: number; backend?: Backend; timeoutMs?: number; backends: Backend[] };
   shardPartials(...a: unknown[]): NativeTorchTensor;
   shardCombine(...a: unknown[]): [NativeTorchTensor, NativeTorchTensor | null];
+  linearShardPartials(...a: unknown[]): NativeTorchTensor;
+  linearShardCombine(...a: unknown[]): [NativeTorchTensor, NativeTorchTensor | null];
 }
 
 function nd(): NativeDistributed {
@@ -273,6 +278,89 @@ export async function tokenLogprobs(
     const again = [l.handle(fn, 'logitsShard'), t.handle(fn, 'targets'), temperature, tt ? tt.handle(fn, 'temperature') : null,
       ignoreIndex, entropy, vocabStart, vocabSize];
     const [lp, ent] = nd().shardCombine(...again, gathered.handle(fn, 'partials'));
+    const r: { logprobs: TorchTensor; entropy?: TorchTensor } = { logprobs: new TorchTensor(lp) };
+    if (ent) r.entropy = new TorchTensor(ent);
+    return r;
+  } finally {
+    gathered.dispose();
+  }
+}
+
+// ---- vocabulary-parallel linear log-probs (a sharded LM head) -------------------------
+
+export interface LinearVocabParallelOptions extends VocabParallelOptions {
+  /** This rank's bias rows `[V_shard]` (the weight's dtype); gets a gradient when it requires grad. */
+  bias?: TorchTensor;
+  /** Rows per chunk (memory beyond inputs and outputs grows with it). Defaults to `0`: the kernel's choice. */
+  chunkSize?: number;
+}
+
+/**
+ * Vocabulary-parallel fused linear log-probs (DESIGN 3.1, 3.2, 8): every rank holds the rows
+ * `[vocabStart, vocabStart + V_shard)` of the LM head (`weightShard` `[V_shard, H]`, and of the bias) and the same
+ * `hidden` `[..., H]` and targets, and gets the same `{ logprobs, entropy? }` as `torch.linearLogprobs` on the whole
+ * weight, without the logits. One all-gather of float32 `[rows, 3 | 4]` partials per call (12 or 16 bytes per
+ * token a rank, whatever the vocabulary, never a row of it); the ranks' shards must tile the vocabulary (see
+ * {@link vocabShard}).
+ *
+ * The results are autograd functions of `hidden`, `weightShard` and `bias`. `backward()` gives `weightShard` and
+ * `bias` this shard's exact gradient, locally. The gradient of `hidden` through the logits is a sum over the ranks
+ * (each holds `dlogits_shard @ weightShard`): the backward all-reduces it (a sum over the process group, Megatron's
+ * copy-to-tensor-parallel-region backward) before autograd accumulates it, so `hidden.grad` is the whole gradient
+ * on every rank, as with one process. That all-reduce runs inside `backward()`, which is synchronous: the Node
+ * thread waits for it (bounded by the group's `timeoutMs`; a peer that never reaches its backward makes
+ * `backward()` throw after the timeout). Hence every rank must call `backward()` through these results (with
+ * `hidden` requiring grad on all or none), in the same order relative to its other collectives. The all-reduce is
+ * skipped when `hidden` does not require grad. Destroying the group between the forward and the backward makes
+ * the backward throw.
+ * @throws TypeError before init, for a non-TorchTensor, wrong dtype or device, non-contiguous tensors, an unknown
+ *   option; RangeError for a shard outside the vocabulary, a weight shard whose H differs from hidden's, targets
+ *   outside `[0, vocabSize)`, bad temperatures or chunk sizes; DisposedError for a disposed tensor.
+ */
+export async function linearLogprobs(
+  hidden: TorchTensor, weightShard: TorchTensor, targets: TorchTensor, options: LinearVocabParallelOptions,
+): Promise<{ logprobs: TorchTensor; entropy?: TorchTensor }> {
+  const fn = 'distributed.linearLogprobs';
+  const { backend: be } = state('linearLogprobs');
+  const h = checkTorchTensor(fn, 'hidden', hidden);
+  const w = checkTorchTensor(fn, 'weightShard', weightShard);
+  const t = checkTorchTensor(fn, 'targets', targets);
+  if (options === undefined) throw typeError(fn, 'options must be an object with vocabStart and vocabSize, got undefined');
+  const o = checkOptions(fn, options, ['vocabStart', 'vocabSize', 'temperature', 'entropy', 'bias', 'ignoreIndex', 'chunkSize']);
+  const vocabSize = checkNumber(fn, 'vocabSize', o.vocabSize, { integer: true, min: 1 });
+  const vocabStart = checkNumber(fn, 'vocabStart', o.vocabStart, { integer: true, min: 0, max: vocabSize - 1 });
+  let temperature = DEFAULT_TEMPERATURE;
+  let tt: TorchTensor | null = null;
+  if (o.temperature instanceof TorchTensor) tt = checkTorchTensor(fn, 'temperature', o.temperature);
+  else if (o.temperature !== undefined) {
+    temperature = checkNumber(fn, 'temperature', o.temperature, { greaterThan: 0 });
+    if (!(Math.fround(1 / temperature) > 0) || !Number.isFinite(Math.fround(1 / temperature))) throw rangeError(fn, `temperature must be a positive number with a finite float32 inverse, got ${temperature}`);
+  }
+  const entropy = o.entropy === undefined ? false : checkBoolean(fn, 'entropy', o.entropy);
+  const ignoreIndex = o.ignoreIndex === undefined ? DEFAULT_IGNORE_INDEX
+    : checkNumber(fn, 'ignoreIndex', o.ignoreIndex, { integer: true, min: -Number.MAX_SAFE_INTEGER, max: Number.MAX_SAFE_INTEGER });
+  const chunk = o.chunkSize === undefined ? DEFAULT_CHUNK_SIZE : checkNumber(fn, 'chunkSize', o.chunkSize, { integer: true, min: 0, max: MAX_CHUNK_SIZE });
+  const b = o.bias === undefined ? null : checkTorchTensor(fn, 'bias', o.bias);
+  // The kernels are the CPU ones (the partials travel over the group's backend): NCCL would need CUDA kernels.
+  if (be !== 'gloo') throw typeError(fn, `needs the 'gloo' backend (the bridge's kernels run on the CPU), got '${be}'`);
+  if (!['float32', 'bfloat16', 'float16'].includes(h.dtype)) throw typeError(fn, `hidden must be float32, bfloat16 or float16, got ${h.dtype}`);
+  if (w.dtype !== h.dtype) throw typeError(fn, `weightShard must be ${h.dtype} like hidden, got ${w.dtype}`);
+  if (t.dtype !== 'int32' && t.dtype !== 'int64') throw typeError(fn, `targets must be int32 or int64, got ${t.dtype}`);
+  if (h.shape.length < 1 || w.shape.length !== 2 || w.shape[1] !== h.shape[h.shape.length - 1]) {
+    throw rangeError(fn, `weightShard must have shape [V_shard, ${h.shape[h.shape.length - 1] ?? 'H'}] (H of hidden), got ${describe(w)}`);
+  }
+  const args = () => [h.handle(fn, 'hidden'), w.handle(fn, 'weightShard'), b ? b.handle(fn, 'bias') : null, t.handle(fn, 'targets'),
+    temperature, tt ? tt.handle(fn, 'temperature') : null, ignoreIndex, entropy, vocabStart, vocabSize, chunk];
+  const partials = new TorchTensor(nd().linearShardPartials(...args()));
+  let gathered: TorchTensor;
+  try {
+    gathered = await allGather(partials);
+  } finally {
+    partials.dispose();
+  }
+  try {
+    // Re-read the handles: the caller may have disposed a tensor during the all-gather.
+    const [lp, ent] = nd().linearShardCombine(...args(), gathered.handle(fn, 'partials'));
     const r: { logprobs: TorchTensor; entropy?: TorchTensor } = { logprobs: new TorchTensor(lp) };
     if (ent) r.entropy = new TorchTensor(ent);
     return r;

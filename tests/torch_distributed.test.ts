@@ -3,9 +3,13 @@
 // with a hard timeout and killed when any rank fails. Their collectives are
 // checked against the values every rank contributed; their vocabulary-parallel
 // log-probs, entropy and shard gradients against a float64 reference and the
-// single-process bridge; their data-parallel GRPO step (groups split across
-// ranks) against the same step on the whole batch in this process. A peer that
-// dies or never arrives gives a timeout error; bad input a TypeError/RangeError.
+// single-process bridge; their weight-sharded fused linear log-probs (each
+// rank holds rows of the LM head) and the gradients of the hidden states (summed
+// by the backward), the weight shards and the bias shards against a float64
+// reference and torch.linearLogprobs on the whole weight; their data-parallel
+// GRPO step (groups split across ranks) against the same step on the whole
+// batch in this process. A peer that dies or never arrives gives a timeout
+// error; bad input a TypeError/RangeError.
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { existsSync, readdirSync, statSync } from 'node:fs';
 import { createServer } from 'node:net';
@@ -14,10 +18,11 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import * as rlk from '../src/index.js';
 import * as torch from '../src/torch.js';
 import { expectClose, freshSeed } from './helpers.js';
+import { refLinearBackward, refLinearForward } from './reference/linear_logprobs.js';
 import { refBackward, refForward } from './reference/token_logprobs.js';
 import { BRIDGE, ROOT, describeBridge } from './torch_helpers.js';
 // @ts-expect-error plain JS shared with the spawned ranks
-import { IGNORE, grpoBatch, grpoSamples, vocabCases } from './distributed/data.mjs';
+import { IGNORE, grpoBatch, grpoSamples, linearCases, vocabCases } from './distributed/data.mjs';
 // @ts-expect-error plain JS shared with the spawned ranks
 import { grpoStep } from './distributed/grpo_step.mjs';
 
@@ -163,6 +168,80 @@ describeBridge('torch.distributed: bad input and state (one process)', () => {
     await expect(D.allReduce(t)).rejects.toThrow(/not initialized/);
   });
 
+  it('linearLogprobs: bad input; a group of one equals torch.linearLogprobs; destroy before backward', async () => {
+    const hid = torch.tensor(new Float32Array([0.5, -1, 2, 0.25, 1.5, -0.5]), { shape: [2, 3], requiresGrad: true });
+    const w = torch.tensor(new Float32Array([1, 0, -1, 0.5, 0.5, 0.5, -2, 1, 0, 0.1, 0.2, 0.3]), { shape: [4, 3], requiresGrad: true });
+    const tg = torch.tensor([3, 0], { dtype: 'int64' });
+    await expect(D.linearLogprobs(hid, w, tg, { vocabStart: 0, vocabSize: 4 })).rejects.toThrow(TypeError);
+    await expect(D.linearLogprobs(hid, w, tg, { vocabStart: 0, vocabSize: 4 })).rejects.toThrow(/distributed\.linearLogprobs: the process group is not initialized/);
+    await D.init({ rank: 0, worldSize: 1, store: { host: '127.0.0.1', port: await freePort() }, timeoutMs: 10_000 });
+    try {
+      const bad = async (args: unknown[], C: ErrorConstructor | typeof rlk.DisposedError, re: RegExp) => {
+        await expect((D.linearLogprobs as (...a: unknown[]) => Promise<unknown>)(...args)).rejects.toThrow(C);
+        await expect((D.linearLogprobs as (...a: unknown[]) => Promise<unknown>)(...args)).rejects.toThrow(re);
+      };
+      await bad([hid, w, tg, { vocabStart: 1, vocabSize: 4 }], RangeError, /linearLogprobs: the shard's columns \[1, 5\) must lie in \[0, vocabSize = 4\)/);
+      await bad([hid, w, tg, { vocabStart: 4, vocabSize: 4 }], RangeError, /vocabStart must be/);
+      await bad([hid, w, tg, { vocabStart: 0 }], TypeError, /vocabSize must be/);
+      await bad([hid, w, tg], TypeError, /options must be an object/);
+      await bad([hid, w, torch.tensor([4, 0], { dtype: 'int64' }), { vocabStart: 0, vocabSize: 4 }], RangeError, /targets\[0\] = 4 is outside \[0, 4\)/);
+      const w2 = torch.tensor(new Float32Array(8), { shape: [4, 2] });
+      await bad([hid, w2, tg, { vocabStart: 0, vocabSize: 4 }], RangeError, /weightShard must have shape \[V_shard, 3\] \(H of hidden\)/);
+      await bad([hid, torch.tensor(new Float64Array(12), { shape: [4, 3], dtype: 'float64' }), tg, { vocabStart: 0, vocabSize: 4 }], TypeError, /weightShard must be float32 like hidden/);
+      await bad([hid, w, tg, { vocabStart: 0, vocabSize: 4, bias: torch.tensor([1, 2]) }], RangeError, /bias must have shape \[4\]/);
+      await bad([hid, w, tg, { vocabStart: 0, vocabSize: 4, temperature: -1 }], RangeError, /temperature/);
+      await bad([hid, w, tg, { vocabStart: 0, vocabSize: 4, chunkSize: 0.5 }], RangeError, /chunkSize/);
+      await bad([hid, w, tg, { vocabStart: 0, vocabSize: 4, bogus: 1 }], TypeError, /bogus/);
+      await bad([hid, w, torch.tensor([1.5, 0]), { vocabStart: 0, vocabSize: 4 }], TypeError, /targets must be int32 or int64/);
+      await bad([hid, torch.aten('t', torch.tensor(new Float32Array(12), { shape: [3, 4] })), tg, { vocabStart: 0, vocabSize: 4 }], TypeError, /weightShard must be contiguous/);
+      const gone = torch.tensor(new Float32Array(12), { shape: [4, 3] });
+      gone.dispose();
+      await bad([hid, gone, tg, { vocabStart: 0, vocabSize: 4 }], rlk.DisposedError, /weightShard/);
+      // A group of one: the whole weight is the shard; values and gradients are torch.linearLogprobs'.
+      const opts = { temperature: 0.8, entropy: true };
+      const one = await D.linearLogprobs(hid, w, tg, { vocabStart: 0, vocabSize: 4, ...opts });
+      const ref = torch.linearLogprobs(hid, w, tg, opts);
+      expect(one.logprobs.toArraySync()).toEqual(ref.logprobs.toArraySync());
+      expect(one.entropy!.toArraySync()).toEqual(ref.entropy!.toArraySync());
+      const gl = torch.tensor([0.3, -1.2]);
+      const objective = (r: { logprobs: torch.TorchTensor; entropy?: torch.TorchTensor }) =>
+        torch.aten('add.Tensor', torch.aten('dot', r.logprobs, gl), torch.aten('sum', r.entropy!)) as torch.TorchTensor;
+      objective(ref).backward();
+      const [gh, gw] = [Array.from(hid.grad!.toArraySync() as Float32Array), Array.from(w.grad!.toArraySync() as Float32Array)];
+      hid.zeroGrad();
+      w.zeroGrad();
+      objective(one).backward();
+      expectClose('group of one gradHidden', hid.grad!.toArraySync() as Float32Array, gh, 1e-6, seed);
+      expectClose('group of one gradWeight', w.grad!.toArraySync() as Float32Array, gw, 1e-6, seed);
+      // bfloat16: the kernels read it, Gloo all-reduces the gradient in it; the single-process bridge's results.
+      const hb = hid.to({ dtype: 'bfloat16' }).detach();
+      const wb = w.to({ dtype: 'bfloat16' }).detach();
+      hb.requiresGrad = true;
+      wb.requiresGrad = true;
+      const b16 = await D.linearLogprobs(hb, wb, tg, { vocabStart: 0, vocabSize: 4, ...opts });
+      const r16 = torch.linearLogprobs(hb, wb, tg, opts);
+      expect(b16.logprobs.toArraySync()).toEqual(r16.logprobs.toArraySync());
+      objective(r16).backward();
+      const gh16 = (hb.grad!.to({ dtype: 'float32' }).toArraySync() as Float32Array).slice();
+      hb.zeroGrad();
+      objective(b16).backward();
+      expect(hb.grad!.dtype).toBe('bfloat16');
+      expect(hb.grad!.to({ dtype: 'float32' }).toArraySync()).toEqual(gh16);
+      // hidden without grad: the weight's gradient alone, no all-reduce.
+      const frozen = torch.tensor(new Float32Array([0.5, -1, 2, 0.25, 1.5, -0.5]), { shape: [2, 3] });
+      w.zeroGrad();
+      (torch.aten('sum', (await D.linearLogprobs(frozen, w, tg, { vocabStart: 0, vocabSize: 4 })).logprobs) as torch.TorchTensor).backward();
+      expect(frozen.grad).toBeNull();
+      expect((w.grad!.toArraySync() as Float32Array).some((x) => x !== 0)).toBe(true);
+      // The group of the forward is gone: the backward cannot sum over it.
+      const late = await D.linearLogprobs(hid, w, tg, { vocabStart: 0, vocabSize: 4 });
+      await D.destroy();
+      expect(() => (torch.aten('sum', late.logprobs) as torch.TorchTensor).backward()).toThrow(/process group of the forward was destroyed/);
+    } finally {
+      if (D.isInitialized()) await D.destroy();
+    }
+  });
+
   it("torchrun's environment: RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT", async () => {
     const saved = { ...process.env };
     const port = await freePort();
@@ -237,6 +316,23 @@ describeBridge('torch.distributed: garbage', () => {
       expect(() => raw.shardPartials(h(l), h(t), 1, null, 0, false, 2, 3)).toThrow(/columns \[2, 5\)/);
       expect(() => raw.shardPartials(h(l), h(t), 1, null, 0, false, 0, undefined)).toThrow(TypeError);
       expect(() => raw.shardCombine(h(l), h(t), 1, null, 0, false, 0, 3, h(l))).toThrow(/partials must be/);
+      // linearShardPartials/Combine(hidden, weightShard, bias | null, targets, temperature, temperatureTensor | null,
+      //   ignoreIndex, entropy, vocabStart, vocabSize, chunkSize[, partials])
+      const hw = torch.tensor(new Float32Array(6), { shape: [3, 2] });
+      expect(() => raw.linearShardPartials(h(l), h(hw), null, h(t), 1, null, 0, false, 0, 3, 0)).toThrow(/weightShard must have shape \[V_shard, 3\]/);
+      expect(() => raw.linearShardPartials(h(l), h(torch.tensor([1, 2, 3])), null, h(t), 1, null, 0, false, 0, 3, 0)).toThrow(/weightShard must have shape/);
+      const w3 = torch.tensor(new Float32Array(9), { shape: [3, 3] });
+      expect(() => raw.linearShardPartials(h(l), h(w3), null, h(t), 1, null, 0, false, 0, 3, 0)).not.toThrow();
+      expect(() => raw.linearShardPartials(h(l), h(w3), null, h(t), 1, null, 0, false, 1, 3, 0)).toThrow(/columns \[1, 4\)/);
+      expect(() => raw.linearShardPartials(h(l), h(w3), null, h(t), 1, null, 0, false, 0, 3, -1)).toThrow(RangeError);
+      expect(() => raw.linearShardPartials(h(l), h(w3), null, h(t), 1, null, 0, false, 0, 3)).toThrow(/chunkSize/);
+      expect(() => raw.linearShardPartials(h(l), h(w3), h(t), h(t), 1, null, 0, false, 0, 3, 0)).toThrow(/bias must be float32/);
+      expect(() => raw.linearShardPartials(h(l), h(w3), h(l), h(t), 1, null, 0, false, 0, 3, 0)).toThrow(/bias must have shape \[3\]/);
+      expect(() => raw.linearShardPartials(h(l), h(w3), null, h(l), 1, null, 0, false, 0, 3, 0)).toThrow(/targets must be int32 or int64/);
+      expect(() => raw.linearShardPartials(h(l), h(w3), null, h(t), 'x', null, 0, false, 0, 3, 0)).toThrow(TypeError);
+      expect(() => raw.linearShardPartials(h(l), 5, null, h(t), 1, null, 0, false, 0, 3, 0)).toThrow(TypeError);
+      expect(() => raw.linearShardCombine(h(l), h(w3), null, h(t), 1, null, 0, false, 0, 3, 0, h(l))).toThrow(/partials must be/);
+      expect(() => raw.linearShardCombine(h(l), h(w3), null, h(t), 1, null, 0, false, 0, 3, 0, null)).toThrow(TypeError);
       expect(() => raw.allReduce(5, 'sum')).toThrow(TypeError);
       expect(() => raw.broadcast(h(l), 7)).toThrow(RangeError);
       expect(() => raw.init({})).toThrow(TypeError);
@@ -303,6 +399,70 @@ describeBridge('torch.distributed: process groups on the loopback', () => {
     });
   }
 
+  // Single-process references for the weight-sharded cases: a float64 log_softmax(h W^T + b) / T and its
+  // gradients, and torch.linearLogprobs + backward on the whole weight in this process.
+  type LinearOut = { start: number; end: number; logprobs: number[]; entropy: number[] | null; gradHidden: number[]; gradWeight: number[]; gradBias: number[] | null };
+  function checkLinear(results: RankResult[], W: number) {
+    linearCases(seed).forEach((c: ReturnType<typeof linearCases>[number], ci: number) => {
+      const what = `weight-sharded linear x${W} case ${ci} [${c.lead}, ${c.dim}] V=${c.vocab}`;
+      const inp = { h: c.hidden, w: c.weight, b: c.bias, rows: c.rows, dim: c.dim, vocab: c.vocab, targets: c.targets, temperature: c.temperature, ignoreIndex: c.ignoreIndex };
+      const ref = refLinearForward(inp);
+      const refGrad = refLinearBackward(inp, c.gradLogprobs, c.gradEntropy);
+      const hidden = torch.tensor(c.hidden, { shape: [...c.lead, c.dim], requiresGrad: true });
+      const weight = torch.tensor(c.weight, { shape: [c.vocab, c.dim], requiresGrad: true });
+      const bias = c.bias ? torch.tensor(c.bias, { requiresGrad: true }) : undefined;
+      const temperature = typeof c.temperature === 'number' ? c.temperature : torch.tensor(c.temperature, { shape: c.lead });
+      const one = torch.linearLogprobs(hidden, weight, torch.tensor(c.targets, { shape: c.lead, dtype: 'int64' }), {
+        temperature, entropy: c.entropy, bias, ignoreIndex: c.ignoreIndex, chunkSize: c.chunkSize,
+      });
+      let obj = torch.aten('dot', one.logprobs.reshape([c.rows]), torch.tensor(c.gradLogprobs)) as torch.TorchTensor;
+      if (c.entropy) obj = torch.aten('add.Tensor', obj, torch.aten('dot', one.entropy!.reshape([c.rows]), torch.tensor(c.gradEntropy))) as torch.TorchTensor;
+      obj.backward();
+      const arr = (t: torch.TorchTensor) => Array.from(t.toArraySync() as Float32Array);
+      const single = {
+        logprobs: arr(one.logprobs), entropy: one.entropy ? arr(one.entropy) : null,
+        gradHidden: arr(hidden.grad!), gradWeight: arr(weight.grad!), gradBias: bias ? arr(bias.grad!) : null,
+      };
+      const outs = results.map((res) => (res.linear as LinearOut[])[ci]);
+      const v0 = outs[0];
+      const gradWeight = new Float64Array(c.vocab * c.dim);
+      const gradBias = new Float64Array(c.vocab);
+      let covered = 0;
+      for (const v of outs) {
+        // Every rank holds the same values and the same (all-reduced) gradient of hidden, bitwise.
+        expect(v.logprobs).toEqual(v0.logprobs);
+        expect(v.entropy).toEqual(v0.entropy);
+        expect(v.gradHidden).toEqual(v0.gradHidden);
+        expect(v.start).toBe(covered);
+        covered = v.end;
+        gradWeight.set(v.gradWeight, v.start * c.dim);
+        if (v.gradBias) gradBias.set(v.gradBias, v.start);
+      }
+      expect(covered).toBe(c.vocab);
+      expectClose(`${what} logprobs`, v0.logprobs, ref.logprobs, 1e-5, seed);
+      expectClose(`${what} logprobs vs single process`, v0.logprobs, single.logprobs, 1e-6, seed);
+      if (c.entropy) {
+        expectClose(`${what} entropy`, v0.entropy!, ref.entropy, 1e-5, seed);
+        expectClose(`${what} entropy vs single process`, v0.entropy!, single.entropy!, 2e-6, seed);
+      } else {
+        expect(v0.entropy).toBeNull();
+      }
+      expectClose(`${what} gradHidden`, v0.gradHidden, refGrad.gradHidden, 1e-5, seed);
+      expectClose(`${what} gradHidden vs single process`, v0.gradHidden, single.gradHidden, 1e-5, seed);
+      expectClose(`${what} gradWeight`, gradWeight, refGrad.gradWeight, 1e-5, seed);
+      expectClose(`${what} gradWeight vs single process`, gradWeight, single.gradWeight, 1e-5, seed);
+      if (c.bias) {
+        expectClose(`${what} gradBias`, gradBias, refGrad.gradBias, 1e-5, seed);
+        expectClose(`${what} gradBias vs single process`, gradBias, single.gradBias!, 1e-5, seed);
+      }
+      for (let r = 0; r < c.rows; r++) {
+        if (c.targets[r] !== c.ignoreIndex) continue;
+        expect(v0.logprobs[r]).toBe(0);
+        for (let k = 0; k < c.dim; k++) expect(v0.gradHidden[r * c.dim + k]).toBe(0);
+      }
+    });
+  }
+
   async function checkGrpo(results: RankResult[], W: number) {
     const batch = grpoBatch(seed);
     const all = Array.from({ length: 8 }, (_, i) => i);
@@ -327,7 +487,7 @@ describeBridge('torch.distributed: process groups on the loopback', () => {
   }
 
   for (const W of [2, 4]) {
-    it(`${W} processes: collectives, vocabulary-parallel log-probs, data-parallel GRPO step`, async () => {
+    it(`${W} processes: collectives, vocabulary-parallel log-probs (logits and weight shards), data-parallel GRPO step`, async () => {
       const results = await runGroup('all', W);
       const want = expectedCollectives(W);
       for (const res of results) {
@@ -335,6 +495,7 @@ describeBridge('torch.distributed: process groups on the loopback', () => {
         expect(res.initMs as number).toBeLessThan(HARD_TIMEOUT_MS);
       }
       checkVocab(results, W);
+      checkLinear(results, W);
       await checkGrpo(results, W);
     }, HARD_TIMEOUT_MS + 10_000);
   }
@@ -348,6 +509,16 @@ describeBridge('torch.distributed: process groups on the loopback', () => {
     expect(e.ms).toBeLessThan(30_000);
     // A 20 ms interval kept firing while the store waited for the missing rank.
     expect(e.ticks).toBeGreaterThan(e.ms / 20 / 4);
+  }, HARD_TIMEOUT_MS + 10_000);
+
+  it("a peer that never runs its backward: the weight-sharded backward's all-reduce times out, no hang", async () => {
+    const results = await runGroup('linear-silent', 2, { timeoutMs: 2000 });
+    const r0 = results.find((r) => r.rank === 0)!;
+    const e = r0.error as { message: string; ms: number };
+    expect(e).toBeDefined();
+    expect(e.message).toMatch(/backward/);
+    expect(e.ms).toBeGreaterThanOrEqual(1500);
+    expect(e.ms).toBeLessThan(20_000);
   }, HARD_TIMEOUT_MS + 10_000);
 
   it('a peer that dies: the collective rejects, no hang', async () => {

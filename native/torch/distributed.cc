@@ -26,6 +26,7 @@
 #include <sstream>
 
 #include "bridge.h"
+#include "rlk/linear_logprobs.h"
 #include "rlk/runtime.h"
 #include "rlk/token_logprobs.h"
 
@@ -46,6 +47,9 @@ struct Group {
 // The process's group: set when init resolves, cleared by destroy.
 std::shared_ptr<Group> g_group;
 bool g_initializing = false;
+// Counts the groups made, so that a backward can tell that the group its
+// forward ran in was destroyed (and perhaps replaced) since.
+int64_t g_generation = 0;
 
 std::string Msg(const std::string& fn, const std::string& what) { return "distributed." + fn + ": " + what; }
 
@@ -128,6 +132,7 @@ class InitWorker : public Napi::AsyncWorker {
   void OnOK() override {
     g_initializing = false;
     g_group = std::move(group_);
+    ++g_generation;
     deferred_.Resolve(Env().Undefined());
   }
   void OnError(const Napi::Error& e) override {
@@ -443,51 +448,47 @@ struct ShardArgs {
   bool entropy = false;
 };
 
-// Reads the JS arguments (shard, targets, temperature, temperatureTensor | null,
-// ignoreIndex, entropy, vocabStart, vocabSize) at `base`, and checks what
-// memory safety depends on (TypeScript checked the rest).
-ShardArgs ReadShardArgs(const Napi::CallbackInfo& info, const char* fn, at::Tensor* shard) {
+// Reads the arguments after the tensors (targets, temperature,
+// temperatureTensor | null, ignoreIndex, entropy, vocabStart, vocabSize) from
+// index `k` (targets) on.
+ShardArgs ReadRowArgs(const Napi::CallbackInfo& info, const char* fn, size_t k) {
   Napi::Env env = info.Env();
   const std::string pre = std::string(fn) + ": ";
-  *shard = TensorArg(info, 0, fn, "logitsShard");
   ShardArgs a;
-  a.targets = TensorArg(info, 1, fn, "targets");
-  if (!info[2].IsNumber()) ThrowType(env, pre + "temperature must be a number, got " + Describe(info[2]));
-  double temp = info[2].As<Napi::Number>().DoubleValue();
+  a.targets = TensorArg(info, k, fn, "targets");
+  if (!info[k + 1].IsNumber()) ThrowType(env, pre + "temperature must be a number, got " + Describe(info[k + 1]));
+  double temp = info[k + 1].As<Napi::Number>().DoubleValue();
   if (!(temp > 0) || !std::isfinite(temp) || !std::isfinite(float(1.0 / temp)) || !(float(1.0 / temp) > 0))
-    ThrowRange(env, pre + "temperature must be a positive finite number, got " + Describe(info[2]));
+    ThrowRange(env, pre + "temperature must be a positive finite number, got " + Describe(info[k + 1]));
   a.inv_temperature = float(1.0 / temp);
-  a.temperature = OptionalTensorArg(info, 3, fn, "temperature");
-  const std::string short_fn = "tokenLogprobs";
-  a.ignore_index = IntIn(env, short_fn, "ignoreIndex", info[4], -9007199254740991.0, 9007199254740991.0);
-  a.entropy = info[5].ToBoolean().Value();
-  a.vocab_size = IntIn(env, short_fn, "vocabSize", info[7], 1, 9007199254740991.0);
-  a.vocab_start = IntIn(env, short_fn, "vocabStart", info[6], 0, double(a.vocab_size - 1));
-  const at::Tensor& l = *shard;
-  auto st = l.scalar_type();
-  if (st != at::kFloat && st != at::kBFloat16 && st != at::kHalf)
-    ThrowType(env, pre + "logitsShard must be float32, bfloat16 or float16, got " + DTypeName(st));
-  if (!l.device().is_cpu())
-    ThrowType(env, pre + "logitsShard must be on the CPU (this bridge has no CUDA kernels), got " + DeviceName(l.device()));
-  if (l.dim() < 1 || l.size(-1) < 1)
-    ThrowRange(env, pre + "logitsShard must have a last dimension of at least 1, got shape " + ShapeString(l.sizes()));
-  if (!l.is_contiguous()) ThrowType(env, pre + "logitsShard must be contiguous; call .contiguous() first");
-  const int64_t vshard = l.size(-1);
+  a.temperature = OptionalTensorArg(info, k + 2, fn, "temperature");
+  const std::string short_fn = std::string(fn).substr(std::string("distributed.").size());
+  a.ignore_index = IntIn(env, short_fn, "ignoreIndex", info[k + 3], -9007199254740991.0, 9007199254740991.0);
+  a.entropy = info[k + 4].ToBoolean().Value();
+  a.vocab_size = IntIn(env, short_fn, "vocabSize", info[k + 6], 1, 9007199254740991.0);
+  a.vocab_start = IntIn(env, short_fn, "vocabStart", info[k + 5], 0, double(a.vocab_size - 1));
+  return a;
+}
+
+// What memory safety depends on, once the shard's rows `lead` (the leading
+// shape targets must have) and its vocabulary columns `vshard` are known:
+// the shard inside the vocabulary, targets and per-row temperatures.
+void CheckRowArgs(Napi::Env env, const char* fn, const ShardArgs& a, at::IntArrayRef lead, int64_t vshard, const char* like) {
+  const std::string pre = std::string(fn) + ": ";
   if (a.vocab_start < 0 || a.vocab_start + vshard > a.vocab_size)
     ThrowRange(env, pre + "the shard's columns [" + std::to_string(a.vocab_start) + ", " + std::to_string(a.vocab_start + vshard) +
                         ") must lie in [0, vocabSize = " + std::to_string(a.vocab_size) + ")");
   auto tt = a.targets.scalar_type();
   if (tt != at::kInt && tt != at::kLong) ThrowType(env, pre + "targets must be int32 or int64, got " + DTypeName(tt));
-  if (!a.targets.device().is_cpu()) ThrowType(env, pre + "targets must be on the CPU like logitsShard, got " + DeviceName(a.targets.device()));
-  if (a.targets.sizes() != l.sizes().slice(0, l.dim() - 1))
-    ThrowRange(env, pre + "targets must have shape " + ShapeString(l.sizes().slice(0, l.dim() - 1)) + ", got " +
-                        ShapeString(a.targets.sizes()));
+  if (!a.targets.device().is_cpu()) ThrowType(env, pre + "targets must be on the CPU like " + like + ", got " + DeviceName(a.targets.device()));
+  if (a.targets.sizes() != lead)
+    ThrowRange(env, pre + "targets must have shape " + ShapeString(lead) + ", got " + ShapeString(a.targets.sizes()));
   if (!a.targets.is_contiguous()) ThrowType(env, pre + "targets must be contiguous; call .contiguous() first");
   const int64_t rows = a.targets.numel();
   if (a.temperature.defined()) {
     const at::Tensor& t = a.temperature;
     if (t.scalar_type() != at::kFloat || !t.device().is_cpu())
-      ThrowType(env, pre + "temperature must be a float32 CPU tensor, got " + Describe(info[3]));
+      ThrowType(env, pre + "temperature must be a float32 CPU tensor, got " + DTypeName(t.scalar_type()) + " on " + DeviceName(t.device()));
     if (t.numel() != rows || !t.is_contiguous())
       ThrowRange(env, pre + "temperature must be a contiguous tensor of one value per row (" + std::to_string(rows) + "), got shape " +
                           ShapeString(t.sizes()));
@@ -506,6 +507,26 @@ ShardArgs ReadShardArgs(const Napi::CallbackInfo& info, const char* fn, at::Tens
   };
   if (tt == at::kInt) check(a.targets.data_ptr<int32_t>());
   else check(a.targets.data_ptr<int64_t>());
+}
+
+// Reads the JS arguments (shard, targets, temperature, temperatureTensor | null,
+// ignoreIndex, entropy, vocabStart, vocabSize) and checks what memory safety
+// depends on (TypeScript checked the rest).
+ShardArgs ReadShardArgs(const Napi::CallbackInfo& info, const char* fn, at::Tensor* shard) {
+  Napi::Env env = info.Env();
+  const std::string pre = std::string(fn) + ": ";
+  *shard = TensorArg(info, 0, fn, "logitsShard");
+  ShardArgs a = ReadRowArgs(info, fn, 1);
+  const at::Tensor& l = *shard;
+  auto st = l.scalar_type();
+  if (st != at::kFloat && st != at::kBFloat16 && st != at::kHalf)
+    ThrowType(env, pre + "logitsShard must be float32, bfloat16 or float16, got " + DTypeName(st));
+  if (!l.device().is_cpu())
+    ThrowType(env, pre + "logitsShard must be on the CPU (this bridge has no CUDA kernels), got " + DeviceName(l.device()));
+  if (l.dim() < 1 || l.size(-1) < 1)
+    ThrowRange(env, pre + "logitsShard must have a last dimension of at least 1, got shape " + ShapeString(l.sizes()));
+  if (!l.is_contiguous()) ThrowType(env, pre + "logitsShard must be contiguous; call .contiguous() first");
+  CheckRowArgs(env, fn, a, l.sizes().slice(0, l.dim() - 1), l.size(-1), "logitsShard");
   return a;
 }
 
@@ -635,6 +656,229 @@ Napi::Value ShardCombine(const Napi::CallbackInfo& info) {
   return res;
 }
 
+// ---- vocabulary-parallel linear log-probs (a sharded LM head) ----------------------
+
+struct LinShard {
+  at::Tensor hidden, weight, bias;  // bias undefined without one
+  ShardArgs a;
+  int64_t chunk = 0;
+};
+
+// Reads (hidden, weightShard, bias | null, targets, temperature,
+// temperatureTensor | null, ignoreIndex, entropy, vocabStart, vocabSize,
+// chunkSize) and checks what memory safety depends on.
+LinShard ReadLinShard(const Napi::CallbackInfo& info, const char* fn) {
+  Napi::Env env = info.Env();
+  const std::string pre = std::string(fn) + ": ";
+  LinShard s;
+  s.hidden = TensorArg(info, 0, fn, "hidden");
+  s.weight = TensorArg(info, 1, fn, "weightShard");
+  s.bias = OptionalTensorArg(info, 2, fn, "bias");
+  s.a = ReadRowArgs(info, fn, 3);
+  s.chunk = IntIn(env, "linearLogprobs", "chunkSize", info[10], 0, double(int64_t(1) << 30));
+  const at::Tensor& h = s.hidden;
+  auto st = h.scalar_type();
+  if (st != at::kFloat && st != at::kBFloat16 && st != at::kHalf)
+    ThrowType(env, pre + "hidden must be float32, bfloat16 or float16, got " + DTypeName(st));
+  auto cpu_contig = [&](const at::Tensor& t, const char* name) {
+    if (!t.device().is_cpu()) ThrowType(env, pre + name + " must be on the CPU (this bridge has no CUDA kernels), got " + DeviceName(t.device()));
+    if (!t.is_contiguous()) ThrowType(env, pre + name + " must be contiguous; call .contiguous() first");
+  };
+  cpu_contig(h, "hidden");
+  if (h.dim() < 1 || h.size(-1) < 1)
+    ThrowRange(env, pre + "hidden must have a last dimension (the model width) of at least 1, got shape " + ShapeString(h.sizes()));
+  const int64_t dim = h.size(-1);
+  if (s.weight.scalar_type() != st)
+    ThrowType(env, pre + "weightShard must be " + DTypeName(st) + " like hidden, got " + DTypeName(s.weight.scalar_type()));
+  cpu_contig(s.weight, "weightShard");
+  if (s.weight.dim() != 2 || s.weight.size(1) != dim || s.weight.size(0) < 1)
+    ThrowRange(env, pre + "weightShard must have shape [V_shard, " + std::to_string(dim) + "] (H of hidden) with V_shard >= 1, got " +
+                        ShapeString(s.weight.sizes()));
+  const int64_t vshard = s.weight.size(0);
+  if (s.bias.defined()) {
+    if (s.bias.scalar_type() != st) ThrowType(env, pre + "bias must be " + DTypeName(st) + " like weightShard, got " + DTypeName(s.bias.scalar_type()));
+    cpu_contig(s.bias, "bias");
+    if (s.bias.dim() != 1 || s.bias.size(0) != vshard)
+      ThrowRange(env, pre + "bias must have shape [" + std::to_string(vshard) + "] (the shard's rows), got " + ShapeString(s.bias.sizes()));
+  }
+  CheckRowArgs(env, fn, s.a, h.sizes().slice(0, h.dim() - 1), vshard, "hidden");
+  return s;
+}
+
+LinearLogprobsFwdParams LinFwdParams(const LinShard& s) {
+  LinearLogprobsFwdParams p;
+  p.hidden = s.hidden.data_ptr();
+  p.weight = s.weight.data_ptr();
+  p.bias = s.bias.defined() ? s.bias.data_ptr() : nullptr;
+  p.dtype = KernelDType(s.hidden.scalar_type());
+  p.bias_dtype = s.bias.defined() ? KernelDType(s.bias.scalar_type()) : p.dtype;
+  p.targets = s.a.targets.data_ptr();
+  p.targets_dtype = KernelDType(s.a.targets.scalar_type());
+  p.temperature = s.a.temperature.defined() ? s.a.temperature.data_ptr<float>() : nullptr;
+  p.inv_temperature = s.a.inv_temperature;
+  p.rows = s.a.targets.numel();
+  p.dim = s.hidden.size(-1);
+  p.vocab = s.weight.size(0);
+  p.vocab_start = s.a.vocab_start;
+  p.vocab_size = s.a.vocab_size;
+  p.ignore_index = s.a.ignore_index;
+  p.chunk = s.chunk;
+  p.entropy = s.a.entropy;
+  return p;
+}
+
+// linearShardPartials(...11 args) -> float32 [rows, 3 | 4]: what this rank sends.
+Napi::Value LinearShardPartials(const Napi::CallbackInfo& info) {
+  const char* fn = "distributed.linearLogprobs";
+  Napi::Env env = info.Env();
+  LinShard s = ReadLinShard(info, fn);
+  RLK_TORCH_TRY
+  const int64_t rows = s.a.targets.numel();
+  at::Tensor parts = at::empty({rows, s.a.entropy ? kTlpPartialColsEntropy : kTlpPartialCols},
+                               s.hidden.options().dtype(at::kFloat).requires_grad(false));
+  LinearLogprobsFwdParams p = LinFwdParams(s);
+  p.partials = parts.data_ptr<float>();
+  Check(cpu::LinearLogprobsFwd(p), fn);
+  return TorchTensor::Wrap(env, parts);
+  RLK_TORCH_CATCH(env, fn)
+}
+
+struct LinSaved {
+  ShardArgs a;
+  int64_t chunk = 0;
+  at::Tensor logprobs, entropy, stats;
+};
+
+// The combined values as a function of hidden, weightShard (and bias). The
+// backward is the core's shard backward from the combined stats: gradWeight
+// and gradBias are this shard's and exact; gradHidden = dlogits @ W_shard is
+// this shard's part of a sum over the ranks, so the backward all-reduces it
+// (Megatron's copy-to-tensor-parallel-region backward) before autograd
+// accumulates it. That all-reduce runs inside backward(), on the calling
+// thread, which waits for it (bounded by the group's timeout): every rank must
+// reach this backward, in the same order relative to its other collectives.
+struct ShardLinearLogprobsFunction : public torch::autograd::Function<ShardLinearLogprobsFunction> {
+  static torch::autograd::variable_list forward(torch::autograd::AutogradContext* ctx, const at::Tensor& hidden, const at::Tensor& weight,
+                                                const std::optional<at::Tensor>& bias, const LinSaved& s) {
+    ctx->save_for_backward({hidden, weight, bias ? *bias : at::Tensor()});
+    ctx->saved_data["targets"] = s.a.targets;
+    ctx->saved_data["temperature"] = s.a.temperature;
+    ctx->saved_data["stats"] = s.stats;
+    ctx->saved_data["inv"] = double(s.a.inv_temperature);
+    ctx->saved_data["ignore"] = s.a.ignore_index;
+    ctx->saved_data["start"] = s.a.vocab_start;
+    ctx->saved_data["size"] = s.a.vocab_size;
+    ctx->saved_data["chunk"] = s.chunk;
+    ctx->saved_data["generation"] = g_generation;
+    ctx->set_materialize_grads(false);
+    if (s.entropy.defined()) return {s.logprobs, s.entropy};
+    return {s.logprobs};
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx, torch::autograd::variable_list grads) {
+    const char* fn = "distributed.linearLogprobs.backward";
+    auto saved = ctx->get_saved_variables();
+    const at::Tensor& hidden = saved[0];
+    const at::Tensor& weight = saved[1];
+    const at::Tensor& bias = saved[2];
+    at::Tensor targets = ctx->saved_data["targets"].toTensor();
+    at::Tensor temperature = ctx->saved_data["temperature"].toTensor();
+    at::Tensor stats = ctx->saved_data["stats"].toTensor();
+    at::Tensor g = grads[0];
+    at::Tensor ge = grads.size() > 1 ? grads[1] : at::Tensor();
+    if (!g.defined() && !ge.defined()) return {at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+    // Checked before any work: the all-reduce below needs the forward's group.
+    const bool reduce = ctx->needs_input_grad(0);
+    TORCH_CHECK(!reduce || (g_group && ctx->saved_data["generation"].toInt() == g_generation), fn,
+                ": the process group of the forward was destroyed before backward(); the gradient of hidden is a sum over its "
+                "ranks");
+    if (!g.defined()) g = at::zeros(targets.sizes(), hidden.options().dtype(at::kFloat));
+    g = g.to(at::kFloat).contiguous();
+    if (ge.defined()) ge = ge.to(at::kFloat).contiguous();
+    at::Tensor grad_hidden = at::empty_like(hidden, at::MemoryFormat::Contiguous);
+    at::Tensor grad_weight = at::empty_like(weight, at::MemoryFormat::Contiguous);
+    at::Tensor grad_bias = bias.defined() ? at::empty_like(bias, at::MemoryFormat::Contiguous) : at::Tensor();
+    LinearLogprobsBwdParams p;
+    p.hidden = hidden.data_ptr();
+    p.weight = weight.data_ptr();
+    p.bias = bias.defined() ? bias.data_ptr() : nullptr;
+    p.dtype = KernelDType(hidden.scalar_type());
+    p.bias_dtype = bias.defined() ? KernelDType(bias.scalar_type()) : p.dtype;
+    p.targets = targets.data_ptr();
+    p.targets_dtype = KernelDType(targets.scalar_type());
+    p.temperature = temperature.defined() ? temperature.data_ptr<float>() : nullptr;
+    p.inv_temperature = float(ctx->saved_data["inv"].toDouble());
+    p.grad_logprobs = g.data_ptr<float>();
+    p.grad_entropy = ge.defined() ? ge.data_ptr<float>() : nullptr;
+    p.stats = stats.data_ptr<float>();
+    p.rows = targets.numel();
+    p.dim = hidden.size(-1);
+    p.vocab = weight.size(0);
+    p.vocab_start = ctx->saved_data["start"].toInt();
+    p.vocab_size = ctx->saved_data["size"].toInt();
+    p.ignore_index = ctx->saved_data["ignore"].toInt();
+    p.chunk = ctx->saved_data["chunk"].toInt();
+    p.grad_hidden = grad_hidden.data_ptr();
+    p.grad_weight = grad_weight.data_ptr();
+    p.grad_bias = grad_bias.defined() ? grad_bias.data_ptr() : nullptr;
+    Check(cpu::LinearLogprobsBwd(p), fn);
+    if (reduce) {
+      std::shared_ptr<Group> grp = g_group;
+      std::vector<at::Tensor> v{grad_hidden};
+      c10d::AllreduceOptions o;
+      o.reduceOp = c10d::ReduceOp::SUM;
+      auto work = grp->backend->allreduce(v, o);
+      // Gloo's own timeout ends a stuck all-reduce; this bound is a second guard.
+      TORCH_CHECK(work->wait(grp->timeout + Ms(5000)), fn, ": the all-reduce of the gradient of hidden timed out");
+    }
+    return {reduce ? grad_hidden : at::Tensor(), grad_weight, grad_bias, at::Tensor()};
+  }
+};
+
+// linearShardCombine(...11 args, gathered [shards, rows, cols]) -> [logprobs, entropy | null]
+// with a grad_fn reaching hidden, weightShard and bias.
+Napi::Value LinearShardCombine(const Napi::CallbackInfo& info) {
+  const char* fn = "distributed.linearLogprobs";
+  Napi::Env env = info.Env();
+  LinShard in = ReadLinShard(info, fn);
+  LinSaved s;
+  s.a = in.a;
+  s.chunk = in.chunk;
+  at::Tensor gathered = TensorArg(info, 11, fn, "partials");
+  const int64_t rows = s.a.targets.numel();
+  const int64_t cols = s.a.entropy ? kTlpPartialColsEntropy : kTlpPartialCols;
+  if (gathered.scalar_type() != at::kFloat || !gathered.device().is_cpu() || !gathered.is_contiguous() || gathered.dim() != 3 ||
+      gathered.size(1) != rows || gathered.size(2) != cols || gathered.size(0) < 1 || gathered.size(0) > kTlpMaxShards)
+    ThrowRange(env, std::string(fn) + ": partials must be a contiguous float32 CPU tensor [shards, " + std::to_string(rows) + ", " +
+                        std::to_string(cols) + "], got " + Describe(info[11]));
+  torch::autograd::variable_list out;
+  RLK_TORCH_TRY
+  auto f32 = in.hidden.options().dtype(at::kFloat).requires_grad(false);
+  s.logprobs = at::empty(s.a.targets.sizes(), f32);
+  if (s.a.entropy) s.entropy = at::empty(s.a.targets.sizes(), f32);
+  s.stats = at::empty({rows, kTlpStatsCols}, f32);
+  TokenLogprobsCombineParams p;
+  p.shards = int32_t(gathered.size(0));
+  for (int32_t k = 0; k < p.shards; ++k) p.partials[k] = gathered.data_ptr<float>() + k * rows * cols;
+  p.cols = int32_t(cols);
+  p.targets = s.a.targets.data_ptr();
+  p.targets_dtype = KernelDType(s.a.targets.scalar_type());
+  p.temperature = s.a.temperature.defined() ? s.a.temperature.data_ptr<float>() : nullptr;
+  p.inv_temperature = s.a.inv_temperature;
+  p.rows = rows;
+  p.ignore_index = s.a.ignore_index;
+  p.logprobs = s.logprobs.data_ptr<float>();
+  p.entropy_out = s.a.entropy ? s.entropy.data_ptr<float>() : nullptr;
+  p.stats = s.stats.data_ptr<float>();
+  Check(cpu::TokenLogprobsCombine(p), fn);
+  out = ShardLinearLogprobsFunction::apply(in.hidden, in.weight, in.bias.defined() ? std::optional<at::Tensor>(in.bias) : std::nullopt, s);
+  RLK_TORCH_CATCH(env, fn)
+  Napi::Array res = Napi::Array::New(env, 2);
+  res.Set(0u, TorchTensor::Wrap(env, out[0]));
+  res.Set(1u, out.size() > 1 ? Napi::Value(TorchTensor::Wrap(env, out[1])) : env.Null());
+  return res;
+}
+
 }  // namespace
 
 void InitDistributed(Napi::Env env, Napi::Object exports) {
@@ -648,6 +892,8 @@ void InitDistributed(Napi::Env env, Napi::Object exports) {
   d.Set("state", Napi::Function::New(env, State, "state"));
   d.Set("shardPartials", Napi::Function::New(env, ShardPartials, "shardPartials"));
   d.Set("shardCombine", Napi::Function::New(env, ShardCombine, "shardCombine"));
+  d.Set("linearShardPartials", Napi::Function::New(env, LinearShardPartials, "linearShardPartials"));
+  d.Set("linearShardCombine", Napi::Function::New(env, LinearShardCombine, "linearShardCombine"));
   exports.Set("distributed", d);
 }
 

@@ -60,3 +60,34 @@ export function grpoSamples(rank, world) {
   const per = order.length / world;
   return order.slice(rank * per, (rank + 1) * per);
 }
+
+/**
+ * The vocabulary-parallel linear cases: hidden [...lead, H], the whole LM head [V, H] (and bias [V]), targets,
+ * upstream gradients. V is odd or smaller than some world sizes' multiples; one case has per-row temperatures,
+ * a chunk size below the rows and a custom ignoreIndex.
+ */
+export function linearCases(seed) {
+  const r = rng(seed ^ 0x5eed1);
+  const shapes = [
+    { lead: [7], dim: 5, vocab: 37, scale: 1.5, temperature: 0.7, entropy: true, bias: true },
+    { lead: [3], dim: 16, vocab: 1001, scale: 1, temperature: 1, entropy: false, bias: false },
+    { lead: [1], dim: 3, vocab: 5, scale: 2, temperature: 2, entropy: true, bias: false },
+    { lead: [3, 11], dim: 8, vocab: 301, scale: 1, temperature: 'rows', entropy: true, bias: true, chunkSize: 32, ignoreIndex: -1 },
+  ];
+  return shapes.map(({ lead, dim, vocab, scale, temperature, entropy, bias, chunkSize, ignoreIndex = IGNORE }) => {
+    const rows = lead.reduce((a, b) => a * b, 1);
+    const hidden = new Float32Array(rows * dim).map(() => (r() * 2 - 1) * scale);
+    const weight = new Float32Array(vocab * dim).map(() => (r() * 2 - 1) * scale);
+    const b = bias ? new Float32Array(vocab).map(() => r() * 2 - 1) : undefined;
+    const targets = new Int32Array(rows).map(() => Math.floor(r() * vocab));
+    if (rows > 2) targets[1] = ignoreIndex;
+    if (rows > 5) targets[5] = ignoreIndex;
+    const temps = temperature === 'rows' ? new Float32Array(rows).map(() => 0.5 + r()) : undefined;
+    const gradLogprobs = new Float32Array(rows).map(() => r() * 2 - 1);
+    const gradEntropy = entropy ? new Float32Array(rows).map(() => r() * 2 - 1) : undefined;
+    return {
+      lead, rows, dim, vocab, hidden, weight, bias: b, targets, entropy, chunkSize, ignoreIndex,
+      temperature: temps ?? temperature, gradLogprobs, gradEntropy,
+    };
+  });
+}

@@ -3,7 +3,7 @@
 // Imports the built package (dist/), prints one JSON line of results on
 // stdout, exits 0; on any failure prints the error and exits 1.
 import * as torch from '../../dist/torch.js';
-import { grpoBatch, grpoSamples, vocabCases } from './data.mjs';
+import { grpoBatch, grpoSamples, linearCases, vocabCases } from './data.mjs';
 import { grpoStep } from './grpo_step.mjs';
 
 const cfg = JSON.parse(process.argv[2]);
@@ -61,6 +61,41 @@ async function vocab() {
   return res;
 }
 
+/** The weight-sharded (fused linear) form: this rank's rows of the LM head, the same hidden states on every rank. */
+function linearInputs(c) {
+  const { start, end } = D.vocabShard(c.vocab, rank, worldSize);
+  const hidden = torch.tensor(c.hidden, { shape: [...c.lead, c.dim], requiresGrad: true });
+  const weightShard = torch.tensor(c.weight.slice(start * c.dim, end * c.dim), { shape: [end - start, c.dim], requiresGrad: true });
+  const bias = c.bias ? torch.tensor(c.bias.slice(start, end), { requiresGrad: true }) : undefined;
+  const targets = torch.tensor(c.targets, { shape: c.lead, dtype: 'int64' });
+  const temperature = typeof c.temperature === 'number' ? c.temperature : torch.tensor(c.temperature, { shape: c.lead });
+  const options = { vocabStart: start, vocabSize: c.vocab, temperature, entropy: c.entropy, ignoreIndex: c.ignoreIndex };
+  if (bias) options.bias = bias;
+  if (c.chunkSize) options.chunkSize = c.chunkSize;
+  return { start, end, hidden, weightShard, bias, targets, options };
+}
+
+async function linear() {
+  const res = [];
+  for (const c of linearCases(seed)) {
+    const { start, end, hidden, weightShard, bias, targets, options } = linearInputs(c);
+    const { logprobs, entropy } = await D.linearLogprobs(hidden, weightShard, targets, options);
+    const lp = logprobs.reshape([c.rows]);
+    let obj = torch.aten('dot', lp, torch.tensor(c.gradLogprobs));
+    if (c.entropy) obj = torch.aten('add.Tensor', obj, torch.aten('dot', entropy.reshape([c.rows]), torch.tensor(c.gradEntropy)));
+    obj.backward();
+    res.push({
+      start, end,
+      logprobs: Array.from(lp.toArraySync()),
+      entropy: entropy ? Array.from(entropy.reshape([c.rows]).toArraySync()) : null,
+      gradHidden: Array.from(hidden.grad.toArraySync()),
+      gradWeight: Array.from(weightShard.grad.toArraySync()),
+      gradBias: bias ? Array.from(bias.grad.toArraySync()) : null,
+    });
+  }
+  return res;
+}
+
 async function grpo() {
   const batch = grpoBatch(seed);
   const samples = grpoSamples(rank, worldSize);
@@ -94,6 +129,24 @@ async function main() {
     out.collectives = await collectives();
     out.vocab = await vocab();
     out.grpo = await grpo();
+    out.linear = await linear();
+  } else if (cfg.scenario === 'linear-silent') {
+    // The last rank runs the forward but never its backward: the others' backward all-reduce times out.
+    const c = linearCases(seed)[0];
+    const { hidden, weightShard, targets, options } = linearInputs(c);
+    const { logprobs } = await D.linearLogprobs(hidden, weightShard, targets, options);
+    if (rank === worldSize - 1) {
+      await new Promise((r) => setTimeout(r, timeoutMs + 1000));
+      return exitWith(out);
+    }
+    const t1 = Date.now();
+    try {
+      torch.aten('sum', logprobs).backward();
+      out.result = 'completed';
+    } catch (e) {
+      out.error = { name: e.name, message: e.message, ms: Date.now() - t1 };
+    }
+    return exitWith(out);
   } else if (cfg.scenario === 'peer-dies') {
     // The last rank leaves without destroy: its sockets close.
     if (rank === worldSize - 1) return exitWith(out);
