@@ -27,10 +27,6 @@
 #include "rlk/token_logprobs.h"
 
 namespace rlk::torch_bridge {
-namespace {
-
-using torch::autograd::AutogradContext;
-using torch::autograd::variable_list;
 
 DType KernelDType(at::ScalarType t) {
   switch (t) {
@@ -45,6 +41,11 @@ DType KernelDType(at::ScalarType t) {
 void Check(const Status& st, const char* fn) {
   TORCH_CHECK_VALUE(st.ok(), fn, ": ", st.message);
 }
+
+namespace {
+
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
 
 // Everything tokenLogprobs needs besides the logits (not differentiable).
 struct TlpArgs {
@@ -86,6 +87,8 @@ struct TokenLogprobsFunction : public torch::autograd::Function<TokenLogprobsFun
     ctx->saved_data["stats"] = stats;
     ctx->saved_data["inv"] = double(a.inv_temperature);
     ctx->saved_data["ignore"] = a.ignore_index;
+    ctx->saved_data["start"] = int64_t(0);
+    ctx->saved_data["size"] = vocab;
     // An unused output's gradient stays undefined rather than a tensor of
     // zeros, so an unused entropy costs nothing in the backward.
     ctx->set_materialize_grads(false);
@@ -95,36 +98,7 @@ struct TokenLogprobsFunction : public torch::autograd::Function<TokenLogprobsFun
 
   // d logits_j = [g (1[j = target] - p_j) - gE p_j (log p_j + H)] / T (token_logprobs.h).
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    at::Tensor logits = ctx->get_saved_variables()[0];
-    at::Tensor targets = ctx->saved_data["targets"].toTensor();
-    at::Tensor temperature = ctx->saved_data["temperature"].toTensor();
-    at::Tensor stats = ctx->saved_data["stats"].toTensor();
-    at::Tensor g = grads[0];
-    at::Tensor ge = grads.size() > 1 ? grads[1] : at::Tensor();
-    if (!g.defined() && !ge.defined()) return {at::Tensor(), at::Tensor()};
-    if (!g.defined()) g = at::zeros(targets.sizes(), logits.options().dtype(at::kFloat));
-    g = g.to(at::kFloat).contiguous();
-    if (ge.defined()) ge = ge.to(at::kFloat).contiguous();
-    at::Tensor grad_logits = at::empty_like(logits, at::MemoryFormat::Contiguous);
-    const int64_t vocab = logits.size(-1);
-    TokenLogprobsBwdParams p;
-    p.logits = logits.data_ptr();
-    p.logits_dtype = KernelDType(logits.scalar_type());
-    p.targets = targets.data_ptr();
-    p.targets_dtype = KernelDType(targets.scalar_type());
-    p.temperature = temperature.defined() ? temperature.data_ptr<float>() : nullptr;
-    p.inv_temperature = float(ctx->saved_data["inv"].toDouble());
-    p.grad_logprobs = g.data_ptr<float>();
-    p.grad_entropy = ge.defined() ? ge.data_ptr<float>() : nullptr;
-    p.stats = stats.data_ptr<float>();
-    p.grad_logits = grad_logits.data_ptr();
-    p.rows = targets.numel();
-    p.vocab = vocab;
-    p.vocab_start = 0;
-    p.vocab_size = vocab;
-    p.ignore_index = ctx->saved_data["ignore"].toInt();
-    Check(cpu::TokenLogprobsBwd(p), "tokenLogprobs.backward");
-    return {grad_logits, at::Tensor()};
+    return {TokenLogprobsGrad(ctx, grads, "tokenLogprobs.backward"), at::Tensor()};
   }
 };
 
@@ -254,6 +228,8 @@ struct LinearLogprobsFunction : public torch::autograd::Function<LinearLogprobsF
     ctx->saved_data["inv"] = double(a.inv_temperature);
     ctx->saved_data["ignore"] = a.ignore_index;
     ctx->saved_data["chunk"] = a.chunk;
+    ctx->saved_data["start"] = int64_t(0);
+    ctx->saved_data["size"] = weight.size(0);
     ctx->set_materialize_grads(false);
     if (a.entropy) return {lp, ent};
     return {lp};
@@ -261,47 +237,9 @@ struct LinearLogprobsFunction : public torch::autograd::Function<LinearLogprobsF
 
   // gradHidden = dlogits @ W, gradWeight = dlogits^T @ hidden, gradBias = sum of dlogits (linear_logprobs.h).
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    auto saved = ctx->get_saved_variables();
-    const at::Tensor& hidden = saved[0];
-    const at::Tensor& weight = saved[1];
-    const at::Tensor& bias = saved[2];
-    at::Tensor targets = ctx->saved_data["targets"].toTensor();
-    at::Tensor temperature = ctx->saved_data["temperature"].toTensor();
-    at::Tensor stats = ctx->saved_data["stats"].toTensor();
-    at::Tensor g = grads[0];
-    at::Tensor ge = grads.size() > 1 ? grads[1] : at::Tensor();
-    if (!g.defined() && !ge.defined()) return {at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
-    if (!g.defined()) g = at::zeros(targets.sizes(), hidden.options().dtype(at::kFloat));
-    g = g.to(at::kFloat).contiguous();
-    if (ge.defined()) ge = ge.to(at::kFloat).contiguous();
-    at::Tensor grad_hidden = at::empty_like(hidden, at::MemoryFormat::Contiguous);
-    at::Tensor grad_weight = at::empty_like(weight, at::MemoryFormat::Contiguous);
-    at::Tensor grad_bias = bias.defined() ? at::empty_like(bias, at::MemoryFormat::Contiguous) : at::Tensor();
-    LinearLogprobsBwdParams p;
-    p.hidden = hidden.data_ptr();
-    p.weight = weight.data_ptr();
-    p.bias = bias.defined() ? bias.data_ptr() : nullptr;
-    p.dtype = KernelDType(hidden.scalar_type());
-    p.bias_dtype = bias.defined() ? KernelDType(bias.scalar_type()) : p.dtype;
-    p.targets = targets.data_ptr();
-    p.targets_dtype = KernelDType(targets.scalar_type());
-    p.temperature = temperature.defined() ? temperature.data_ptr<float>() : nullptr;
-    p.inv_temperature = float(ctx->saved_data["inv"].toDouble());
-    p.grad_logprobs = g.data_ptr<float>();
-    p.grad_entropy = ge.defined() ? ge.data_ptr<float>() : nullptr;
-    p.stats = stats.data_ptr<float>();
-    p.rows = targets.numel();
-    p.dim = hidden.size(-1);
-    p.vocab = weight.size(0);
-    p.vocab_start = 0;
-    p.vocab_size = weight.size(0);
-    p.ignore_index = ctx->saved_data["ignore"].toInt();
-    p.chunk = ctx->saved_data["chunk"].toInt();
-    p.grad_hidden = grad_hidden.data_ptr();
-    p.grad_weight = grad_weight.data_ptr();
-    p.grad_bias = grad_bias.defined() ? grad_bias.data_ptr() : nullptr;
-    Check(cpu::LinearLogprobsBwd(p), "linearLogprobs.backward");
-    return {grad_hidden, grad_weight, grad_bias, at::Tensor()};
+    auto g = LinearLogprobsGrads(ctx, grads, "linearLogprobs.backward");
+    if (g.empty()) return {at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+    return {g[0], g[1], g[2], at::Tensor()};
   }
 };
 
@@ -481,6 +419,86 @@ void InitAutograd(Napi::Env env, Napi::Object exports) {
   exports.Set("tokenLogprobs", Napi::Function::New(env, TokenLogprobs, "tokenLogprobs"));
   exports.Set("linearLogprobs", Napi::Function::New(env, LinearLogprobs, "linearLogprobs"));
   exports.Set("attachGrad", Napi::Function::New(env, AttachGrad, "attachGrad"));
+}
+
+// ---- the backward kernels from a saved context (shared with distributed.cc) ----
+
+// d logits_j = [g (1[j = target] - p_j) - gE p_j (log p_j + H)] / T (token_logprobs.h).
+at::Tensor TokenLogprobsGrad(AutogradContext* ctx, const std::vector<at::Tensor>& grads, const char* fn) {
+  at::Tensor logits = ctx->get_saved_variables()[0];
+  at::Tensor targets = ctx->saved_data["targets"].toTensor();
+  at::Tensor temperature = ctx->saved_data["temperature"].toTensor();
+  at::Tensor stats = ctx->saved_data["stats"].toTensor();
+  at::Tensor g = grads[0];
+  at::Tensor ge = grads.size() > 1 ? grads[1] : at::Tensor();
+  if (!g.defined() && !ge.defined()) return at::Tensor();
+  if (!g.defined()) g = at::zeros(targets.sizes(), logits.options().dtype(at::kFloat));
+  g = g.to(at::kFloat).contiguous();
+  if (ge.defined()) ge = ge.to(at::kFloat).contiguous();
+  at::Tensor grad_logits = at::empty_like(logits, at::MemoryFormat::Contiguous);
+  TokenLogprobsBwdParams p;
+  p.logits = logits.data_ptr();
+  p.logits_dtype = KernelDType(logits.scalar_type());
+  p.targets = targets.data_ptr();
+  p.targets_dtype = KernelDType(targets.scalar_type());
+  p.temperature = temperature.defined() ? temperature.data_ptr<float>() : nullptr;
+  p.inv_temperature = float(ctx->saved_data["inv"].toDouble());
+  p.grad_logprobs = g.data_ptr<float>();
+  p.grad_entropy = ge.defined() ? ge.data_ptr<float>() : nullptr;
+  p.stats = stats.data_ptr<float>();
+  p.grad_logits = grad_logits.data_ptr();
+  p.rows = targets.numel();
+  p.vocab = logits.size(-1);
+  p.vocab_start = ctx->saved_data["start"].toInt();
+  p.vocab_size = ctx->saved_data["size"].toInt();
+  p.ignore_index = ctx->saved_data["ignore"].toInt();
+  Check(cpu::TokenLogprobsBwd(p), fn);
+  return grad_logits;
+}
+
+// gradHidden = dlogits @ W, gradWeight = dlogits^T @ hidden, gradBias = sum of dlogits (linear_logprobs.h).
+std::vector<at::Tensor> LinearLogprobsGrads(AutogradContext* ctx, const std::vector<at::Tensor>& grads, const char* fn) {
+  auto saved = ctx->get_saved_variables();
+  const at::Tensor& hidden = saved[0];
+  const at::Tensor& weight = saved[1];
+  const at::Tensor& bias = saved[2];
+  at::Tensor targets = ctx->saved_data["targets"].toTensor();
+  at::Tensor temperature = ctx->saved_data["temperature"].toTensor();
+  at::Tensor stats = ctx->saved_data["stats"].toTensor();
+  at::Tensor g = grads[0];
+  at::Tensor ge = grads.size() > 1 ? grads[1] : at::Tensor();
+  if (!g.defined() && !ge.defined()) return {};
+  if (!g.defined()) g = at::zeros(targets.sizes(), hidden.options().dtype(at::kFloat));
+  g = g.to(at::kFloat).contiguous();
+  if (ge.defined()) ge = ge.to(at::kFloat).contiguous();
+  at::Tensor grad_hidden = at::empty_like(hidden, at::MemoryFormat::Contiguous);
+  at::Tensor grad_weight = at::empty_like(weight, at::MemoryFormat::Contiguous);
+  at::Tensor grad_bias = bias.defined() ? at::empty_like(bias, at::MemoryFormat::Contiguous) : at::Tensor();
+  LinearLogprobsBwdParams p;
+  p.hidden = hidden.data_ptr();
+  p.weight = weight.data_ptr();
+  p.bias = bias.defined() ? bias.data_ptr() : nullptr;
+  p.dtype = KernelDType(hidden.scalar_type());
+  p.bias_dtype = bias.defined() ? KernelDType(bias.scalar_type()) : p.dtype;
+  p.targets = targets.data_ptr();
+  p.targets_dtype = KernelDType(targets.scalar_type());
+  p.temperature = temperature.defined() ? temperature.data_ptr<float>() : nullptr;
+  p.inv_temperature = float(ctx->saved_data["inv"].toDouble());
+  p.grad_logprobs = g.data_ptr<float>();
+  p.grad_entropy = ge.defined() ? ge.data_ptr<float>() : nullptr;
+  p.stats = stats.data_ptr<float>();
+  p.rows = targets.numel();
+  p.dim = hidden.size(-1);
+  p.vocab = weight.size(0);
+  p.vocab_start = ctx->saved_data["start"].toInt();
+  p.vocab_size = ctx->saved_data["size"].toInt();
+  p.ignore_index = ctx->saved_data["ignore"].toInt();
+  p.chunk = ctx->saved_data["chunk"].toInt();
+  p.grad_hidden = grad_hidden.data_ptr();
+  p.grad_weight = grad_weight.data_ptr();
+  p.grad_bias = grad_bias.defined() ? grad_bias.data_ptr() : nullptr;
+  Check(cpu::LinearLogprobsBwd(p), fn);
+  return {grad_hidden, grad_weight, grad_bias};
 }
 
 }  // namespace rlk::torch_bridge

@@ -12,6 +12,13 @@
 
 #include <optional>
 #include <string>
+#include <vector>
+
+#include "rlk/common.h"
+
+namespace torch::autograd {
+struct AutogradContext;
+}
 
 namespace rlk::torch_bridge {
 
@@ -92,6 +99,20 @@ at::Tensor OptionalTensorArg(const Napi::CallbackInfo& info, size_t i, const cha
 // methods), and an IValue result as a JS value.
 c10::IValue ArgToIValue(Napi::Env env, const std::string& fn, const c10::Argument& arg, Napi::Value v);
 Napi::Value IValueToJs(Napi::Env env, const std::string& fn, const c10::IValue& v);
+
+// The kernels' dtype of a tensor's, and a kernel Status as a c10 error (autograd.cc).
+DType KernelDType(at::ScalarType t);
+void Check(const Status& st, const char* fn);
+
+// The backward of the token and linear log-prob autograd functions (whole or
+// vocabulary-sharded), from the context their forwards save: the tensors
+// (logits | hidden, weight, bias) and "targets", "temperature", "stats",
+// "inv", "ignore", "start", "size" (and "chunk"). TokenLogprobsGrad gives the
+// logits' gradient; LinearLogprobsGrads {gradHidden, gradWeight, gradBias};
+// both nothing (undefined, empty) when no gradient reaches the outputs.
+at::Tensor TokenLogprobsGrad(torch::autograd::AutogradContext* ctx, const std::vector<at::Tensor>& grads, const char* fn);
+std::vector<at::Tensor> LinearLogprobsGrads(torch::autograd::AutogradContext* ctx, const std::vector<at::Tensor>& grads,
+                                            const char* fn);
 
 void InitAutograd(Napi::Env env, Napi::Object exports);  // autograd.cc
 void InitJit(Napi::Env env, Napi::Object exports);       // jit.cc

@@ -427,18 +427,6 @@ Napi::Value State(const Napi::CallbackInfo& info) {
 
 // ---- vocabulary-parallel token log-probs -------------------------------------------
 
-DType KernelDType(at::ScalarType t) {
-  switch (t) {
-    case at::kFloat: return DType::kFloat32;
-    case at::kBFloat16: return DType::kBFloat16;
-    case at::kHalf: return DType::kFloat16;
-    case at::kInt: return DType::kInt32;
-    default: return DType::kInt64;
-  }
-}
-
-void Check(const Status& st, const char* fn) { TORCH_CHECK_VALUE(st.ok(), fn, ": ", st.message); }
-
 struct ShardArgs {
   at::Tensor targets;      // [rows]
   at::Tensor temperature;  // float32 [rows] or undefined
@@ -581,35 +569,7 @@ struct ShardLogprobsFunction : public torch::autograd::Function<ShardLogprobsFun
     return {s.logprobs};
   }
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx, torch::autograd::variable_list grads) {
-    at::Tensor shard = ctx->get_saved_variables()[0];
-    at::Tensor targets = ctx->saved_data["targets"].toTensor();
-    at::Tensor temperature = ctx->saved_data["temperature"].toTensor();
-    at::Tensor stats = ctx->saved_data["stats"].toTensor();
-    at::Tensor g = grads[0];
-    at::Tensor ge = grads.size() > 1 ? grads[1] : at::Tensor();
-    if (!g.defined() && !ge.defined()) return {at::Tensor(), at::Tensor()};
-    if (!g.defined()) g = at::zeros(targets.sizes(), shard.options().dtype(at::kFloat));
-    g = g.to(at::kFloat).contiguous();
-    if (ge.defined()) ge = ge.to(at::kFloat).contiguous();
-    at::Tensor grad = at::empty_like(shard, at::MemoryFormat::Contiguous);
-    TokenLogprobsBwdParams p;
-    p.logits = shard.data_ptr();
-    p.logits_dtype = KernelDType(shard.scalar_type());
-    p.targets = targets.data_ptr();
-    p.targets_dtype = KernelDType(targets.scalar_type());
-    p.temperature = temperature.defined() ? temperature.data_ptr<float>() : nullptr;
-    p.inv_temperature = float(ctx->saved_data["inv"].toDouble());
-    p.grad_logprobs = g.data_ptr<float>();
-    p.grad_entropy = ge.defined() ? ge.data_ptr<float>() : nullptr;
-    p.stats = stats.data_ptr<float>();
-    p.grad_logits = grad.data_ptr();
-    p.rows = targets.numel();
-    p.vocab = shard.size(-1);
-    p.vocab_start = ctx->saved_data["start"].toInt();
-    p.vocab_size = ctx->saved_data["size"].toInt();
-    p.ignore_index = ctx->saved_data["ignore"].toInt();
-    Check(cpu::TokenLogprobsBwd(p), "distributed.tokenLogprobs.backward");
-    return {grad, at::Tensor()};
+    return {TokenLogprobsGrad(ctx, grads, "distributed.tokenLogprobs.backward"), at::Tensor()};
   }
 };
 
@@ -777,61 +737,24 @@ struct ShardLinearLogprobsFunction : public torch::autograd::Function<ShardLinea
 
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx, torch::autograd::variable_list grads) {
     const char* fn = "distributed.linearLogprobs.backward";
-    auto saved = ctx->get_saved_variables();
-    const at::Tensor& hidden = saved[0];
-    const at::Tensor& weight = saved[1];
-    const at::Tensor& bias = saved[2];
-    at::Tensor targets = ctx->saved_data["targets"].toTensor();
-    at::Tensor temperature = ctx->saved_data["temperature"].toTensor();
-    at::Tensor stats = ctx->saved_data["stats"].toTensor();
-    at::Tensor g = grads[0];
-    at::Tensor ge = grads.size() > 1 ? grads[1] : at::Tensor();
-    if (!g.defined() && !ge.defined()) return {at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+    const bool any = grads[0].defined() || (grads.size() > 1 && grads[1].defined());
+    if (!any) return {at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
     // Checked before any work: the all-reduce below needs the forward's group.
     const bool reduce = ctx->needs_input_grad(0);
     TORCH_CHECK(!reduce || (g_group && ctx->saved_data["generation"].toInt() == g_generation), fn,
                 ": the process group of the forward was destroyed before backward(); the gradient of hidden is a sum over its "
                 "ranks");
-    if (!g.defined()) g = at::zeros(targets.sizes(), hidden.options().dtype(at::kFloat));
-    g = g.to(at::kFloat).contiguous();
-    if (ge.defined()) ge = ge.to(at::kFloat).contiguous();
-    at::Tensor grad_hidden = at::empty_like(hidden, at::MemoryFormat::Contiguous);
-    at::Tensor grad_weight = at::empty_like(weight, at::MemoryFormat::Contiguous);
-    at::Tensor grad_bias = bias.defined() ? at::empty_like(bias, at::MemoryFormat::Contiguous) : at::Tensor();
-    LinearLogprobsBwdParams p;
-    p.hidden = hidden.data_ptr();
-    p.weight = weight.data_ptr();
-    p.bias = bias.defined() ? bias.data_ptr() : nullptr;
-    p.dtype = KernelDType(hidden.scalar_type());
-    p.bias_dtype = bias.defined() ? KernelDType(bias.scalar_type()) : p.dtype;
-    p.targets = targets.data_ptr();
-    p.targets_dtype = KernelDType(targets.scalar_type());
-    p.temperature = temperature.defined() ? temperature.data_ptr<float>() : nullptr;
-    p.inv_temperature = float(ctx->saved_data["inv"].toDouble());
-    p.grad_logprobs = g.data_ptr<float>();
-    p.grad_entropy = ge.defined() ? ge.data_ptr<float>() : nullptr;
-    p.stats = stats.data_ptr<float>();
-    p.rows = targets.numel();
-    p.dim = hidden.size(-1);
-    p.vocab = weight.size(0);
-    p.vocab_start = ctx->saved_data["start"].toInt();
-    p.vocab_size = ctx->saved_data["size"].toInt();
-    p.ignore_index = ctx->saved_data["ignore"].toInt();
-    p.chunk = ctx->saved_data["chunk"].toInt();
-    p.grad_hidden = grad_hidden.data_ptr();
-    p.grad_weight = grad_weight.data_ptr();
-    p.grad_bias = grad_bias.defined() ? grad_bias.data_ptr() : nullptr;
-    Check(cpu::LinearLogprobsBwd(p), fn);
+    std::vector<at::Tensor> g = LinearLogprobsGrads(ctx, grads, fn);
     if (reduce) {
       std::shared_ptr<Group> grp = g_group;
-      std::vector<at::Tensor> v{grad_hidden};
+      std::vector<at::Tensor> v{g[0]};
       c10d::AllreduceOptions o;
       o.reduceOp = c10d::ReduceOp::SUM;
       auto work = grp->backend->allreduce(v, o);
       // Gloo's own timeout ends a stuck all-reduce; this bound is a second guard.
       TORCH_CHECK(work->wait(grp->timeout + Ms(5000)), fn, ": the all-reduce of the gradient of hidden timed out");
     }
-    return {reduce ? grad_hidden : at::Tensor(), grad_weight, grad_bias, at::Tensor()};
+    return {reduce ? g[0] : at::Tensor(), g[1], g[2], at::Tensor()};
   }
 };
 
