@@ -232,6 +232,25 @@ export interface VocabParallelOptions {
   ignoreIndex?: number;
 }
 
+// The options both vocabulary-parallel forms share, checked.
+function shardOptions(fn: string, o: Record<string, unknown>): {
+  vocabSize: number; vocabStart: number; temperature: number; tt: TorchTensor | null; entropy: boolean; ignoreIndex: number;
+} {
+  const vocabSize = checkNumber(fn, 'vocabSize', o.vocabSize, { integer: true, min: 1 });
+  const vocabStart = checkNumber(fn, 'vocabStart', o.vocabStart, { integer: true, min: 0, max: vocabSize - 1 });
+  let temperature = DEFAULT_TEMPERATURE;
+  let tt: TorchTensor | null = null;
+  if (o.temperature instanceof TorchTensor) tt = checkTorchTensor(fn, 'temperature', o.temperature);
+  else if (o.temperature !== undefined) {
+    temperature = checkNumber(fn, 'temperature', o.temperature, { greaterThan: 0 });
+    if (!(Math.fround(1 / temperature) > 0) || !Number.isFinite(Math.fround(1 / temperature))) throw rangeError(fn, `temperature must be a positive number with a finite float32 inverse, got ${temperature}`);
+  }
+  const entropy = o.entropy === undefined ? false : checkBoolean(fn, 'entropy', o.entropy);
+  const ignoreIndex = o.ignoreIndex === undefined ? DEFAULT_IGNORE_INDEX
+    : checkNumber(fn, 'ignoreIndex', o.ignoreIndex, { integer: true, min: -Number.MAX_SAFE_INTEGER, max: Number.MAX_SAFE_INTEGER });
+  return { vocabSize, vocabStart, temperature, tt, entropy, ignoreIndex };
+}
+
 /**
  * Vocabulary-parallel token log-probs and entropy (DESIGN 3.1, 8) over the process group: every rank holds the
  * columns `[vocabStart, vocabStart + V_shard)` of the logits and the same targets, and gets the same
@@ -252,18 +271,7 @@ export async function tokenLogprobs(
   const t = checkTorchTensor(fn, 'targets', targets);
   if (options === undefined) throw typeError(fn, 'options must be an object with vocabStart and vocabSize, got undefined');
   const o = checkOptions(fn, options, ['vocabStart', 'vocabSize', 'temperature', 'entropy', 'ignoreIndex']);
-  const vocabSize = checkNumber(fn, 'vocabSize', o.vocabSize, { integer: true, min: 1 });
-  const vocabStart = checkNumber(fn, 'vocabStart', o.vocabStart, { integer: true, min: 0, max: vocabSize - 1 });
-  let temperature = DEFAULT_TEMPERATURE;
-  let tt: TorchTensor | null = null;
-  if (o.temperature instanceof TorchTensor) tt = checkTorchTensor(fn, 'temperature', o.temperature);
-  else if (o.temperature !== undefined) {
-    temperature = checkNumber(fn, 'temperature', o.temperature, { greaterThan: 0 });
-    if (!(Math.fround(1 / temperature) > 0) || !Number.isFinite(Math.fround(1 / temperature))) throw rangeError(fn, `temperature must be a positive number with a finite float32 inverse, got ${temperature}`);
-  }
-  const entropy = o.entropy === undefined ? false : checkBoolean(fn, 'entropy', o.entropy);
-  const ignoreIndex = o.ignoreIndex === undefined ? DEFAULT_IGNORE_INDEX
-    : checkNumber(fn, 'ignoreIndex', o.ignoreIndex, { integer: true, min: -Number.MAX_SAFE_INTEGER, max: Number.MAX_SAFE_INTEGER });
+  const { vocabSize, vocabStart, temperature, tt, entropy, ignoreIndex } = shardOptions(fn, o);
   const args = [l.handle(fn, 'logitsShard'), t.handle(fn, 'targets'), temperature, tt ? tt.handle(fn, 'temperature') : null,
     ignoreIndex, entropy, vocabStart, vocabSize];
   const partials = new TorchTensor(nd().shardPartials(...args));
@@ -327,18 +335,7 @@ export async function linearLogprobs(
   const t = checkTorchTensor(fn, 'targets', targets);
   if (options === undefined) throw typeError(fn, 'options must be an object with vocabStart and vocabSize, got undefined');
   const o = checkOptions(fn, options, ['vocabStart', 'vocabSize', 'temperature', 'entropy', 'bias', 'ignoreIndex', 'chunkSize']);
-  const vocabSize = checkNumber(fn, 'vocabSize', o.vocabSize, { integer: true, min: 1 });
-  const vocabStart = checkNumber(fn, 'vocabStart', o.vocabStart, { integer: true, min: 0, max: vocabSize - 1 });
-  let temperature = DEFAULT_TEMPERATURE;
-  let tt: TorchTensor | null = null;
-  if (o.temperature instanceof TorchTensor) tt = checkTorchTensor(fn, 'temperature', o.temperature);
-  else if (o.temperature !== undefined) {
-    temperature = checkNumber(fn, 'temperature', o.temperature, { greaterThan: 0 });
-    if (!(Math.fround(1 / temperature) > 0) || !Number.isFinite(Math.fround(1 / temperature))) throw rangeError(fn, `temperature must be a positive number with a finite float32 inverse, got ${temperature}`);
-  }
-  const entropy = o.entropy === undefined ? false : checkBoolean(fn, 'entropy', o.entropy);
-  const ignoreIndex = o.ignoreIndex === undefined ? DEFAULT_IGNORE_INDEX
-    : checkNumber(fn, 'ignoreIndex', o.ignoreIndex, { integer: true, min: -Number.MAX_SAFE_INTEGER, max: Number.MAX_SAFE_INTEGER });
+  const { vocabSize, vocabStart, temperature, tt, entropy, ignoreIndex } = shardOptions(fn, o);
   const chunk = o.chunkSize === undefined ? DEFAULT_CHUNK_SIZE : checkNumber(fn, 'chunkSize', o.chunkSize, { integer: true, min: 0, max: MAX_CHUNK_SIZE });
   const b = o.bias === undefined ? null : checkTorchTensor(fn, 'bias', o.bias);
   // The kernels are the CPU ones (the partials travel over the group's backend): NCCL would need CUDA kernels.

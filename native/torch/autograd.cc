@@ -423,18 +423,25 @@ void InitAutograd(Napi::Env env, Napi::Object exports) {
 
 // ---- the backward kernels from a saved context (shared with distributed.cc) ----
 
+// The upstream gradients of (log-probs, entropy) as contiguous float32, a
+// missing log-prob gradient as zeros; false when neither reaches the outputs.
+static bool Upstream(const std::vector<at::Tensor>& grads, const at::Tensor& targets, at::Tensor* g, at::Tensor* ge) {
+  *g = grads[0];
+  *ge = grads.size() > 1 ? grads[1] : at::Tensor();
+  if (!g->defined() && !ge->defined()) return false;
+  *g = g->defined() ? g->to(at::kFloat).contiguous() : at::zeros(targets.sizes(), targets.options().dtype(at::kFloat));
+  if (ge->defined()) *ge = ge->to(at::kFloat).contiguous();
+  return true;
+}
+
 // d logits_j = [g (1[j = target] - p_j) - gE p_j (log p_j + H)] / T (token_logprobs.h).
 at::Tensor TokenLogprobsGrad(AutogradContext* ctx, const std::vector<at::Tensor>& grads, const char* fn) {
   at::Tensor logits = ctx->get_saved_variables()[0];
   at::Tensor targets = ctx->saved_data["targets"].toTensor();
   at::Tensor temperature = ctx->saved_data["temperature"].toTensor();
   at::Tensor stats = ctx->saved_data["stats"].toTensor();
-  at::Tensor g = grads[0];
-  at::Tensor ge = grads.size() > 1 ? grads[1] : at::Tensor();
-  if (!g.defined() && !ge.defined()) return at::Tensor();
-  if (!g.defined()) g = at::zeros(targets.sizes(), logits.options().dtype(at::kFloat));
-  g = g.to(at::kFloat).contiguous();
-  if (ge.defined()) ge = ge.to(at::kFloat).contiguous();
+  at::Tensor g, ge;
+  if (!Upstream(grads, targets, &g, &ge)) return at::Tensor();
   at::Tensor grad_logits = at::empty_like(logits, at::MemoryFormat::Contiguous);
   TokenLogprobsBwdParams p;
   p.logits = logits.data_ptr();
@@ -465,12 +472,8 @@ std::vector<at::Tensor> LinearLogprobsGrads(AutogradContext* ctx, const std::vec
   at::Tensor targets = ctx->saved_data["targets"].toTensor();
   at::Tensor temperature = ctx->saved_data["temperature"].toTensor();
   at::Tensor stats = ctx->saved_data["stats"].toTensor();
-  at::Tensor g = grads[0];
-  at::Tensor ge = grads.size() > 1 ? grads[1] : at::Tensor();
-  if (!g.defined() && !ge.defined()) return {};
-  if (!g.defined()) g = at::zeros(targets.sizes(), hidden.options().dtype(at::kFloat));
-  g = g.to(at::kFloat).contiguous();
-  if (ge.defined()) ge = ge.to(at::kFloat).contiguous();
+  at::Tensor g, ge;
+  if (!Upstream(grads, targets, &g, &ge)) return {};
   at::Tensor grad_hidden = at::empty_like(hidden, at::MemoryFormat::Contiguous);
   at::Tensor grad_weight = at::empty_like(weight, at::MemoryFormat::Contiguous);
   at::Tensor grad_bias = bias.defined() ? at::empty_like(bias, at::MemoryFormat::Contiguous) : at::Tensor();

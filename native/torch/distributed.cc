@@ -551,6 +551,42 @@ struct ShardSaved {
   at::Tensor logprobs, entropy, stats;
 };
 
+// Argument i: every rank's partials, all-gathered ([shards, rows, cols] float32).
+at::Tensor GatheredArg(const Napi::CallbackInfo& info, size_t i, const char* fn, const ShardArgs& a) {
+  at::Tensor gathered = TensorArg(info, i, fn, "partials");
+  const int64_t rows = a.targets.numel();
+  const int64_t cols = a.entropy ? kTlpPartialColsEntropy : kTlpPartialCols;
+  if (gathered.scalar_type() != at::kFloat || !gathered.device().is_cpu() || !gathered.is_contiguous() || gathered.dim() != 3 ||
+      gathered.size(1) != rows || gathered.size(2) != cols || gathered.size(0) < 1 || gathered.size(0) > kTlpMaxShards)
+    ThrowRange(info.Env(), std::string(fn) + ": partials must be a contiguous float32 CPU tensor [shards, " + std::to_string(rows) +
+                               ", " + std::to_string(cols) + "], got " + Describe(info[i]));
+  return gathered;
+}
+
+// DESIGN 3.1's combine of the gathered partials into s's log-probs, entropy and stats.
+void CombinePartials(const at::Tensor& gathered, ShardSaved& s, const char* fn) {
+  const int64_t rows = s.a.targets.numel();
+  const int64_t cols = gathered.size(2);
+  auto f32 = gathered.options().requires_grad(false);
+  s.logprobs = at::empty(s.a.targets.sizes(), f32);
+  if (s.a.entropy) s.entropy = at::empty(s.a.targets.sizes(), f32);
+  s.stats = at::empty({rows, kTlpStatsCols}, f32);
+  TokenLogprobsCombineParams p;
+  p.shards = int32_t(gathered.size(0));
+  for (int32_t k = 0; k < p.shards; ++k) p.partials[k] = gathered.data_ptr<float>() + k * rows * cols;
+  p.cols = int32_t(cols);
+  p.targets = s.a.targets.data_ptr();
+  p.targets_dtype = KernelDType(s.a.targets.scalar_type());
+  p.temperature = s.a.temperature.defined() ? s.a.temperature.data_ptr<float>() : nullptr;
+  p.inv_temperature = s.a.inv_temperature;
+  p.rows = rows;
+  p.ignore_index = s.a.ignore_index;
+  p.logprobs = s.logprobs.data_ptr<float>();
+  p.entropy_out = s.a.entropy ? s.entropy.data_ptr<float>() : nullptr;
+  p.stats = s.stats.data_ptr<float>();
+  Check(cpu::TokenLogprobsCombine(p), fn);
+}
+
 // Values combined from every rank's partials; the backward is local: the
 // combined stats (global max, sum of exp, entropy) give p_j on this shard,
 // and d logits_j = [g (1[j = target] - p_j) - gE p_j (log p_j + H)] / T.
@@ -581,33 +617,10 @@ Napi::Value ShardCombine(const Napi::CallbackInfo& info) {
   at::Tensor shard;
   ShardSaved s;
   s.a = ReadShardArgs(info, fn, &shard);
-  at::Tensor gathered = TensorArg(info, 8, fn, "partials");
-  const int64_t rows = s.a.targets.numel();
-  const int64_t cols = s.a.entropy ? kTlpPartialColsEntropy : kTlpPartialCols;
-  if (gathered.scalar_type() != at::kFloat || !gathered.device().is_cpu() || !gathered.is_contiguous() || gathered.dim() != 3 ||
-      gathered.size(1) != rows || gathered.size(2) != cols || gathered.size(0) < 1 || gathered.size(0) > kTlpMaxShards)
-    ThrowRange(env, std::string(fn) + ": partials must be a contiguous float32 CPU tensor [shards, " + std::to_string(rows) + ", " +
-                        std::to_string(cols) + "], got " + Describe(info[8]));
+  at::Tensor gathered = GatheredArg(info, 8, fn, s.a);
   torch::autograd::variable_list out;
   RLK_TORCH_TRY
-  auto f32 = shard.options().dtype(at::kFloat).requires_grad(false);
-  s.logprobs = at::empty(s.a.targets.sizes(), f32);
-  if (s.a.entropy) s.entropy = at::empty(s.a.targets.sizes(), f32);
-  s.stats = at::empty({rows, kTlpStatsCols}, f32);
-  TokenLogprobsCombineParams p;
-  p.shards = int32_t(gathered.size(0));
-  for (int32_t k = 0; k < p.shards; ++k) p.partials[k] = gathered.data_ptr<float>() + k * rows * cols;
-  p.cols = int32_t(cols);
-  p.targets = s.a.targets.data_ptr();
-  p.targets_dtype = KernelDType(s.a.targets.scalar_type());
-  p.temperature = s.a.temperature.defined() ? s.a.temperature.data_ptr<float>() : nullptr;
-  p.inv_temperature = s.a.inv_temperature;
-  p.rows = rows;
-  p.ignore_index = s.a.ignore_index;
-  p.logprobs = s.logprobs.data_ptr<float>();
-  p.entropy_out = s.a.entropy ? s.entropy.data_ptr<float>() : nullptr;
-  p.stats = s.stats.data_ptr<float>();
-  Check(cpu::TokenLogprobsCombine(p), fn);
+  CombinePartials(gathered, s, fn);
   out = ShardLogprobsFunction::apply(shard, s);
   RLK_TORCH_CATCH(env, fn)
   Napi::Array res = Napi::Array::New(env, 2);
@@ -703,10 +716,8 @@ Napi::Value LinearShardPartials(const Napi::CallbackInfo& info) {
   RLK_TORCH_CATCH(env, fn)
 }
 
-struct LinSaved {
-  ShardArgs a;
+struct LinSaved : ShardSaved {
   int64_t chunk = 0;
-  at::Tensor logprobs, entropy, stats;
 };
 
 // The combined values as a function of hidden, weightShard (and bias). The
@@ -767,33 +778,10 @@ Napi::Value LinearShardCombine(const Napi::CallbackInfo& info) {
   LinSaved s;
   s.a = in.a;
   s.chunk = in.chunk;
-  at::Tensor gathered = TensorArg(info, 11, fn, "partials");
-  const int64_t rows = s.a.targets.numel();
-  const int64_t cols = s.a.entropy ? kTlpPartialColsEntropy : kTlpPartialCols;
-  if (gathered.scalar_type() != at::kFloat || !gathered.device().is_cpu() || !gathered.is_contiguous() || gathered.dim() != 3 ||
-      gathered.size(1) != rows || gathered.size(2) != cols || gathered.size(0) < 1 || gathered.size(0) > kTlpMaxShards)
-    ThrowRange(env, std::string(fn) + ": partials must be a contiguous float32 CPU tensor [shards, " + std::to_string(rows) + ", " +
-                        std::to_string(cols) + "], got " + Describe(info[11]));
+  at::Tensor gathered = GatheredArg(info, 11, fn, s.a);
   torch::autograd::variable_list out;
   RLK_TORCH_TRY
-  auto f32 = in.hidden.options().dtype(at::kFloat).requires_grad(false);
-  s.logprobs = at::empty(s.a.targets.sizes(), f32);
-  if (s.a.entropy) s.entropy = at::empty(s.a.targets.sizes(), f32);
-  s.stats = at::empty({rows, kTlpStatsCols}, f32);
-  TokenLogprobsCombineParams p;
-  p.shards = int32_t(gathered.size(0));
-  for (int32_t k = 0; k < p.shards; ++k) p.partials[k] = gathered.data_ptr<float>() + k * rows * cols;
-  p.cols = int32_t(cols);
-  p.targets = s.a.targets.data_ptr();
-  p.targets_dtype = KernelDType(s.a.targets.scalar_type());
-  p.temperature = s.a.temperature.defined() ? s.a.temperature.data_ptr<float>() : nullptr;
-  p.inv_temperature = s.a.inv_temperature;
-  p.rows = rows;
-  p.ignore_index = s.a.ignore_index;
-  p.logprobs = s.logprobs.data_ptr<float>();
-  p.entropy_out = s.a.entropy ? s.entropy.data_ptr<float>() : nullptr;
-  p.stats = s.stats.data_ptr<float>();
-  Check(cpu::TokenLogprobsCombine(p), fn);
+  CombinePartials(gathered, s, fn);
   out = ShardLinearLogprobsFunction::apply(in.hidden, in.weight, in.bias.defined() ? std::optional<at::Tensor>(in.bias) : std::nullopt, s);
   RLK_TORCH_CATCH(env, fn)
   Napi::Array res = Napi::Array::New(env, 2);
