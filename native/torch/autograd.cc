@@ -82,13 +82,7 @@ struct TokenLogprobsFunction : public torch::autograd::Function<TokenLogprobsFun
     p.stats = stats.data_ptr<float>();
     Check(cpu::TokenLogprobsFwd(p), "tokenLogprobs");
     ctx->save_for_backward({logits});
-    ctx->saved_data["targets"] = a.targets;
-    ctx->saved_data["temperature"] = a.temperature;
-    ctx->saved_data["stats"] = stats;
-    ctx->saved_data["inv"] = double(a.inv_temperature);
-    ctx->saved_data["ignore"] = a.ignore_index;
-    ctx->saved_data["start"] = int64_t(0);
-    ctx->saved_data["size"] = vocab;
+    SaveRowContext(ctx, a.targets, a.temperature, stats, a.inv_temperature, a.ignore_index, 0, vocab);
     // An unused output's gradient stays undefined rather than a tensor of
     // zeros, so an unused entropy costs nothing in the backward.
     ctx->set_materialize_grads(false);
@@ -222,14 +216,8 @@ struct LinearLogprobsFunction : public torch::autograd::Function<LinearLogprobsF
     p.stats = stats.data_ptr<float>();
     Check(cpu::LinearLogprobsFwd(p), "linearLogprobs");
     ctx->save_for_backward({hidden, weight, bias ? *bias : at::Tensor()});
-    ctx->saved_data["targets"] = a.targets;
-    ctx->saved_data["temperature"] = a.temperature;
-    ctx->saved_data["stats"] = stats;
-    ctx->saved_data["inv"] = double(a.inv_temperature);
-    ctx->saved_data["ignore"] = a.ignore_index;
+    SaveRowContext(ctx, a.targets, a.temperature, stats, a.inv_temperature, a.ignore_index, 0, weight.size(0));
     ctx->saved_data["chunk"] = a.chunk;
-    ctx->saved_data["start"] = int64_t(0);
-    ctx->saved_data["size"] = weight.size(0);
     ctx->set_materialize_grads(false);
     if (a.entropy) return {lp, ent};
     return {lp};
@@ -434,31 +422,49 @@ static bool Upstream(const std::vector<at::Tensor>& grads, const at::Tensor& tar
   return true;
 }
 
+void SaveRowContext(AutogradContext* ctx, const at::Tensor& targets, const at::Tensor& temperature, const at::Tensor& stats,
+                    float inv_temperature, int64_t ignore_index, int64_t vocab_start, int64_t vocab_size) {
+  ctx->saved_data["targets"] = targets;
+  ctx->saved_data["temperature"] = temperature;
+  ctx->saved_data["stats"] = stats;
+  ctx->saved_data["inv"] = double(inv_temperature);
+  ctx->saved_data["ignore"] = ignore_index;
+  ctx->saved_data["start"] = vocab_start;
+  ctx->saved_data["size"] = vocab_size;
+}
+
+// The row fields the token and linear backward params share, from the context SaveRowContext wrote.
+template <class P>
+static void FillRowBwd(AutogradContext* ctx, const at::Tensor& targets, const at::Tensor& g, const at::Tensor& ge, P* p) {
+  const at::Tensor temperature = ctx->saved_data["temperature"].toTensor();
+  const at::Tensor stats = ctx->saved_data["stats"].toTensor();
+  p->targets = targets.data_ptr();
+  p->targets_dtype = KernelDType(targets.scalar_type());
+  // The context keeps temperature and stats alive: their pointers outlive these locals.
+  p->temperature = temperature.defined() ? temperature.data_ptr<float>() : nullptr;
+  p->inv_temperature = float(ctx->saved_data["inv"].toDouble());
+  p->grad_logprobs = g.data_ptr<float>();
+  p->grad_entropy = ge.defined() ? ge.data_ptr<float>() : nullptr;
+  p->stats = stats.data_ptr<float>();
+  p->rows = targets.numel();
+  p->vocab_start = ctx->saved_data["start"].toInt();
+  p->vocab_size = ctx->saved_data["size"].toInt();
+  p->ignore_index = ctx->saved_data["ignore"].toInt();
+}
+
 // d logits_j = [g (1[j = target] - p_j) - gE p_j (log p_j + H)] / T (token_logprobs.h).
 at::Tensor TokenLogprobsGrad(AutogradContext* ctx, const std::vector<at::Tensor>& grads, const char* fn) {
   at::Tensor logits = ctx->get_saved_variables()[0];
   at::Tensor targets = ctx->saved_data["targets"].toTensor();
-  at::Tensor temperature = ctx->saved_data["temperature"].toTensor();
-  at::Tensor stats = ctx->saved_data["stats"].toTensor();
   at::Tensor g, ge;
   if (!Upstream(grads, targets, &g, &ge)) return at::Tensor();
   at::Tensor grad_logits = at::empty_like(logits, at::MemoryFormat::Contiguous);
   TokenLogprobsBwdParams p;
   p.logits = logits.data_ptr();
   p.logits_dtype = KernelDType(logits.scalar_type());
-  p.targets = targets.data_ptr();
-  p.targets_dtype = KernelDType(targets.scalar_type());
-  p.temperature = temperature.defined() ? temperature.data_ptr<float>() : nullptr;
-  p.inv_temperature = float(ctx->saved_data["inv"].toDouble());
-  p.grad_logprobs = g.data_ptr<float>();
-  p.grad_entropy = ge.defined() ? ge.data_ptr<float>() : nullptr;
-  p.stats = stats.data_ptr<float>();
+  FillRowBwd(ctx, targets, g, ge, &p);
   p.grad_logits = grad_logits.data_ptr();
-  p.rows = targets.numel();
   p.vocab = logits.size(-1);
-  p.vocab_start = ctx->saved_data["start"].toInt();
-  p.vocab_size = ctx->saved_data["size"].toInt();
-  p.ignore_index = ctx->saved_data["ignore"].toInt();
   Check(cpu::TokenLogprobsBwd(p), fn);
   return grad_logits;
 }
@@ -470,8 +476,6 @@ std::vector<at::Tensor> LinearLogprobsGrads(AutogradContext* ctx, const std::vec
   const at::Tensor& weight = saved[1];
   const at::Tensor& bias = saved[2];
   at::Tensor targets = ctx->saved_data["targets"].toTensor();
-  at::Tensor temperature = ctx->saved_data["temperature"].toTensor();
-  at::Tensor stats = ctx->saved_data["stats"].toTensor();
   at::Tensor g, ge;
   if (!Upstream(grads, targets, &g, &ge)) return {};
   at::Tensor grad_hidden = at::empty_like(hidden, at::MemoryFormat::Contiguous);
@@ -483,19 +487,9 @@ std::vector<at::Tensor> LinearLogprobsGrads(AutogradContext* ctx, const std::vec
   p.bias = bias.defined() ? bias.data_ptr() : nullptr;
   p.dtype = KernelDType(hidden.scalar_type());
   p.bias_dtype = bias.defined() ? KernelDType(bias.scalar_type()) : p.dtype;
-  p.targets = targets.data_ptr();
-  p.targets_dtype = KernelDType(targets.scalar_type());
-  p.temperature = temperature.defined() ? temperature.data_ptr<float>() : nullptr;
-  p.inv_temperature = float(ctx->saved_data["inv"].toDouble());
-  p.grad_logprobs = g.data_ptr<float>();
-  p.grad_entropy = ge.defined() ? ge.data_ptr<float>() : nullptr;
-  p.stats = stats.data_ptr<float>();
-  p.rows = targets.numel();
+  FillRowBwd(ctx, targets, g, ge, &p);
   p.dim = hidden.size(-1);
   p.vocab = weight.size(0);
-  p.vocab_start = ctx->saved_data["start"].toInt();
-  p.vocab_size = ctx->saved_data["size"].toInt();
-  p.ignore_index = ctx->saved_data["ignore"].toInt();
   p.chunk = ctx->saved_data["chunk"].toInt();
   p.grad_hidden = grad_hidden.data_ptr();
   p.grad_weight = grad_weight.data_ptr();

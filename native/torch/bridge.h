@@ -110,6 +110,8 @@ void Check(const Status& st, const char* fn);
 // "inv", "ignore", "start", "size" (and "chunk"). TokenLogprobsGrad gives the
 // logits' gradient; LinearLogprobsGrads {gradHidden, gradWeight, gradBias};
 // both nothing (undefined, empty) when no gradient reaches the outputs.
+void SaveRowContext(torch::autograd::AutogradContext* ctx, const at::Tensor& targets, const at::Tensor& temperature,
+                    const at::Tensor& stats, float inv_temperature, int64_t ignore_index, int64_t vocab_start, int64_t vocab_size);
 at::Tensor TokenLogprobsGrad(torch::autograd::AutogradContext* ctx, const std::vector<at::Tensor>& grads, const char* fn);
 std::vector<at::Tensor> LinearLogprobsGrads(torch::autograd::AutogradContext* ctx, const std::vector<at::Tensor>& grads,
                                             const char* fn);

@@ -593,13 +593,7 @@ void CombinePartials(const at::Tensor& gathered, ShardSaved& s, const char* fn) 
 struct ShardLogprobsFunction : public torch::autograd::Function<ShardLogprobsFunction> {
   static torch::autograd::variable_list forward(torch::autograd::AutogradContext* ctx, const at::Tensor& shard, const ShardSaved& s) {
     ctx->save_for_backward({shard});
-    ctx->saved_data["targets"] = s.a.targets;
-    ctx->saved_data["temperature"] = s.a.temperature;
-    ctx->saved_data["stats"] = s.stats;
-    ctx->saved_data["inv"] = double(s.a.inv_temperature);
-    ctx->saved_data["ignore"] = s.a.ignore_index;
-    ctx->saved_data["start"] = s.a.vocab_start;
-    ctx->saved_data["size"] = s.a.vocab_size;
+    SaveRowContext(ctx, s.a.targets, s.a.temperature, s.stats, s.a.inv_temperature, s.a.ignore_index, s.a.vocab_start, s.a.vocab_size);
     ctx->set_materialize_grads(false);
     if (s.entropy.defined()) return {s.logprobs, s.entropy};
     return {s.logprobs};
@@ -732,13 +726,7 @@ struct ShardLinearLogprobsFunction : public torch::autograd::Function<ShardLinea
   static torch::autograd::variable_list forward(torch::autograd::AutogradContext* ctx, const at::Tensor& hidden, const at::Tensor& weight,
                                                 const std::optional<at::Tensor>& bias, const LinSaved& s) {
     ctx->save_for_backward({hidden, weight, bias ? *bias : at::Tensor()});
-    ctx->saved_data["targets"] = s.a.targets;
-    ctx->saved_data["temperature"] = s.a.temperature;
-    ctx->saved_data["stats"] = s.stats;
-    ctx->saved_data["inv"] = double(s.a.inv_temperature);
-    ctx->saved_data["ignore"] = s.a.ignore_index;
-    ctx->saved_data["start"] = s.a.vocab_start;
-    ctx->saved_data["size"] = s.a.vocab_size;
+    SaveRowContext(ctx, s.a.targets, s.a.temperature, s.stats, s.a.inv_temperature, s.a.ignore_index, s.a.vocab_start, s.a.vocab_size);
     ctx->saved_data["chunk"] = s.chunk;
     ctx->saved_data["generation"] = g_generation;
     ctx->set_materialize_grads(false);
