@@ -251,6 +251,29 @@ function shardOptions(fn: string, o: Record<string, unknown>): {
   return { vocabSize, vocabStart, temperature, tt, entropy, ignoreIndex };
 }
 
+// Both vocabulary-parallel forms: this rank's partials, one all-gather, the combine. `args` is called
+// again after the all-gather, re-reading the handles: the caller may have disposed a tensor meanwhile.
+async function gatherAndCombine(
+  fn: string, args: () => unknown[], partialsOf: (...a: unknown[]) => NativeTorchTensor,
+  combine: (...a: unknown[]) => [NativeTorchTensor, NativeTorchTensor | null],
+): Promise<{ logprobs: TorchTensor; entropy?: TorchTensor }> {
+  const partials = new TorchTensor(partialsOf(...args()));
+  let gathered: TorchTensor;
+  try {
+    gathered = await allGather(partials);
+  } finally {
+    partials.dispose();
+  }
+  try {
+    const [lp, ent] = combine(...args(), gathered.handle(fn, 'partials'));
+    const r: { logprobs: TorchTensor; entropy?: TorchTensor } = { logprobs: new TorchTensor(lp) };
+    if (ent) r.entropy = new TorchTensor(ent);
+    return r;
+  } finally {
+    gathered.dispose();
+  }
+}
+
 /**
  * Vocabulary-parallel token log-probs and entropy (DESIGN 3.1, 8) over the process group: every rank holds the
  * columns `[vocabStart, vocabStart + V_shard)` of the logits and the same targets, and gets the same
@@ -272,26 +295,9 @@ export async function tokenLogprobs(
   if (options === undefined) throw typeError(fn, 'options must be an object with vocabStart and vocabSize, got undefined');
   const o = checkOptions(fn, options, ['vocabStart', 'vocabSize', 'temperature', 'entropy', 'ignoreIndex']);
   const { vocabSize, vocabStart, temperature, tt, entropy, ignoreIndex } = shardOptions(fn, o);
-  const args = [l.handle(fn, 'logitsShard'), t.handle(fn, 'targets'), temperature, tt ? tt.handle(fn, 'temperature') : null,
+  const args = () => [l.handle(fn, 'logitsShard'), t.handle(fn, 'targets'), temperature, tt ? tt.handle(fn, 'temperature') : null,
     ignoreIndex, entropy, vocabStart, vocabSize];
-  const partials = new TorchTensor(nd().shardPartials(...args));
-  let gathered: TorchTensor;
-  try {
-    gathered = await allGather(partials);
-  } finally {
-    partials.dispose();
-  }
-  try {
-    // Re-read the handles: the caller may have disposed a tensor during the all-gather.
-    const again = [l.handle(fn, 'logitsShard'), t.handle(fn, 'targets'), temperature, tt ? tt.handle(fn, 'temperature') : null,
-      ignoreIndex, entropy, vocabStart, vocabSize];
-    const [lp, ent] = nd().shardCombine(...again, gathered.handle(fn, 'partials'));
-    const r: { logprobs: TorchTensor; entropy?: TorchTensor } = { logprobs: new TorchTensor(lp) };
-    if (ent) r.entropy = new TorchTensor(ent);
-    return r;
-  } finally {
-    gathered.dispose();
-  }
+  return gatherAndCombine(fn, args, nd().shardPartials, nd().shardCombine);
 }
 
 // ---- vocabulary-parallel linear log-probs (a sharded LM head) -------------------------
@@ -348,22 +354,7 @@ export async function linearLogprobs(
   }
   const args = () => [h.handle(fn, 'hidden'), w.handle(fn, 'weightShard'), b ? b.handle(fn, 'bias') : null, t.handle(fn, 'targets'),
     temperature, tt ? tt.handle(fn, 'temperature') : null, ignoreIndex, entropy, vocabStart, vocabSize, chunk];
-  const partials = new TorchTensor(nd().linearShardPartials(...args()));
-  let gathered: TorchTensor;
-  try {
-    gathered = await allGather(partials);
-  } finally {
-    partials.dispose();
-  }
-  try {
-    // Re-read the handles: the caller may have disposed a tensor during the all-gather.
-    const [lp, ent] = nd().linearShardCombine(...args(), gathered.handle(fn, 'partials'));
-    const r: { logprobs: TorchTensor; entropy?: TorchTensor } = { logprobs: new TorchTensor(lp) };
-    if (ent) r.entropy = new TorchTensor(ent);
-    return r;
-  } finally {
-    gathered.dispose();
-  }
+  return gatherAndCombine(fn, args, nd().linearShardPartials, nd().linearShardCombine);
 }
 
 // ---- data parallel: advantages, policy loss, gradients --------------------------------
