@@ -98,6 +98,7 @@ void SeqPass(const Ctx& c, const ModeConsts<double>& mc, int64_t k, double* sums
     if (!KeepToken(c, q, t, &w, &o, A)) continue;
     PolicyToken<double> tok{double(p.logprobs[t]), double(p.old_logprobs[t]), A, 0, false};
     tok.d = tok.logp - tok.old;
+    if (Mode::kFoldsIs) tok.lw = std::log(w);
     if (Mode::kSeqSums > 0) {
       double v[S];
       Mode::SeqTerms(mc, tok, w, o, v);

@@ -111,6 +111,8 @@ struct PolicyToken {
   F d;              // logp - old, unclamped
   MaskOf<F> sel{};  // selected (clip-cov, kl-cov)
   F d_lo = F(0);    // logp - old - d exactly (the rounding of d; 0 in double), pre-pass only
+  F lw = F(0);      // ln of the IS weight after normalisation, pre-pass of kFoldsIs modes only
+                    // (float machinery forms it in double: see VespoMode)
 };
 
 // A sequence's state from its pre-pass (1 and 0 for token-local modes).
@@ -430,15 +432,17 @@ struct GeoMeanMode {
 // l = -sg(phi) A logp. sums: [sum dbar, sum clamp(ln w^IS, ln 1e-8, 20), the
 // rounding of the dbar inside the clamp]. phi is exponentially sensitive to
 // ln w (relative error |k - lambda w| times its absolute error), so float
-// machinery carries the rounding of logp - old into the sum and finishes the
-// sequence in double; phi depends only on the sequence and the sign of A, so
-// both values are formed once per sequence.
+// machinery carries the rounding of logp - old into the sum, forms ln w^IS in
+// double (a float weight, its exp and the normaliser's rounding cost ~1e-7 of
+// ln w_i over a sequence) and finishes the sequence in double; phi depends
+// only on the sequence and the sign of A, so both values are formed once per
+// sequence.
 struct VespoMode {
   static constexpr int kSeqSums = 3, kCov = 0, kFoldsIs = 1;
   template <class F>
-  RLK_HD static void SeqTerms(const ModeConsts<F>&, const PolicyToken<F>& t, F w, F, F* out) {
+  RLK_HD static void SeqTerms(const ModeConsts<F>&, const PolicyToken<F>& t, F, F, F* out) {
     out[0] = ClampLogRatio(t.d);
-    out[1] = policy_detail::Clamp(policy_detail::Log(w), F(-18.420680743952367), F(20));
+    out[1] = policy_detail::Clamp(t.lw, F(-18.420680743952367), F(20));
     out[2] = (t.d > F(-20) && t.d < F(20)) ? t.d_lo : F(0);
   }
   template <class F>
