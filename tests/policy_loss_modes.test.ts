@@ -160,7 +160,10 @@ async function check(c: Case, run: Run, device: rlk.Device, label: string, fd = 
   const want = modeLossRef(inp, o, base, base);
   const out = callKernel(c, run, device);
   const loss = await out.loss.item();
-  const tol = device === 'cpu' ? 1e-6 : 2e-6;
+  // Float32 machinery: vespo's phi = exp(lambda + k ln w - lambda w) multiplies the ~1e-7 that
+  // float32 leaves on ln w_i (IS log-weights, the normaliser, n_i terms) by |k - lambda w_i|,
+  // 10-50 in these cases (README, numerics); the CPU works in double.
+  const tol = device === 'cpu' ? 1e-6 : run.opts.mode === 'vespo' ? 2e-5 : 2e-6;
   if (!(Math.abs(loss - want.loss) <= tol * Math.max(Math.abs(want.loss), want.lossAbs, 1e-30))) {
     throw new Error(`${what} loss: got ${loss}, want ${want.loss} (sum of |terms| ${want.lossAbs})`);
   }
@@ -390,8 +393,8 @@ function suite(device: rlk.Device): void {
       }
     });
     it('vespo keeps float32 precision where phi is steep in ln w (two seeds that once failed on cuda, and fresh ones)', async () => {
-      // phi's relative error is |k - lambda w| times the absolute error of ln w:
-      // at w ~ 20 a float32 ln w alone costs 3e-6, so the sequence is finished in double.
+      // phi's relative error is |k - lambda w| times the absolute error of ln w: at w ~ 20 a
+      // float32 ln w alone costs 3e-6, so the sequence is finished in double (the tokens stay float).
       const isOpts: rlk.RolloutIsOptions = { level: 'token', mode: 'mask', upper: 1.4, lower: 0.9, batchNormalize: true };
       const isCase = (seed: number) => makeCase(seed, { B: 5, T: 21, emptyRows: 1, rolloutScale: 0.2 });
       const bigCase = (seed: number) => {

@@ -289,13 +289,9 @@ __global__ void __launch_bounds__(kThreads) PolicyLossKernel(PolicyLossParams p,
   }
   const double in_mask = totals[0], tokens = totals[1], sequences = totals[2];
   float norm = 1.f;
-  double log_norm = 0.0;  // ln of the normaliser in double (kFoldsIs modes' ln w)
   if (p.is_normalize && p.tis_level != kTisNone) {
     const double mu = p.tis_level == kTisToken ? (in_mask > 0 ? totals[6] / in_mask : 0.0) : (totals[8] > 0 ? totals[7] / totals[8] : 0.0);
-    if (mu > 1e-8) {
-      norm = float(1.0 / mu);
-      log_norm = -log(mu);
-    }
+    if (mu > 1e-8) norm = float(1.0 / mu);
   }
   const double tok_den = p.token_count > 0 ? p.token_count : tokens;
   const double seq_den = p.sequence_count > 0 ? p.sequence_count : sequences;
@@ -325,15 +321,10 @@ __global__ void __launch_bounds__(kThreads) PolicyLossKernel(PolicyLossParams p,
           const float bv = tok.d - tok.logp, av = tok.d - bv;
           tok.d_lo = (tok.logp - av) + (-tok.old - bv);
         }
-        if (Mode::kFoldsIs) {
-          double lw = log(double(w));
-          if (rollout && p.tis_level == kTisToken) {
-            double wd;
-            RolloutToken<double>(p, RolloutLogRatio<double>(p, t), &wd);
-            lw = log(wd) + log_norm;
-          }
-          tok.lw = float(lw);
-        }
+        // In float: DESIGN 4 keeps float64 out of the GPU's token loops (the H20
+        // has little of it). vespo's phi amplifies the ~1e-7 this leaves on
+        // ln w_i by |k - lambda w_i| (README, numerics).
+        if (Mode::kFoldsIs) tok.lw = logf(w);
         if (Mode::kSeqSums > 0) {
           float v[S];
           Mode::SeqTerms(mc, tok, w, o, v);
