@@ -14,6 +14,8 @@
 //     softmax Jacobian brings in the sum over the row), so they cannot be
 //     formed in pass 1. Forward KL without a teacher gradient, the common
 //     distillation case, writes its gradient in pass 2 and skips pass 3.
+//     Without a student gradient (values only, grad_student null) every kind
+//     stops after pass 2, which then forms only the value's sums.
 // Only pass 1 reads from memory: a row (two rows of logits, up to 2 MB at
 // V = 262144 in fp32) is still in L2 for passes 2 and 3. The value is formed
 // in pass 2 rather than online in pass 1 because its cancellation-free form
@@ -83,6 +85,7 @@ struct ScalarOps {
   static M Eq(V a, V b) { return a == b; }
   static V Select(M m, V t, V f) { return m ? t : f; }
   static V Exp(V a) { return simd::Exp(a); }
+  static V ExpNeg(V a) { return simd::ExpNeg(a); }
   static V Log(V a) { return simd::Log(a); }
   static float ReduceAdd(V a) { return a; }
   static float ReduceMax(V a) { return a; }
@@ -110,6 +113,10 @@ struct Avx512Ops {
   RLK_AVX512 static M Eq(V a, V b) { return _mm512_cmp_ps_mask(a, b, _CMP_EQ_OQ); }
   RLK_AVX512 static V Select(M m, V t, V f) { return _mm512_mask_blend_ps(m, f, t); }
   RLK_AVX512 static V Exp(V a) { return simd::avx512::Exp(a); }
+  RLK_AVX512 static V ExpNeg(V a) {
+    V dc;
+    return simd::avx512::ExpNeg(a, &dc);
+  }
   RLK_AVX512 static V Log(V a) { return simd::avx512::Log(a); }
   RLK_AVX512 static float ReduceAdd(V a) { return simd::avx512::ReduceAdd(a); }
   RLK_AVX512 static float ReduceMax(V a) { return simd::avx512::ReduceMax(a); }
@@ -137,6 +144,10 @@ struct Avx2Ops {
   RLK_AVX2 static M Eq(V a, V b) { return _mm256_cmp_ps(a, b, _CMP_EQ_OQ); }
   RLK_AVX2 static V Select(M m, V t, V f) { return _mm256_blendv_ps(f, t, m); }
   RLK_AVX2 static V Exp(V a) { return simd::avx2::Exp(a); }
+  RLK_AVX2 static V ExpNeg(V a) {
+    V dc;
+    return simd::avx2::ExpNeg(a, &dc);
+  }
   RLK_AVX2 static V Log(V a) { return simd::avx2::Log(a); }
   RLK_AVX2 static float ReduceAdd(V a) { return simd::avx2::ReduceAdd(a); }
   RLK_AVX2 static float ReduceMax(V a) { return simd::avx2::ReduceMax(a); }
@@ -211,8 +222,9 @@ RLK_VDIV_INLINE Probs<Ops> Prep(const typename Ops::V& t, const typename Ops::V&
   auto dt = Ops::Sub(t, k.tmax);
   auto ds = Ops::Sub(s, k.smax);
   Probs<Ops> e;
-  e.pt = Ops::Mul(Ops::Exp(Ops::Mul(dt, k.inv_t)), k.rst);
-  e.ps = Ops::Mul(Ops::Exp(Ops::Mul(ds, k.inv_t)), k.rss);
+  // dt, ds <= 0 (or NaN): ExpNeg, without Exp's overflow and special-value blends.
+  e.pt = Ops::Mul(Ops::ExpNeg(Ops::Mul(dt, k.inv_t)), k.rst);
+  e.ps = Ops::Mul(Ops::ExpNeg(Ops::Mul(ds, k.inv_t)), k.rss);
   // x = (t - s) / T + xoff as VdivLogRatio: t - s, one fma, and the residuals
   // of xoff and 1 / T, rather than going through dt and ds.
   // The low part takes d clamped to +-1e30 (an infinite d would make it NaN).
@@ -300,6 +312,25 @@ struct RowNorm {
   int64_t targ = 0, sarg = 0;  // an index holding each maximum
 };
 
+// e^x for x <= 0 in double (Cody-Waite reduction, degree-13 Taylor, |error|
+// ~1 ulp; results below 2^-1022 flush to 0). Two per block per side: glibc's
+// exp, called between AVX-512 loops, took ~10 % of pass 1 (perf).
+inline double ExpNonPositive(double x) {
+  if (!(x > -708.0)) return x != x ? x : 0.0;  // NaN stays NaN; -inf and underflow give 0
+  const double shift = 6755399441055744.0;    // 1.5 * 2^52: adding it rounds to an integer
+  const double n = (x * 1.4426950408889634 + shift) - shift;
+  // n * ln2_hi is exact (ln2_hi has 21 trailing zero bits, |n| < 2^11).
+  const double r = (x - n * 6.93147180369123816490e-01) - n * 1.90821492927058770002e-10;
+  double q = 1.0 / 6227020800.0;  // 1/13!
+  for (double c : {1.0 / 479001600.0, 1.0 / 39916800.0, 1.0 / 3628800.0, 1.0 / 362880.0, 1.0 / 40320.0, 1.0 / 5040.0,
+                   1.0 / 720.0, 1.0 / 120.0, 1.0 / 24.0, 1.0 / 6.0, 0.5, 1.0, 1.0})
+    q = q * r + c;
+  uint64_t bits = uint64_t(int64_t(n) + 1023) << 52;
+  double scale;
+  std::memcpy(&scale, &bits, sizeof scale);
+  return q * scale;
+}
+
 // Returns true when the block raised the running maximum.
 inline bool MergeBlock(float* m, double* sum, float bm, double bs, float inv_t) {
   if (bm == -INFINITY) {  // all -inf: bs is 0, or NaN that must reach the row
@@ -307,11 +338,11 @@ inline bool MergeBlock(float* m, double* sum, float bm, double bs, float inv_t) 
     return false;
   }
   if (bm > *m) {
-    *sum = *sum * std::exp((double(*m) - double(bm)) * inv_t) + bs;
+    *sum = *sum * ExpNonPositive((double(*m) - double(bm)) * inv_t) + bs;
     *m = bm;
     return true;
   }
-  *sum += bs * std::exp((double(bm) - double(*m)) * inv_t);
+  *sum += bs * ExpNonPositive((double(bm) - double(*m)) * inv_t);
   return false;
 }
 
@@ -363,19 +394,28 @@ RLK_VDIV_INLINE RowNorm Normalisers(const TS* s, const TT* t, int64_t nv, float 
       acc = Ops::Add(acc, Ops::Select(small, ex, zero));
       ones = Ops::Add(ones, Ops::Select(small, zero, ex));  // 1s, and NaN
     };
+    // The arguments are <= 0 (the block's maximum), so ExpNeg. While this
+    // block's exps run from L1, the next block is prefetched: its maximum
+    // loop then reads from cache instead of waiting on memory, and the
+    // memory transfer overlaps the arithmetic (one stream per side; a
+    // prefetch past the row is harmless).
     int64_t i = b;
     for (; i + K * L <= e; i += K * L) {
+      const uintptr_t nt = reinterpret_cast<uintptr_t>(t) + uintptr_t(i + kBlock) * sizeof(TT);
+      const uintptr_t ns = reinterpret_cast<uintptr_t>(s) + uintptr_t(i + kBlock) * sizeof(TS);
+      for (uintptr_t o = 0; o < K * L * sizeof(TT); o += 64) __builtin_prefetch(reinterpret_cast<const void*>(nt + o), 0, 3);
+      for (uintptr_t o = 0; o < K * L * sizeof(TS); o += 64) __builtin_prefetch(reinterpret_cast<const void*>(ns + o), 0, 3);
       for (int u = 0; u < K; ++u) {
-        add(at[u], ot, Ops::Exp(Ops::Mul(Ops::Sub(Ops::Load(t + i + u * L), rt), vinv)));
-        add(as[u], os, Ops::Exp(Ops::Mul(Ops::Sub(Ops::Load(s + i + u * L), rs), vinv)));
+        add(at[u], ot, Ops::ExpNeg(Ops::Mul(Ops::Sub(Ops::Load(t + i + u * L), rt), vinv)));
+        add(as[u], os, Ops::ExpNeg(Ops::Mul(Ops::Sub(Ops::Load(s + i + u * L), rs), vinv)));
       }
     }
     for (int u = 0; i < e; i += L, u = (u + 1) % K) {
       const int64_t rem = e - i;
       V tv = rem >= L ? Ops::Load(t + i) : Ops::LoadTail(t + i, rem, ninf);
       V sv = rem >= L ? Ops::Load(s + i) : Ops::LoadTail(s + i, rem, ninf);
-      add(at[u], ot, Ops::Exp(Ops::Mul(Ops::Sub(tv, rt), vinv)));
-      add(as[u], os, Ops::Exp(Ops::Mul(Ops::Sub(sv, rs), vinv)));
+      add(at[u], ot, Ops::ExpNeg(Ops::Mul(Ops::Sub(tv, rt), vinv)));
+      add(as[u], os, Ops::ExpNeg(Ops::Mul(Ops::Sub(sv, rs), vinv)));
     }
     for (int w = K / 2; w >= 1; w /= 2) {
       for (int u = 0; u < w; ++u) {
@@ -399,9 +439,13 @@ RLK_VDIV_INLINE RowNorm Normalisers(const TS* s, const TT* t, int64_t nv, float 
 // Pass 2: the value's sums: for the KLs sums[0] = the KL, sums[1] = sum_j w_j
 // d_j (RefDiff); for jsd sums[0] = KL(p_t || M), sums[1] = KL(p_s || M),
 // sums[2] = sum p_t a_t, sums[3] = sum p_s a_s.
-// With kFusedGrad (forward KL, no teacher gradient) it also writes the
-// student gradient, which does not depend on the value.
-template <class Ops, DivergenceKind kKind, bool kFusedGrad, class TS, class TT>
+// kMode: kValueOnly forms only what the value needs (sums[0], and sums[1]
+// for jsd); kForGrad also the sums the gradient pass needs; kFusedGrad
+// (forward KL, no teacher gradient) also writes the student gradient, which
+// does not depend on the value.
+enum class PassMode { kValueOnly, kForGrad, kFusedGrad };
+
+template <class Ops, DivergenceKind kKind, PassMode kMode, class TS, class TT>
 RLK_VDIV_INLINE void ValuePass(const TS* s, const TT* t, int64_t nv, const RowConsts<Ops>& k, double sums[4], TS* gs) {
   using V = typename Ops::V;
   constexpr int L = Ops::kLanes;
@@ -417,23 +461,25 @@ RLK_VDIV_INLINE void ValuePass(const TS* s, const TT* t, int64_t nv, const RowCo
       Probs<Ops> q = Prep<Ops>(tv, sv, k);
       if constexpr (kKind == DivergenceKind::kForwardKl) {
         at = Ops::Add(at, PhiW<Ops>(q.pt, q.x, q.ps));
-        if constexpr (!kFusedGrad) as = Ops::Add(as, WeightedRefDiff<Ops>(q.pt, tv, sv, k));
-        if constexpr (kFusedGrad) {
+        if constexpr (kMode == PassMode::kForGrad) as = Ops::Add(as, WeightedRefDiff<Ops>(q.pt, tv, sv, k));
+        if constexpr (kMode == PassMode::kFusedGrad) {
           V g = Ops::Mul(DiffSt<Ops>(q), k.inv_t);
           if (rem >= L) Ops::Store(gs + i, g);
           else Ops::StoreTail(gs + i, g, rem);
         }
       } else if constexpr (kKind == DivergenceKind::kReverseKl) {
         at = Ops::Add(at, PhiW<Ops>(q.ps, Ops::Sub(Ops::Set(0.0f), q.x), q.pt));
-        as = Ops::Add(as, WeightedRefDiff<Ops>(q.ps, tv, sv, k));
+        if constexpr (kMode == PassMode::kForGrad) as = Ops::Add(as, WeightedRefDiff<Ops>(q.ps, tv, sv, k));
       } else {
         const JsdRatios<Ops> y = JsdLogRatios<Ops>(q, k);
         V m = Ops::Fma(k.beta, q.pt, Ops::Mul(k.omb, q.ps));
         V zero = Ops::Set(0.0f);
         at = Ops::Add(at, PhiW<Ops>(q.pt, y.yt, m));
         as = Ops::Add(as, PhiW<Ops>(q.ps, y.ys, m));
-        bt = Ops::Add(bt, Ops::Select(Ops::Eq(q.pt, zero), zero, Ops::Mul(q.pt, y.at)));
-        bs = Ops::Add(bs, Ops::Select(Ops::Eq(q.ps, zero), zero, Ops::Mul(q.ps, y.as)));
+        if constexpr (kMode == PassMode::kForGrad) {
+          bt = Ops::Add(bt, Ops::Select(Ops::Eq(q.pt, zero), zero, Ops::Mul(q.pt, y.at)));
+          bs = Ops::Add(bs, Ops::Select(Ops::Eq(q.ps, zero), zero, Ops::Mul(q.ps, y.as)));
+        }
       }
     }
     sums[0] += double(Ops::ReduceAdd(at));
@@ -504,11 +550,12 @@ RLK_VDIV_INLINE void Row(const VocabDivergenceParams& p, DivergenceKind kind, in
   const int64_t nv = p.vocab;
   const TS* s = static_cast<const TS*>(p.student) + r * nv;
   const TT* t = static_cast<const TT*>(p.teacher) + r * nv;
-  TS* gs = static_cast<TS*>(p.grad_student) + r * nv;
+  // No student gradient: values only (and then no teacher gradient either).
+  TS* gs = p.grad_student ? static_cast<TS*>(p.grad_student) + r * nv : nullptr;
   TT* gt = p.grad_teacher ? static_cast<TT*>(p.grad_teacher) + r * nv : nullptr;
   if (VdivRowIgnored(p, r)) {
     p.values[r] = 0.0f;
-    std::memset(static_cast<void*>(gs), 0, size_t(nv) * sizeof(TS));  // all-zero bits are +0 in every float format
+    if (gs) std::memset(static_cast<void*>(gs), 0, size_t(nv) * sizeof(TS));  // all-zero bits are +0 in every float format
     if (gt) std::memset(static_cast<void*>(gt), 0, size_t(nv) * sizeof(TT));
     return;
   }
@@ -539,26 +586,35 @@ RLK_VDIV_INLINE void Row(const VocabDivergenceParams& p, DivergenceKind kind, in
     k.rhos = Ops::Set(rk.rhos);
   }
   double sums[4];
+  if (!gs) {
+    switch (kind) {
+      case DivergenceKind::kForwardKl: ValuePass<Ops, DivergenceKind::kForwardKl, PassMode::kValueOnly>(s, t, nv, k, sums, gs); break;
+      case DivergenceKind::kReverseKl: ValuePass<Ops, DivergenceKind::kReverseKl, PassMode::kValueOnly>(s, t, nv, k, sums, gs); break;
+      case DivergenceKind::kJsd: ValuePass<Ops, DivergenceKind::kJsd, PassMode::kValueOnly>(s, t, nv, k, sums, gs); break;
+    }
+    p.values[r] = VdivRowValue(kind, p.beta, sums);
+    return;
+  }
   switch (kind) {
     case DivergenceKind::kForwardKl:
       if (!gt) {
-        ValuePass<Ops, DivergenceKind::kForwardKl, true>(s, t, nv, k, sums, gs);
+        ValuePass<Ops, DivergenceKind::kForwardKl, PassMode::kFusedGrad>(s, t, nv, k, sums, gs);
       } else {
-        ValuePass<Ops, DivergenceKind::kForwardKl, false>(s, t, nv, k, sums, gs);
+        ValuePass<Ops, DivergenceKind::kForwardKl, PassMode::kForGrad>(s, t, nv, k, sums, gs);
         const float c[4] = {float(sums[1]), 0.0f, 0.0f, 0.0f};
         GradPass<Ops, DivergenceKind::kForwardKl>(s, t, nv, k, c, gs, gt);
       }
       p.values[r] = VdivRowValue(kind, p.beta, sums);
       break;
     case DivergenceKind::kReverseKl: {
-      ValuePass<Ops, DivergenceKind::kReverseKl, false>(s, t, nv, k, sums, gs);
+      ValuePass<Ops, DivergenceKind::kReverseKl, PassMode::kForGrad>(s, t, nv, k, sums, gs);
       const float c[4] = {float(sums[1]), 0.0f, 0.0f, 0.0f};
       GradPass<Ops, DivergenceKind::kReverseKl>(s, t, nv, k, c, gs, gt);
       p.values[r] = VdivRowValue(kind, p.beta, sums);
       break;
     }
     case DivergenceKind::kJsd: {
-      ValuePass<Ops, DivergenceKind::kJsd, false>(s, t, nv, k, sums, gs);
+      ValuePass<Ops, DivergenceKind::kJsd, PassMode::kForGrad>(s, t, nv, k, sums, gs);
       const float c[4] = {float(sums[0]), float(sums[1]), float(sums[2]), float(sums[3])};
       GradPass<Ops, DivergenceKind::kJsd>(s, t, nv, k, c, gs, gt);
       p.values[r] = VdivRowValue(kind, p.beta, sums);
