@@ -48,6 +48,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <vector>
 
 #include "rlk/cpu_simd.h"
 #include "rlk/runtime.h"
@@ -217,6 +218,16 @@ struct Probs {
   typename Ops::V pt, ps, x;  // p_t, p_s, log p_t - log p_s
 };
 
+// x = (t - s) / T + xoff as VdivLogRatio: t - s, one fma, and the residuals
+// of xoff and 1 / T, rather than going through dt and ds.
+// The low part takes d clamped to +-1e30 (an infinite d would make it NaN).
+template <class Ops>
+RLK_VDIV_INLINE typename Ops::V LogRatio(const typename Ops::V& t, const typename Ops::V& s, const RowConsts<Ops>& k) {
+  auto d = Ops::Sub(t, s);
+  auto dl = Ops::Min(Ops::Max(d, Ops::Set(-1e30f)), Ops::Set(1e30f));
+  return Ops::Add(Ops::Fma(d, k.inv_t, k.xoff), Ops::Fma(dl, k.inv_t_lo, k.xoff_lo));
+}
+
 template <class Ops>
 RLK_VDIV_INLINE Probs<Ops> Prep(const typename Ops::V& t, const typename Ops::V& s, const RowConsts<Ops>& k) {
   auto dt = Ops::Sub(t, k.tmax);
@@ -225,12 +236,7 @@ RLK_VDIV_INLINE Probs<Ops> Prep(const typename Ops::V& t, const typename Ops::V&
   // dt, ds <= 0 (or NaN): ExpNeg, without Exp's overflow and special-value blends.
   e.pt = Ops::Mul(Ops::ExpNeg(Ops::Mul(dt, k.inv_t)), k.rst);
   e.ps = Ops::Mul(Ops::ExpNeg(Ops::Mul(ds, k.inv_t)), k.rss);
-  // x = (t - s) / T + xoff as VdivLogRatio: t - s, one fma, and the residuals
-  // of xoff and 1 / T, rather than going through dt and ds.
-  // The low part takes d clamped to +-1e30 (an infinite d would make it NaN).
-  auto d = Ops::Sub(t, s);
-  auto dl = Ops::Min(Ops::Max(d, Ops::Set(-1e30f)), Ops::Set(1e30f));
-  e.x = Ops::Add(Ops::Fma(d, k.inv_t, k.xoff), Ops::Fma(dl, k.inv_t_lo, k.xoff_lo));
+  e.x = LogRatio<Ops>(t, s, k);
   return e;
 }
 
@@ -388,12 +394,16 @@ RLK_VDIV_INLINE RowNorm Normalisers(const TS* s, const TT* t, int64_t nv, float 
     V at[K], as[K];
     const V zero = Ops::Set(0.0f), one = Ops::Set(1.0f);
     V ot = zero, os = zero;
+    // acc += ex where ex < 1, ones += ex elsewhere (the 1s, and NaN). A macro,
+    // not a lambda: a lambda does not inherit the ISA's target attribute, so
+    // the compares and blends in it were out-of-line calls.
+#define RLK_VDIV_ADD_SPLIT(acc, ones, ex)                      \
+  do {                                                         \
+    const auto small_ = Ops::Lt(ex, one);                      \
+    acc = Ops::Add(acc, Ops::Select(small_, ex, zero));        \
+    ones = Ops::Add(ones, Ops::Select(small_, zero, ex));      \
+  } while (0)
     for (int u = 0; u < K; ++u) at[u] = as[u] = zero;
-    auto add = [&](V& acc, V& ones, V ex) {
-      const auto small = Ops::Lt(ex, one);
-      acc = Ops::Add(acc, Ops::Select(small, ex, zero));
-      ones = Ops::Add(ones, Ops::Select(small, zero, ex));  // 1s, and NaN
-    };
     // The arguments are <= 0 (the block's maximum), so ExpNeg. While this
     // block's exps run from L1, the next block is prefetched: its maximum
     // loop then reads from cache instead of waiting on memory, and the
@@ -406,17 +416,22 @@ RLK_VDIV_INLINE RowNorm Normalisers(const TS* s, const TT* t, int64_t nv, float 
       for (uintptr_t o = 0; o < K * L * sizeof(TT); o += 64) __builtin_prefetch(reinterpret_cast<const void*>(nt + o), 0, 3);
       for (uintptr_t o = 0; o < K * L * sizeof(TS); o += 64) __builtin_prefetch(reinterpret_cast<const void*>(ns + o), 0, 3);
       for (int u = 0; u < K; ++u) {
-        add(at[u], ot, Ops::ExpNeg(Ops::Mul(Ops::Sub(Ops::Load(t + i + u * L), rt), vinv)));
-        add(as[u], os, Ops::ExpNeg(Ops::Mul(Ops::Sub(Ops::Load(s + i + u * L), rs), vinv)));
+        const V et = Ops::ExpNeg(Ops::Mul(Ops::Sub(Ops::Load(t + i + u * L), rt), vinv));
+        const V es = Ops::ExpNeg(Ops::Mul(Ops::Sub(Ops::Load(s + i + u * L), rs), vinv));
+        RLK_VDIV_ADD_SPLIT(at[u], ot, et);
+        RLK_VDIV_ADD_SPLIT(as[u], os, es);
       }
     }
     for (int u = 0; i < e; i += L, u = (u + 1) % K) {
       const int64_t rem = e - i;
       V tv = rem >= L ? Ops::Load(t + i) : Ops::LoadTail(t + i, rem, ninf);
       V sv = rem >= L ? Ops::Load(s + i) : Ops::LoadTail(s + i, rem, ninf);
-      add(at[u], ot, Ops::ExpNeg(Ops::Mul(Ops::Sub(tv, rt), vinv)));
-      add(as[u], os, Ops::ExpNeg(Ops::Mul(Ops::Sub(sv, rs), vinv)));
+      const V et = Ops::ExpNeg(Ops::Mul(Ops::Sub(tv, rt), vinv));
+      const V es = Ops::ExpNeg(Ops::Mul(Ops::Sub(sv, rs), vinv));
+      RLK_VDIV_ADD_SPLIT(at[u], ot, et);
+      RLK_VDIV_ADD_SPLIT(as[u], os, es);
     }
+#undef RLK_VDIV_ADD_SPLIT
     for (int w = K / 2; w >= 1; w /= 2) {
       for (int u = 0; u < w; ++u) {
         at[u] = Ops::Add(at[u], at[u + w]);
@@ -445,8 +460,25 @@ RLK_VDIV_INLINE RowNorm Normalisers(const TS* s, const TT* t, int64_t nv, float 
 // does not depend on the value.
 enum class PassMode { kValueOnly, kForGrad, kFusedGrad };
 
+// Scratch of pass 2 for pass 3 (kForGrad): float rows [kScratchRows][nv]:
+// p_t, p_s and, for jsd, y_t, y_s, a_t, a_s, exactly as pass 2 formed them, so
+// pass 3 spends no exp or log and gives bitwise what recomputing them gave.
+template <DivergenceKind kKind>
+constexpr int kScratchRows = kKind == DivergenceKind::kJsd ? 6 : 2;
+
+template <class Ops>
+RLK_VDIV_INLINE void StoreAt(float* p, const typename Ops::V& v, int64_t rem) {
+  if (rem >= Ops::kLanes) Ops::Store(p, v);
+  else Ops::StoreTail(p, v, rem);
+}
+template <class Ops>
+RLK_VDIV_INLINE typename Ops::V LoadAt(const float* p, int64_t rem) {
+  return rem >= Ops::kLanes ? Ops::Load(p) : Ops::LoadTail(p, rem, 0.0f);
+}
+
 template <class Ops, DivergenceKind kKind, PassMode kMode, class TS, class TT>
-RLK_VDIV_INLINE void ValuePass(const TS* s, const TT* t, int64_t nv, const RowConsts<Ops>& k, double sums[4], TS* gs) {
+RLK_VDIV_INLINE void ValuePass(const TS* s, const TT* t, int64_t nv, const RowConsts<Ops>& k, double sums[4], TS* gs,
+                               float* scratch) {
   using V = typename Ops::V;
   constexpr int L = Ops::kLanes;
   const float ninf = -INFINITY;
@@ -459,6 +491,10 @@ RLK_VDIV_INLINE void ValuePass(const TS* s, const TT* t, int64_t nv, const RowCo
       V tv = rem >= L ? Ops::Load(t + i) : Ops::LoadTail(t + i, rem, ninf);
       V sv = rem >= L ? Ops::Load(s + i) : Ops::LoadTail(s + i, rem, ninf);
       Probs<Ops> q = Prep<Ops>(tv, sv, k);
+      if constexpr (kMode == PassMode::kForGrad) {
+        StoreAt<Ops>(scratch + i, q.pt, rem);
+        StoreAt<Ops>(scratch + nv + i, q.ps, rem);
+      }
       if constexpr (kKind == DivergenceKind::kForwardKl) {
         at = Ops::Add(at, PhiW<Ops>(q.pt, q.x, q.ps));
         if constexpr (kMode == PassMode::kForGrad) as = Ops::Add(as, WeightedRefDiff<Ops>(q.pt, tv, sv, k));
@@ -472,6 +508,12 @@ RLK_VDIV_INLINE void ValuePass(const TS* s, const TT* t, int64_t nv, const RowCo
         if constexpr (kMode == PassMode::kForGrad) as = Ops::Add(as, WeightedRefDiff<Ops>(q.ps, tv, sv, k));
       } else {
         const JsdRatios<Ops> y = JsdLogRatios<Ops>(q, k);
+        if constexpr (kMode == PassMode::kForGrad) {
+          StoreAt<Ops>(scratch + 2 * nv + i, y.yt, rem);
+          StoreAt<Ops>(scratch + 3 * nv + i, y.ys, rem);
+          StoreAt<Ops>(scratch + 4 * nv + i, y.at, rem);
+          StoreAt<Ops>(scratch + 5 * nv + i, y.as, rem);
+        }
         V m = Ops::Fma(k.beta, q.pt, Ops::Mul(k.omb, q.ps));
         V zero = Ops::Set(0.0f);
         at = Ops::Add(at, PhiW<Ops>(q.pt, y.yt, m));
@@ -510,7 +552,8 @@ RLK_VDIV_INLINE typename Ops::V TighterDiff(const typename Ops::V& a, const type
 // c: the KLs c[0] = sum_k w_k d_k (RefDiff);
 // jsd c = {KL(p_t || M), KL(p_s || M), sum p_t a_t, sum p_s a_s}.
 template <class Ops, DivergenceKind kKind, class TS, class TT>
-RLK_VDIV_INLINE void GradPass(const TS* s, const TT* t, int64_t nv, const RowConsts<Ops>& k, const float c[4], TS* gs, TT* gt) {
+RLK_VDIV_INLINE void GradPass(const TS* s, const TT* t, int64_t nv, const RowConsts<Ops>& k, const float c[4], TS* gs, TT* gt,
+                              const float* scratch) {
   using V = typename Ops::V;
   constexpr int L = Ops::kLanes;
   const float ninf = -INFINITY;
@@ -518,9 +561,15 @@ RLK_VDIV_INLINE void GradPass(const TS* s, const TT* t, int64_t nv, const RowCon
   const V c0 = Ops::Set(c[0]), c1 = Ops::Set(c[1]), c2 = Ops::Set(c[2]), c3 = Ops::Set(c[3]);
   for (int64_t i = 0; i < nv; i += L) {
     const int64_t rem = nv - i;
-    V tv = rem >= L ? Ops::Load(t + i) : Ops::LoadTail(t + i, rem, ninf);
-    V sv = rem >= L ? Ops::Load(s + i) : Ops::LoadTail(s + i, rem, ninf);
-    Probs<Ops> q = Prep<Ops>(tv, sv, k);
+    Probs<Ops> q;
+    q.pt = LoadAt<Ops>(scratch + i, rem);
+    q.ps = LoadAt<Ops>(scratch + nv + i, rem);
+    V tv = zero, sv = zero;
+    if constexpr (kKind != DivergenceKind::kJsd) {
+      tv = rem >= L ? Ops::Load(t + i) : Ops::LoadTail(t + i, rem, ninf);
+      sv = rem >= L ? Ops::Load(s + i) : Ops::LoadTail(s + i, rem, ninf);
+      q.x = LogRatio<Ops>(tv, sv, k);
+    }
     V g_s, g_t;
     if constexpr (kKind == DivergenceKind::kForwardKl) {
       g_s = DiffSt<Ops>(q);
@@ -529,7 +578,11 @@ RLK_VDIV_INLINE void GradPass(const TS* s, const TT* t, int64_t nv, const RowCon
       g_s = Ops::Select(Ops::Eq(q.ps, zero), zero, Ops::Mul(Ops::Mul(q.ps, Ops::Sub(c0, RefDiff<Ops>(tv, sv, k))), k.inv_t));
       g_t = Ops::Sub(zero, DiffSt<Ops>(q));
     } else {
-      const JsdRatios<Ops> y = JsdLogRatios<Ops>(q, k);
+      JsdRatios<Ops> y;
+      y.yt = LoadAt<Ops>(scratch + 2 * nv + i, rem);
+      y.ys = LoadAt<Ops>(scratch + 3 * nv + i, rem);
+      y.at = LoadAt<Ops>(scratch + 4 * nv + i, rem);
+      y.as = LoadAt<Ops>(scratch + 5 * nv + i, rem);
       g_s = Ops::Select(Ops::Eq(q.ps, zero), zero, Ops::Mul(Ops::Mul(k.omb, q.ps), TighterDiff<Ops>(y.ys, c1, y.as, c3)));
       g_t = Ops::Select(Ops::Eq(q.pt, zero), zero, Ops::Mul(Ops::Mul(k.beta, q.pt), TighterDiff<Ops>(y.yt, c0, y.at, c2)));
     }
@@ -543,6 +596,15 @@ RLK_VDIV_INLINE void GradPass(const TS* s, const TT* t, int64_t nv, const RowCon
       if (gt) Ops::StoreTail(gt + i, g_t, rem);
     }
   }
+}
+
+// The calling thread's scratch of at least n floats (pass 2 -> pass 3), kept
+// between calls: 8 B a vocabulary entry (24 B for jsd), 768 KB at V = 32000,
+// L2-resident where the row is; growing it is the only allocation.
+inline float* Scratch(size_t n) {
+  static thread_local std::vector<float> buf;
+  if (buf.size() < n) buf.resize(n);
+  return buf.data();
 }
 
 template <class Ops, class TS, class TT>
@@ -586,11 +648,12 @@ RLK_VDIV_INLINE void Row(const VocabDivergenceParams& p, DivergenceKind kind, in
     k.rhos = Ops::Set(rk.rhos);
   }
   double sums[4];
+  float* scratch = nullptr;  // only the kForGrad passes use it
   if (!gs) {
     switch (kind) {
-      case DivergenceKind::kForwardKl: ValuePass<Ops, DivergenceKind::kForwardKl, PassMode::kValueOnly>(s, t, nv, k, sums, gs); break;
-      case DivergenceKind::kReverseKl: ValuePass<Ops, DivergenceKind::kReverseKl, PassMode::kValueOnly>(s, t, nv, k, sums, gs); break;
-      case DivergenceKind::kJsd: ValuePass<Ops, DivergenceKind::kJsd, PassMode::kValueOnly>(s, t, nv, k, sums, gs); break;
+      case DivergenceKind::kForwardKl: ValuePass<Ops, DivergenceKind::kForwardKl, PassMode::kValueOnly>(s, t, nv, k, sums, gs, scratch); break;
+      case DivergenceKind::kReverseKl: ValuePass<Ops, DivergenceKind::kReverseKl, PassMode::kValueOnly>(s, t, nv, k, sums, gs, scratch); break;
+      case DivergenceKind::kJsd: ValuePass<Ops, DivergenceKind::kJsd, PassMode::kValueOnly>(s, t, nv, k, sums, gs, scratch); break;
     }
     p.values[r] = VdivRowValue(kind, p.beta, sums);
     return;
@@ -598,37 +661,43 @@ RLK_VDIV_INLINE void Row(const VocabDivergenceParams& p, DivergenceKind kind, in
   switch (kind) {
     case DivergenceKind::kForwardKl:
       if (!gt) {
-        ValuePass<Ops, DivergenceKind::kForwardKl, PassMode::kFusedGrad>(s, t, nv, k, sums, gs);
+        ValuePass<Ops, DivergenceKind::kForwardKl, PassMode::kFusedGrad>(s, t, nv, k, sums, gs, scratch);
       } else {
-        ValuePass<Ops, DivergenceKind::kForwardKl, PassMode::kForGrad>(s, t, nv, k, sums, gs);
+        scratch = Scratch(size_t(kScratchRows<DivergenceKind::kForwardKl>) * size_t(nv));
+        ValuePass<Ops, DivergenceKind::kForwardKl, PassMode::kForGrad>(s, t, nv, k, sums, gs, scratch);
         const float c[4] = {float(sums[1]), 0.0f, 0.0f, 0.0f};
-        GradPass<Ops, DivergenceKind::kForwardKl>(s, t, nv, k, c, gs, gt);
+        GradPass<Ops, DivergenceKind::kForwardKl>(s, t, nv, k, c, gs, gt, scratch);
       }
       p.values[r] = VdivRowValue(kind, p.beta, sums);
       break;
     case DivergenceKind::kReverseKl: {
-      ValuePass<Ops, DivergenceKind::kReverseKl, PassMode::kForGrad>(s, t, nv, k, sums, gs);
+      scratch = Scratch(size_t(kScratchRows<DivergenceKind::kReverseKl>) * size_t(nv));
+      ValuePass<Ops, DivergenceKind::kReverseKl, PassMode::kForGrad>(s, t, nv, k, sums, gs, scratch);
       const float c[4] = {float(sums[1]), 0.0f, 0.0f, 0.0f};
-      GradPass<Ops, DivergenceKind::kReverseKl>(s, t, nv, k, c, gs, gt);
+      GradPass<Ops, DivergenceKind::kReverseKl>(s, t, nv, k, c, gs, gt, scratch);
       p.values[r] = VdivRowValue(kind, p.beta, sums);
       break;
     }
     case DivergenceKind::kJsd: {
-      ValuePass<Ops, DivergenceKind::kJsd, PassMode::kForGrad>(s, t, nv, k, sums, gs);
+      scratch = Scratch(size_t(kScratchRows<DivergenceKind::kJsd>) * size_t(nv));
+      ValuePass<Ops, DivergenceKind::kJsd, PassMode::kForGrad>(s, t, nv, k, sums, gs, scratch);
       const float c[4] = {float(sums[0]), float(sums[1]), float(sums[2]), float(sums[3])};
-      GradPass<Ops, DivergenceKind::kJsd>(s, t, nv, k, c, gs, gt);
+      GradPass<Ops, DivergenceKind::kJsd>(s, t, nv, k, c, gs, gt, scratch);
       p.values[r] = VdivRowValue(kind, p.beta, sums);
       break;
     }
   }
 }
 
+// flatten: every wrapper inlined into the ISA's function (GCC had kept
+// ExpNeg and the mask compares and blends out of line, as calls: 40 % of
+// pass 1's time).
 template <class TS, class TT>
-RLK_AVX512 void RowsAvx512(const VocabDivergenceParams& p, DivergenceKind kind, int64_t b, int64_t e) {
+RLK_AVX512 __attribute__((flatten)) void RowsAvx512(const VocabDivergenceParams& p, DivergenceKind kind, int64_t b, int64_t e) {
   for (int64_t r = b; r < e; ++r) Row<Avx512Ops, TS, TT>(p, kind, r);
 }
 template <class TS, class TT>
-RLK_AVX2 void RowsAvx2(const VocabDivergenceParams& p, DivergenceKind kind, int64_t b, int64_t e) {
+RLK_AVX2 __attribute__((flatten)) void RowsAvx2(const VocabDivergenceParams& p, DivergenceKind kind, int64_t b, int64_t e) {
   for (int64_t r = b; r < e; ++r) Row<Avx2Ops, TS, TT>(p, kind, r);
 }
 template <class TS, class TT>
