@@ -133,6 +133,27 @@ async function runValues(
   });
 }
 
+/**
+ * The values-only path (`grad: false`, its own code: it reuses pass 1's exps) on the same inputs: the same
+ * non-finite entries as the values that come with the gradient, and the finite ones within the divergence
+ * tolerance of float64.
+ */
+async function expectValuesOnly(what: string, s: ArrayLike<number>, t: ArrayLike<number>, shape: number[], sd: FDType, td: FDType,
+  opts: { kind: Kind; beta?: number; temperature?: number }, withGrad: ArrayLike<number>, ref: ArrayLike<number>, seed: number): Promise<void> {
+  const v = await runValues(s, t, shape, sd, td, opts);
+  const fin: number[] = [];
+  const finRef: number[] = [];
+  for (let i = 0; i < v.values.length; i++) {
+    if (Number.isFinite(withGrad[i])) {
+      fin.push(v.values[i]);
+      finRef.push(ref[i]);
+    } else if (!Object.is(v.values[i], withGrad[i])) {
+      throw new Error(`${what} (grad: false): row ${i} gives ${v.values[i]}, with the gradient ${withGrad[i]} (seed ${seed})`);
+    }
+  }
+  expectClose(`${what} values (grad: false)`, fin, finRef, TOLERANCE.divergence, seed);
+}
+
 function checkAgainstRef(
   what: string,
   out: RunOut,
@@ -211,6 +232,8 @@ describe('vocabDivergence (cpu)', () => {
       const t = randn(r, c.rows * c.V, 3);
       const out = await run(s, t, [c.rows, c.V], c.sd, c.td, { kind: c.kind, beta: c.beta, temperature: c.T, teacherGrad: true });
       checkAgainstRef(`V=${c.V} ${c.sd}/${c.td} ${c.kind}`, out, c.rows, c.V, c.sd, c.td, c.kind, c.beta, c.T, seed);
+      const ref = vocabDivergenceRef(out.sIn, out.tIn, c.rows, c.V, { kind: c.kind, beta: c.beta, temperature: c.T });
+      await expectValuesOnly(`V=${c.V} ${c.kind}`, s, t, [c.rows, c.V], c.sd, c.td, { kind: c.kind, beta: c.beta, temperature: c.T }, out.values, ref.values, seed);
     }
   });
 
@@ -228,6 +251,7 @@ describe('vocabDivergence (cpu)', () => {
       // The divergences are ~1e-4 here: a log-sum-exp difference would lose ~3 digits.
       for (const v of ref.values) expect(v).toBeLessThan(1e-3);
       expectClose(`close ${kind} ${beta} values`, out.values, ref.values, TOLERANCE.divergence, seed);
+      await expectValuesOnly(`close ${kind} ${beta}`, s, t, [rows, V], 'float32', 'float32', { kind, beta }, out.values, ref.values, seed);
       expectCloseUpToNormaliser(`close ${kind} ${beta} gradStudent`, out.gs, ref.gradStudent, out.sIn, rows, V, 2e-5, seed);
       expectCloseUpToNormaliser(`close ${kind} ${beta} gradTeacher`, out.gt!, ref.gradTeacher, out.sIn, rows, V, 2e-5, seed);
     }
@@ -308,6 +332,7 @@ describe('vocabDivergence (cpu)', () => {
       const eff = kind === 'jsd' && beta === 0 ? 'forward-kl' : kind === 'jsd' && beta === 1 ? 'reverse-kl' : kind;
       // Row 1 under reverse KL and row 2 under forward KL are +inf; all others finite.
       const infRow = eff === 'reverse-kl' ? 1 : eff === 'forward-kl' ? 2 : -1;
+      await expectValuesOnly(`-inf ${kind} ${beta}`, s, t, [rows, V], 'float32', 'float32', { kind, beta, temperature: 0.9 }, out.values, ref.values, seed);
       for (let i = 0; i < rows; i++) {
         if (i === infRow) {
           expect(out.values[i]).toBe(Infinity);
@@ -351,6 +376,7 @@ describe('vocabDivergence (cpu)', () => {
       expectClose(`NaN isolation ${kind}`, [out.values[0]], ref.values, TOLERANCE.divergence, seed);
       expectClose(`NaN isolation ${kind} grad`, out.gs.slice(0, V), ref.gradStudent, TOLERANCE.divergence, seed);
       expect(out.gs.slice(V, 2 * V).some(Number.isNaN)).toBe(true);
+      await expectValuesOnly(`NaN isolation ${kind}`, s, t, [rows, V], 'float32', 'float32', { kind, beta }, out.values, [ref.values[0], NaN, NaN, NaN], seed);
     }
   });
 
@@ -369,6 +395,8 @@ describe('vocabDivergence (cpu)', () => {
       const out = await run(s, t, [rows, V], 'float32', 'float32', { kind, beta, teacherGrad: true });
       for (const v of out.values) expect(Number.isFinite(v)).toBe(true);
       checkAgainstRef(`large ${kind} ${beta}`, out, rows, V, 'float32', 'float32', kind, beta, 1, seed);
+      const ref = vocabDivergenceRef(out.sIn, out.tIn, rows, V, { kind, beta });
+      await expectValuesOnly(`large ${kind} ${beta}`, s, t, [rows, V], 'float32', 'float32', { kind, beta }, out.values, ref.values, seed);
     }
   });
 

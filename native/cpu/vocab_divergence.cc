@@ -359,8 +359,24 @@ int64_t FindFirst(const T* x, int64_t b, int64_t e, float v) {
   return b;
 }
 
-template <class Ops, class TS, class TT>
-RLK_VDIV_INLINE RowNorm Normalisers(const TS* s, const TT* t, int64_t nv, float inv_t) {
+template <class Ops>
+RLK_VDIV_INLINE void StoreAt(float* p, const typename Ops::V& v, int64_t rem) {
+  if (rem >= Ops::kLanes) Ops::Store(p, v);
+  else Ops::StoreTail(p, v, rem);
+}
+template <class Ops>
+RLK_VDIV_INLINE typename Ops::V LoadAt(const float* p, int64_t rem) {
+  return rem >= Ops::kLanes ? Ops::Load(p) : Ops::LoadTail(p, rem, 0.0f);
+}
+
+// With kKeep (values only), keep receives the block-relative exps of both
+// sides (keep[j] = e^{(t_j - block max) / T}, keep[nv + j] the same for s) and
+// the block maxima (keep[2 nv + 2 blk], keep[2 nv + 2 blk + 1]), so that
+// pass 2 forms p_t, p_s with one multiply each instead of two more exps.
+inline int64_t KeepFloats(int64_t nv) { return 2 * nv + 2 * ((nv + kBlock - 1) / kBlock); }
+
+template <class Ops, bool kKeep, class TS, class TT>
+RLK_VDIV_INLINE RowNorm Normalisers(const TS* s, const TT* t, int64_t nv, float inv_t, float* keep) {
   using V = typename Ops::V;
   constexpr int L = Ops::kLanes;
   const float ninf = -INFINITY;
@@ -418,6 +434,10 @@ RLK_VDIV_INLINE RowNorm Normalisers(const TS* s, const TT* t, int64_t nv, float 
       for (int u = 0; u < K; ++u) {
         const V et = Ops::ExpNeg(Ops::Mul(Ops::Sub(Ops::Load(t + i + u * L), rt), vinv));
         const V es = Ops::ExpNeg(Ops::Mul(Ops::Sub(Ops::Load(s + i + u * L), rs), vinv));
+        if constexpr (kKeep) {
+          Ops::Store(keep + i + u * L, et);
+          Ops::Store(keep + nv + i + u * L, es);
+        }
         RLK_VDIV_ADD_SPLIT(at[u], ot, et);
         RLK_VDIV_ADD_SPLIT(as[u], os, es);
       }
@@ -428,6 +448,10 @@ RLK_VDIV_INLINE RowNorm Normalisers(const TS* s, const TT* t, int64_t nv, float 
       V sv = rem >= L ? Ops::Load(s + i) : Ops::LoadTail(s + i, rem, ninf);
       const V et = Ops::ExpNeg(Ops::Mul(Ops::Sub(tv, rt), vinv));
       const V es = Ops::ExpNeg(Ops::Mul(Ops::Sub(sv, rs), vinv));
+      if constexpr (kKeep) {
+        StoreAt<Ops>(keep + i, et, rem);
+        StoreAt<Ops>(keep + nv + i, es, rem);
+      }
       RLK_VDIV_ADD_SPLIT(at[u], ot, et);
       RLK_VDIV_ADD_SPLIT(as[u], os, es);
     }
@@ -442,6 +466,10 @@ RLK_VDIV_INLINE RowNorm Normalisers(const TS* s, const TT* t, int64_t nv, float 
     // the block, in L1).
     const double bst = double(Ops::ReduceAdd(ot)) + double(Ops::ReduceAdd(at[0]));
     const double bss = double(Ops::ReduceAdd(os)) + double(Ops::ReduceAdd(as[0]));
+    if constexpr (kKeep) {
+      keep[2 * nv + 2 * (b / kBlock)] = bmt;
+      keep[2 * nv + 2 * (b / kBlock) + 1] = bms;
+    }
     if (MergeBlock(&n.tmax, &n.tsum, bmt, bst, inv_t)) n.targ = FindFirst(t, b, e, bmt);
     if (MergeBlock(&n.smax, &n.ssum, bms, bss, inv_t)) n.sarg = FindFirst(s, b, e, bms);
   }
@@ -466,19 +494,11 @@ enum class PassMode { kValueOnly, kForGrad, kFusedGrad };
 template <DivergenceKind kKind>
 constexpr int kScratchRows = kKind == DivergenceKind::kJsd ? 6 : 2;
 
-template <class Ops>
-RLK_VDIV_INLINE void StoreAt(float* p, const typename Ops::V& v, int64_t rem) {
-  if (rem >= Ops::kLanes) Ops::Store(p, v);
-  else Ops::StoreTail(p, v, rem);
-}
-template <class Ops>
-RLK_VDIV_INLINE typename Ops::V LoadAt(const float* p, int64_t rem) {
-  return rem >= Ops::kLanes ? Ops::Load(p) : Ops::LoadTail(p, rem, 0.0f);
-}
-
+// kValueOnly: scratch is pass 1's keep (p = kept exp * the block's factor
+// e^{(block max - row max) / T} / S, formed in double).
 template <class Ops, DivergenceKind kKind, PassMode kMode, class TS, class TT>
 RLK_VDIV_INLINE void ValuePass(const TS* s, const TT* t, int64_t nv, const RowConsts<Ops>& k, double sums[4], TS* gs,
-                               float* scratch) {
+                               float* scratch, const RowNorm& n, float inv_t) {
   using V = typename Ops::V;
   constexpr int L = Ops::kLanes;
   const float ninf = -INFINITY;
@@ -486,11 +506,25 @@ RLK_VDIV_INLINE void ValuePass(const TS* s, const TT* t, int64_t nv, const RowCo
   for (int64_t b = 0; b < nv; b += kBlock) {
     const int64_t e = std::min(nv, b + kBlock);
     V at = Ops::Set(0.0f), as = at, bt = at, bs = at;
+    V ct = at, cs = at;
+    if constexpr (kMode == PassMode::kValueOnly) {
+      // An all -inf block (maximum -inf) kept exps of 0 (or NaN): factor 0.
+      const float bmt = scratch[2 * nv + 2 * (b / kBlock)], bms = scratch[2 * nv + 2 * (b / kBlock) + 1];
+      ct = Ops::Set(float(ExpNonPositive((double(bmt) - double(n.tmax)) * inv_t) / n.tsum));
+      cs = Ops::Set(float(ExpNonPositive((double(bms) - double(n.smax)) * inv_t) / n.ssum));
+    }
     for (int64_t i = b; i < e; i += L) {
       const int64_t rem = e - i;
       V tv = rem >= L ? Ops::Load(t + i) : Ops::LoadTail(t + i, rem, ninf);
       V sv = rem >= L ? Ops::Load(s + i) : Ops::LoadTail(s + i, rem, ninf);
-      Probs<Ops> q = Prep<Ops>(tv, sv, k);
+      Probs<Ops> q;
+      if constexpr (kMode == PassMode::kValueOnly) {
+        q.pt = Ops::Mul(LoadAt<Ops>(scratch + i, rem), ct);
+        q.ps = Ops::Mul(LoadAt<Ops>(scratch + nv + i, rem), cs);
+        q.x = LogRatio<Ops>(tv, sv, k);
+      } else {
+        q = Prep<Ops>(tv, sv, k);
+      }
       if constexpr (kMode == PassMode::kForGrad) {
         StoreAt<Ops>(scratch + i, q.pt, rem);
         StoreAt<Ops>(scratch + nv + i, q.ps, rem);
@@ -621,7 +655,9 @@ RLK_VDIV_INLINE void Row(const VocabDivergenceParams& p, DivergenceKind kind, in
     if (gt) std::memset(static_cast<void*>(gt), 0, size_t(nv) * sizeof(TT));
     return;
   }
-  const RowNorm n = Normalisers<Ops>(s, t, nv, p.inv_temperature);
+  float* keep = gs ? nullptr : Scratch(size_t(KeepFloats(nv)));
+  const RowNorm n = gs ? Normalisers<Ops, false>(s, t, nv, p.inv_temperature, keep)
+                       : Normalisers<Ops, true>(s, t, nv, p.inv_temperature, keep);
   const VdivRowScalars rk = VdivRowConstants(p, kind, n.tmax, n.smax, n.tsum, n.ssum);
   RowConsts<Ops> k;
   k.tmax = Ops::Set(n.tmax);
@@ -651,9 +687,9 @@ RLK_VDIV_INLINE void Row(const VocabDivergenceParams& p, DivergenceKind kind, in
   float* scratch = nullptr;  // only the kForGrad passes use it
   if (!gs) {
     switch (kind) {
-      case DivergenceKind::kForwardKl: ValuePass<Ops, DivergenceKind::kForwardKl, PassMode::kValueOnly>(s, t, nv, k, sums, gs, scratch); break;
-      case DivergenceKind::kReverseKl: ValuePass<Ops, DivergenceKind::kReverseKl, PassMode::kValueOnly>(s, t, nv, k, sums, gs, scratch); break;
-      case DivergenceKind::kJsd: ValuePass<Ops, DivergenceKind::kJsd, PassMode::kValueOnly>(s, t, nv, k, sums, gs, scratch); break;
+      case DivergenceKind::kForwardKl: ValuePass<Ops, DivergenceKind::kForwardKl, PassMode::kValueOnly>(s, t, nv, k, sums, gs, keep, n, p.inv_temperature); break;
+      case DivergenceKind::kReverseKl: ValuePass<Ops, DivergenceKind::kReverseKl, PassMode::kValueOnly>(s, t, nv, k, sums, gs, keep, n, p.inv_temperature); break;
+      case DivergenceKind::kJsd: ValuePass<Ops, DivergenceKind::kJsd, PassMode::kValueOnly>(s, t, nv, k, sums, gs, keep, n, p.inv_temperature); break;
     }
     p.values[r] = VdivRowValue(kind, p.beta, sums);
     return;
@@ -661,10 +697,10 @@ RLK_VDIV_INLINE void Row(const VocabDivergenceParams& p, DivergenceKind kind, in
   switch (kind) {
     case DivergenceKind::kForwardKl:
       if (!gt) {
-        ValuePass<Ops, DivergenceKind::kForwardKl, PassMode::kFusedGrad>(s, t, nv, k, sums, gs, scratch);
+        ValuePass<Ops, DivergenceKind::kForwardKl, PassMode::kFusedGrad>(s, t, nv, k, sums, gs, scratch, n, p.inv_temperature);
       } else {
         scratch = Scratch(size_t(kScratchRows<DivergenceKind::kForwardKl>) * size_t(nv));
-        ValuePass<Ops, DivergenceKind::kForwardKl, PassMode::kForGrad>(s, t, nv, k, sums, gs, scratch);
+        ValuePass<Ops, DivergenceKind::kForwardKl, PassMode::kForGrad>(s, t, nv, k, sums, gs, scratch, n, p.inv_temperature);
         const float c[4] = {float(sums[1]), 0.0f, 0.0f, 0.0f};
         GradPass<Ops, DivergenceKind::kForwardKl>(s, t, nv, k, c, gs, gt, scratch);
       }
@@ -672,7 +708,7 @@ RLK_VDIV_INLINE void Row(const VocabDivergenceParams& p, DivergenceKind kind, in
       break;
     case DivergenceKind::kReverseKl: {
       scratch = Scratch(size_t(kScratchRows<DivergenceKind::kReverseKl>) * size_t(nv));
-      ValuePass<Ops, DivergenceKind::kReverseKl, PassMode::kForGrad>(s, t, nv, k, sums, gs, scratch);
+      ValuePass<Ops, DivergenceKind::kReverseKl, PassMode::kForGrad>(s, t, nv, k, sums, gs, scratch, n, p.inv_temperature);
       const float c[4] = {float(sums[1]), 0.0f, 0.0f, 0.0f};
       GradPass<Ops, DivergenceKind::kReverseKl>(s, t, nv, k, c, gs, gt, scratch);
       p.values[r] = VdivRowValue(kind, p.beta, sums);
@@ -680,7 +716,7 @@ RLK_VDIV_INLINE void Row(const VocabDivergenceParams& p, DivergenceKind kind, in
     }
     case DivergenceKind::kJsd: {
       scratch = Scratch(size_t(kScratchRows<DivergenceKind::kJsd>) * size_t(nv));
-      ValuePass<Ops, DivergenceKind::kJsd, PassMode::kForGrad>(s, t, nv, k, sums, gs, scratch);
+      ValuePass<Ops, DivergenceKind::kJsd, PassMode::kForGrad>(s, t, nv, k, sums, gs, scratch, n, p.inv_temperature);
       const float c[4] = {float(sums[0]), float(sums[1]), float(sums[2]), float(sums[3])};
       GradPass<Ops, DivergenceKind::kJsd>(s, t, nv, k, c, gs, gt, scratch);
       p.values[r] = VdivRowValue(kind, p.beta, sums);
