@@ -75,7 +75,7 @@ async function run(
   shape: number[],
   sd: FDType,
   td: FDType,
-  opts: Omit<rlk.VocabDivergenceOptions, 'mask' | 'targets'> & { mask?: Uint8Array; targets?: Int32Array },
+  opts: Omit<rlk.VocabDivergenceOptions, 'mask' | 'targets' | 'grad'> & { mask?: Uint8Array; targets?: Int32Array },
   device: rlk.Device = 'cpu',
 ): Promise<RunOut> {
   return rlk.scope(async () => {
