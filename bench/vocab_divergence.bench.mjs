@@ -1,8 +1,9 @@
 // vocabDivergence on the CPU beside PyTorch eager and torch.compile of the
 // same formulas (bench/torch_vocab_divergence.py), same thread count.
-// rlkernels computes the values and the student gradient in one call; it is
-// compared with PyTorch's values alone (forward) and values + autograd
-// gradient (forward+backward). Speaks the harness protocol (bench/common.mjs).
+// "forward": the values alone on both sides (rlkernels `grad: false`, PyTorch
+// under no_grad); "forward+backward": values + the student gradient (one
+// rlkernels call; PyTorch autograd). Speaks the harness protocol
+// (bench/common.mjs).
 //   node bench/vocab_divergence.bench.mjs [--quick | --tiny] [--threads N] [--no-compile] [--json]
 import * as rlk from '../dist/index.js';
 import { benchConfig, emitResults, progress, progressTotal, randomFloats, timeMedian, torchCompare } from './common.mjs';
@@ -23,14 +24,17 @@ for (const [N, V] of SHAPES) {
   const s = rlk.tensor(randomFloats(N * V, 1), { shape });
   const t = rlk.tensor(randomFloats(N * V, 2), { shape });
   for (const k of KINDS) {
-    const ms = await timeMedian(() => {
-      const r = rlk.vocabDivergence(s, t, { kind: k.kind, beta: k.beta });
-      r.values.dispose();
-      r.gradStudent.dispose();
-    }, { iters: cfg.iters, warmup: 1 });
     const label = k.kind === 'jsd' ? `jsd beta=${k.beta}` : k.kind;
-    // One rlkernels call gives both; the forward row compares it with PyTorch's values alone.
-    for (const op of OPS) rows.push({ op: `${label} ${op}`, shape: `[${N}, ${V}]`, dtype: 'float32', ms, key: `${k.kind}|${op}|${N}x${V}`, note: 'values + student gradient in one call' });
+    for (const op of OPS) {
+      const grad = op !== 'forward';
+      const ms = await timeMedian(() => {
+        const r = rlk.vocabDivergence(s, t, { kind: k.kind, beta: k.beta, grad });
+        r.values.dispose();
+        if ('gradStudent' in r) r.gradStudent.dispose();
+      }, { iters: cfg.iters, warmup: 1 });
+      const note = grad ? 'values + student gradient in one call' : 'values alone (grad: false)';
+      rows.push({ op: `${label} ${op}`, shape: `[${N}, ${V}]`, dtype: 'float32', ms, key: `${k.kind}|${op}|${N}x${V}`, note });
+    }
     progress(`vocab_divergence ${label} [${N}, ${V}]`);
   }
   s.dispose();

@@ -27,7 +27,7 @@ export type {
 } from './linear_logprobs.js';
 
 export { vocabDivergence } from './vocab_divergence.js';
-export type { DivergenceKind, VocabDivergenceOptions, VocabDivergenceResult } from './vocab_divergence.js';
+export type { DivergenceKind, VocabDivergenceOptions, VocabDivergenceResult, VocabDivergenceValues } from './vocab_divergence.js';
 
 export { policyLoss } from './policy_loss.js';
 export type {

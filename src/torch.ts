@@ -543,7 +543,8 @@ export function vocabDivergence(
   const t = checkTorchTensor(fn, 'teacherLogits', teacherLogits);
   let o = options as Record<string, unknown> | undefined;
   if (o && typeof o === 'object' && o.teacherGrad === undefined && t.requiresGrad) o = { ...o, teacherGrad: true };
-  const r = withViews(fn, [s, t, o], (a, b, c) => coreVocabDivergence(a as Tensor, b as Tensor, c as VocabDivergenceOptions));
+  if (o && typeof o === 'object' && o.grad !== undefined) throw new TypeError(`${fn}: options.grad is not an option here (autograd needs the gradient), got ${String(o.grad)}`);
+  const r = withViews(fn, [s, t, o], (a, b, c) => coreVocabDivergence(a as Tensor, b as Tensor, c as VocabDivergenceOptions & { grad?: true }));
   const gradStudent = toTorch(r.gradStudent);
   const gradTeacher = r.gradTeacher ? toTorch(r.gradTeacher) : undefined;
   const values = attach(GradKind.PerRow, r.values, s, gradStudent, gradTeacher ? t : undefined, gradTeacher);

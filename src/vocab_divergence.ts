@@ -26,6 +26,7 @@ const DEFAULT_BETA = 0.5;
 const DEFAULT_TEMPERATURE = 1;
 const DEFAULT_IGNORE_INDEX = -100;
 const DEFAULT_TEACHER_GRAD = false;
+const DEFAULT_GRAD = true;
 
 export interface VocabDivergenceOptions {
   /**
@@ -53,6 +54,18 @@ export interface VocabDivergenceOptions {
   ignoreIndex?: number;
   /** Also return the gradient with respect to the teacher's logits. Defaults to `false`. */
   teacherGrad?: boolean;
+  /**
+   * `false`: the values alone (an evaluation or a logged metric): no gradient is allocated or computed, which
+   * saves the gradient pass and writing a tensor the size of the logits; `teacherGrad` must then be `false`.
+   * Defaults to `true`.
+   */
+  grad?: boolean;
+}
+
+/** What `vocabDivergence` returns with `grad: false`. */
+export interface VocabDivergenceValues {
+  /** float32 `[...]` (the logits' leading dimensions): each row's divergence; 0 where ignored. */
+  values: Tensor;
 }
 
 export interface VocabDivergenceResult {
@@ -75,10 +88,11 @@ interface VocabDivergenceNative {
     invTemperature: number,
     ignoreIndex: number,
     teacherGrad: boolean,
-  ): { values: NativeTensor; gradStudent: NativeTensor; gradTeacher?: NativeTensor };
+    grad: boolean,
+  ): { values: NativeTensor; gradStudent?: NativeTensor; gradTeacher?: NativeTensor };
 }
 
-const OPTION_KEYS = ['kind', 'beta', 'temperature', 'mask', 'targets', 'ignoreIndex', 'teacherGrad'] as const;
+const OPTION_KEYS = ['kind', 'beta', 'temperature', 'mask', 'targets', 'ignoreIndex', 'teacherGrad', 'grad'] as const;
 
 /**
  * Per-row divergence between `softmax(teacherLogits / T)` and `softmax(studentLogits / T)` over the last
@@ -91,7 +105,18 @@ const OPTION_KEYS = ['kind', 'beta', 'temperature', 'mask', 'targets', 'ignoreIn
  *   `temperature` <= 0 or not finite, a non-integer `ignoreIndex`.
  * @throws DisposedError for a disposed tensor.
  */
-export function vocabDivergence(studentLogits: Tensor, teacherLogits: Tensor, options: VocabDivergenceOptions): VocabDivergenceResult {
+export function vocabDivergence(studentLogits: Tensor, teacherLogits: Tensor, options: VocabDivergenceOptions & { grad: false }): VocabDivergenceValues;
+export function vocabDivergence(studentLogits: Tensor, teacherLogits: Tensor, options: Omit<VocabDivergenceOptions, 'grad'> & { grad?: true }): VocabDivergenceResult;
+export function vocabDivergence(
+  studentLogits: Tensor,
+  teacherLogits: Tensor,
+  options: VocabDivergenceOptions,
+): VocabDivergenceResult | VocabDivergenceValues;
+export function vocabDivergence(
+  studentLogits: Tensor,
+  teacherLogits: Tensor,
+  options: VocabDivergenceOptions,
+): VocabDivergenceResult | VocabDivergenceValues {
   const fn = 'vocabDivergence';
   const student = checkTensor(fn, 'studentLogits', studentLogits);
   const teacher = checkTensor(fn, 'teacherLogits', teacherLogits);
@@ -109,6 +134,8 @@ export function vocabDivergence(studentLogits: Tensor, teacherLogits: Tensor, op
       ? DEFAULT_IGNORE_INDEX
       : checkNumber(fn, 'ignoreIndex', o.ignoreIndex, { integer: true, min: -Number.MAX_SAFE_INTEGER, max: Number.MAX_SAFE_INTEGER });
   const teacherGrad = o.teacherGrad === undefined ? DEFAULT_TEACHER_GRAD : checkBoolean(fn, 'teacherGrad', o.teacherGrad);
+  const grad = o.grad === undefined ? DEFAULT_GRAD : checkBoolean(fn, 'grad', o.grad);
+  if (teacherGrad && !grad) throw rangeError(fn, 'teacherGrad must be false when grad is false, got true');
   const mask = checkOptionalTensor(fn, 'mask', o.mask);
   const targets = checkOptionalTensor(fn, 'targets', o.targets);
 
@@ -140,7 +167,9 @@ export function vocabDivergence(studentLogits: Tensor, teacherLogits: Tensor, op
     invTemperature,
     ignoreIndex,
     teacherGrad,
+    grad,
   );
+  if (!out.gradStudent) return { values: new Tensor(out.values) };
   // The gradients have the logits' shapes and dtypes (values: the row shape, its own wrapper).
   const result: VocabDivergenceResult = { values: new Tensor(out.values), gradStudent: new Tensor(out.gradStudent, student, student.dtype) };
   if (out.gradTeacher) result.gradTeacher = new Tensor(out.gradTeacher, teacher, teacher.dtype);

@@ -500,6 +500,8 @@ describeBridge('policyLoss, klPenalty, vocabDivergence as autograd functions', (
       expectClose(`${kind} student grad`, f64(s.grad!), f64(ss.grad!.to({ dtype: 'float32' })), 3e-5, seed);
       expectClose(`${kind} teacher grad`, f64(t.grad!), f64(tt.grad!.to({ dtype: 'float32' })), 3e-5, seed);
     }
+    // The core's values-only option has no meaning under autograd.
+    expect(() => torch.vocabDivergence(leaf(s0, [R, V]), leaf(t0, [R, V]), { kind: 'jsd', grad: false })).toThrow(/options.grad is not an option here/);
   });
 
   it('groupAdvantages on TorchTensors equals the core', () => {

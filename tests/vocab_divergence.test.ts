@@ -75,7 +75,7 @@ async function run(
   shape: number[],
   sd: FDType,
   td: FDType,
-  opts: Omit<rlk.VocabDivergenceOptions, 'mask' | 'targets'> & { mask?: Uint8Array; targets?: Int32Array },
+  opts: Omit<rlk.VocabDivergenceOptions, 'mask' | 'targets' | 'grad'> & { mask?: Uint8Array; targets?: Int32Array },
   device: rlk.Device = 'cpu',
 ): Promise<RunOut> {
   return rlk.scope(async () => {
@@ -103,6 +103,55 @@ async function run(
       tIn: (await T.toArray()) as Float32Array,
     };
   });
+}
+
+/** The values alone (`grad: false`): no gradient tensor comes back. */
+async function runValues(
+  s: ArrayLike<number>,
+  t: ArrayLike<number>,
+  shape: number[],
+  sd: FDType,
+  td: FDType,
+  opts: Omit<rlk.VocabDivergenceOptions, 'mask' | 'targets' | 'grad' | 'teacherGrad'> & { mask?: Uint8Array; targets?: Int32Array },
+  device: rlk.Device = 'cpu',
+): Promise<{ values: Float32Array; sIn: Float32Array; tIn: Float32Array }> {
+  return rlk.scope(async () => {
+    const S = rlk.tensor(Float32Array.from(s), { shape, dtype: sd, device });
+    const T = rlk.tensor(Float32Array.from(t), { shape, dtype: td, device });
+    const rowShape = shape.slice(0, -1);
+    const mask = opts.mask ? rlk.tensor(opts.mask, { shape: rowShape, dtype: 'uint8', device }) : undefined;
+    const targets = opts.targets ? rlk.tensor(opts.targets, { shape: rowShape, dtype: 'int32', device }) : undefined;
+    const r = rlk.vocabDivergence(S, T, { ...opts, mask, targets, grad: false });
+    expect(Object.keys(r)).toEqual(['values']);
+    expect(r.values.shape).toEqual(rowShape);
+    expect(r.values.dtype).toBe('float32');
+    return {
+      values: (await r.values.toArray()) as Float32Array,
+      sIn: (await S.toArray()) as Float32Array,
+      tIn: (await T.toArray()) as Float32Array,
+    };
+  });
+}
+
+/**
+ * The values-only path (`grad: false`, its own code: it reuses pass 1's exps) on the same inputs: the same
+ * non-finite entries as the values that come with the gradient, and the finite ones within the divergence
+ * tolerance of float64.
+ */
+async function expectValuesOnly(what: string, s: ArrayLike<number>, t: ArrayLike<number>, shape: number[], sd: FDType, td: FDType,
+  opts: { kind: Kind; beta?: number; temperature?: number }, withGrad: ArrayLike<number>, ref: ArrayLike<number>, seed: number): Promise<void> {
+  const v = await runValues(s, t, shape, sd, td, opts);
+  const fin: number[] = [];
+  const finRef: number[] = [];
+  for (let i = 0; i < v.values.length; i++) {
+    if (Number.isFinite(withGrad[i])) {
+      fin.push(v.values[i]);
+      finRef.push(ref[i]);
+    } else if (!Object.is(v.values[i], withGrad[i])) {
+      throw new Error(`${what} (grad: false): row ${i} gives ${v.values[i]}, with the gradient ${withGrad[i]} (seed ${seed})`);
+    }
+  }
+  expectClose(`${what} values (grad: false)`, fin, finRef, TOLERANCE.divergence, seed);
 }
 
 function checkAgainstRef(
@@ -151,6 +200,13 @@ async function accuracySweep(device: rlk.Device): Promise<void> {
           // (the value pass may round differently: FMA contraction depends on what is fused)
           expectClose(`${what} values (no teacherGrad)`, out2.values, out.values, 1e-6, seed);
           expectClose(`${what} gradStudent (no teacherGrad)`, out2.gs, out.gs, sd === 'float32' ? 1e-6 : 4e-3, seed);
+          // The values alone (grad: false): against float64, and masked rows give 0.
+          const mask = Uint8Array.from({ length: rows }, (_, i) => (rows > 1 && i === 1 ? 0 : 1));
+          const out3 = await runValues(s, t, shape, sd, td, { kind, beta, temperature, mask }, device);
+          const ignored = Array.from(mask, (m) => m === 0);
+          const ref3 = vocabDivergenceRef(out3.sIn, out3.tIn, rows, V, { kind, beta, temperature, ignored });
+          expectClose(`${what} values (grad: false)`, out3.values, ref3.values, TOLERANCE.divergence, seed);
+          for (let i = 0; i < rows; i++) if (ignored[i]) expect(out3.values[i]).toBe(0);
         }
       }
     }
@@ -176,6 +232,8 @@ describe('vocabDivergence (cpu)', () => {
       const t = randn(r, c.rows * c.V, 3);
       const out = await run(s, t, [c.rows, c.V], c.sd, c.td, { kind: c.kind, beta: c.beta, temperature: c.T, teacherGrad: true });
       checkAgainstRef(`V=${c.V} ${c.sd}/${c.td} ${c.kind}`, out, c.rows, c.V, c.sd, c.td, c.kind, c.beta, c.T, seed);
+      const ref = vocabDivergenceRef(out.sIn, out.tIn, c.rows, c.V, { kind: c.kind, beta: c.beta, temperature: c.T });
+      await expectValuesOnly(`V=${c.V} ${c.kind}`, s, t, [c.rows, c.V], c.sd, c.td, { kind: c.kind, beta: c.beta, temperature: c.T }, out.values, ref.values, seed);
     }
   });
 
@@ -193,6 +251,7 @@ describe('vocabDivergence (cpu)', () => {
       // The divergences are ~1e-4 here: a log-sum-exp difference would lose ~3 digits.
       for (const v of ref.values) expect(v).toBeLessThan(1e-3);
       expectClose(`close ${kind} ${beta} values`, out.values, ref.values, TOLERANCE.divergence, seed);
+      await expectValuesOnly(`close ${kind} ${beta}`, s, t, [rows, V], 'float32', 'float32', { kind, beta }, out.values, ref.values, seed);
       expectCloseUpToNormaliser(`close ${kind} ${beta} gradStudent`, out.gs, ref.gradStudent, out.sIn, rows, V, 2e-5, seed);
       expectCloseUpToNormaliser(`close ${kind} ${beta} gradTeacher`, out.gt!, ref.gradTeacher, out.sIn, rows, V, 2e-5, seed);
     }
@@ -273,6 +332,7 @@ describe('vocabDivergence (cpu)', () => {
       const eff = kind === 'jsd' && beta === 0 ? 'forward-kl' : kind === 'jsd' && beta === 1 ? 'reverse-kl' : kind;
       // Row 1 under reverse KL and row 2 under forward KL are +inf; all others finite.
       const infRow = eff === 'reverse-kl' ? 1 : eff === 'forward-kl' ? 2 : -1;
+      await expectValuesOnly(`-inf ${kind} ${beta}`, s, t, [rows, V], 'float32', 'float32', { kind, beta, temperature: 0.9 }, out.values, ref.values, seed);
       for (let i = 0; i < rows; i++) {
         if (i === infRow) {
           expect(out.values[i]).toBe(Infinity);
@@ -316,6 +376,7 @@ describe('vocabDivergence (cpu)', () => {
       expectClose(`NaN isolation ${kind}`, [out.values[0]], ref.values, TOLERANCE.divergence, seed);
       expectClose(`NaN isolation ${kind} grad`, out.gs.slice(0, V), ref.gradStudent, TOLERANCE.divergence, seed);
       expect(out.gs.slice(V, 2 * V).some(Number.isNaN)).toBe(true);
+      await expectValuesOnly(`NaN isolation ${kind}`, s, t, [rows, V], 'float32', 'float32', { kind, beta }, out.values, [ref.values[0], NaN, NaN, NaN], seed);
     }
   });
 
@@ -334,6 +395,8 @@ describe('vocabDivergence (cpu)', () => {
       const out = await run(s, t, [rows, V], 'float32', 'float32', { kind, beta, teacherGrad: true });
       for (const v of out.values) expect(Number.isFinite(v)).toBe(true);
       checkAgainstRef(`large ${kind} ${beta}`, out, rows, V, 'float32', 'float32', kind, beta, 1, seed);
+      const ref = vocabDivergenceRef(out.sIn, out.tIn, rows, V, { kind, beta });
+      await expectValuesOnly(`large ${kind} ${beta}`, s, t, [rows, V], 'float32', 'float32', { kind, beta }, out.values, ref.values, seed);
     }
   });
 
@@ -463,8 +526,17 @@ describe('vocabDivergence (cpu)', () => {
         { rows: 2, V: 1030, sd: 1, td: 0, kind: 1, beta: 0.5 },
         { rows: 2, V: 77, sd: 2, td: 1, kind: 2, beta: 0.3 },
         { rows: 1, V: 5, sd: 0, td: 2, kind: 2, beta: 0.7 },
+        // Several blocks and a tail; a masked vocabulary (-inf on both sides, and the teacher at the lowest
+        // finite float32, Hugging Face's mask) and a confident teacher row.
+        { rows: 3, V: 2100, sd: 0, td: 0, kind: 0, beta: 0.5 },
+        { rows: 3, V: 2100, sd: 1, td: 0, kind: 2, beta: 0.5 },
       ].map((c) => ({ ...c, s: Array.from(randn(r, c.rows * c.V, 2)), t: Array.from(randn(r, c.rows * c.V, 2)) }));
       cases[0].t[4] = cases[0].s[4] = -Infinity;
+      for (const c of cases.slice(4)) {
+        for (let j = 0; j < 50; j++) c.t[j] = -3.4028234663852886e38;
+        c.t[60] = c.s[60] = -Infinity;
+        c.t[2 * c.V + 1500] = 40;
+      }
       const script = `
         const n = require(process.argv[1]);
         const cases = JSON.parse(require('fs').readFileSync(0, 'utf8'));
@@ -474,8 +546,10 @@ describe('vocabDivergence (cpu)', () => {
           const T = n.fromData([c.rows, c.V], c.td, -1, Float32Array.from(c.t));
           const m = n.fromData([c.rows], 5, -1, Uint8Array.from({ length: c.rows }, (_, i) => (i === 1 ? 0 : 1)));
           const r = n.vocabDivergence(S, T, m, null, c.kind, c.beta, 1 / 0.8, -100, true);
+          const v = n.vocabDivergence(S, T, m, null, c.kind, c.beta, 1 / 0.8, -100, false, false);
           const f = (t) => Array.from(new Float32Array(t.to(0, -1).read()));
-          out.results.push({ values: f(r.values), gs: f(r.gradStudent), gt: f(r.gradTeacher), sIn: f(S), tIn: f(T) });
+          out.results.push({ values: f(r.values), gs: f(r.gradStudent), gt: f(r.gradTeacher), sIn: f(S), tIn: f(T),
+            valuesOnly: f(v.values), valuesOnlyKeys: Object.keys(v) });
         }
         process.stdout.write(JSON.stringify(out, (k, v) => (typeof v === 'number' && !Number.isFinite(v) ? String(v) : v)));
       `;
@@ -488,7 +562,7 @@ describe('vocabDivergence (cpu)', () => {
       expect(child.status, child.stderr).toBe(0);
       const parsed = JSON.parse(child.stdout, (k, v) => (typeof v === 'string' && /^(-?Infinity|NaN)$/.test(v) ? Number(v) : v)) as {
         simd: string;
-        results: Array<{ values: number[]; gs: number[]; gt: number[]; sIn: number[]; tIn: number[] }>;
+        results: Array<{ values: number[]; gs: number[]; gt: number[]; sIn: number[]; tIn: number[]; valuesOnly: number[]; valuesOnlyKeys: string[] }>;
       };
       expect(parsed.simd).toBe(isa);
       const dts: FDType[] = ['float32', 'bfloat16', 'float16'];
@@ -501,6 +575,10 @@ describe('vocabDivergence (cpu)', () => {
         expectClose(`${what} values`, o.values, ref.values, TOLERANCE.divergence, seed);
         expectClose(`${what} gradStudent`, o.gs, roundArray(ref.gradStudent, dts[c.sd]), GRAD_TOL[dts[c.sd]], seed);
         expectClose(`${what} gradTeacher`, o.gt, roundArray(ref.gradTeacher, dts[c.td]), GRAD_TOL[dts[c.td]], seed);
+        // The values-only path (grad = false), its own code on each ISA.
+        expect(o.valuesOnlyKeys).toEqual(['values']);
+        expectClose(`${what} values (grad = false)`, o.valuesOnly, ref.values, TOLERANCE.divergence, seed);
+        if (c.rows > 1) expect(o.valuesOnly[1]).toBe(0);
       });
     });
   }
@@ -548,6 +626,10 @@ describe('vocabDivergence: bad input', () => {
     expect(call(S, T, { kind: 'jsd', ignoreIndex: 1.5 })).toThrow(/ignoreIndex must be an integer/);
     expect(call(S, T, { kind: 'jsd', ignoreIndex: 2 ** 60 })).toThrow(RangeError);
     expect(call(S, T, { kind: 'jsd', teacherGrad: 1 })).toThrow(/teacherGrad must be a boolean/);
+    expect(call(S, T, { kind: 'jsd', grad: 0 })).toThrow(TypeError);
+    expect(call(S, T, { kind: 'jsd', grad: 0 })).toThrow(/grad must be a boolean, got 0/);
+    expect(call(S, T, { kind: 'jsd', grad: false, teacherGrad: true })).toThrow(RangeError);
+    expect(call(S, T, { kind: 'jsd', grad: false, teacherGrad: true })).toThrow(/teacherGrad must be false when grad is false/);
   });
 
   test('disposed tensors throw DisposedError naming the argument', () => {
@@ -574,6 +656,8 @@ describe('vocabDivergence: bad input', () => {
     expect(() => n.vocabDivergence(s, t, null, null, 2, 0.5, 1, 0.5, false)).toThrow(RangeError);
     expect(() => n.vocabDivergence(s, {}, null, null, 2, 0.5, 1, -100, false)).toThrow(/teacherLogits must be a tensor/);
     expect(() => n.vocabDivergence(s, t, null, null, 2, 0.5, 1, -100, 'yes')).toThrow(/teacherGrad must be a boolean/);
+    expect(() => n.vocabDivergence(s, t, null, null, 2, 0.5, 1, -100, false, 1)).toThrow(/grad must be a boolean/);
+    expect(() => n.vocabDivergence(s, t, null, null, 2, 0.5, 1, -100, true, false)).toThrow(/teacherGrad must be false when grad is false/);
   });
 });
 

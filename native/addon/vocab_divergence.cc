@@ -3,8 +3,10 @@
 // synchronously or queue the CUDA kernels on the device's stream.
 //
 // native.vocabDivergence(student, teacher, mask | null, targets | null, kind,
-//                        beta, invTemperature, ignoreIndex, teacherGrad)
-//   -> { values, gradStudent, gradTeacher? }
+//                        beta, invTemperature, ignoreIndex, teacherGrad, grad?)
+//   -> { values, gradStudent?, gradTeacher? }
+// grad (default true) false: the values alone, no gradient allocated or
+// computed (then teacherGrad must be false).
 #include <napi.h>
 
 #include <string>
@@ -30,6 +32,7 @@ Napi::Value VocabDivergenceBinding(const Napi::CallbackInfo& info) {
   const double inv_t = NumberArg(info, 6, fn, "invTemperature");
   const int64_t ignore_index = IntegerArg(info, 7, fn, "ignoreIndex", -9007199254740991LL, 9007199254740991LL);
   const bool teacher_grad = BoolArg(info, 8, fn, "teacherGrad");
+  const bool grad = info.Length() > 9 && !info[9].IsUndefined() ? BoolArg(info, 9, fn, "grad") : true;
 
   RequireDType(env, student, {DType::kFloat32, DType::kBFloat16, DType::kFloat16}, fn, "studentLogits");
   RequireDType(env, teacher, {DType::kFloat32, DType::kBFloat16, DType::kFloat16}, fn, "teacherLogits");
@@ -54,6 +57,7 @@ Napi::Value VocabDivergenceBinding(const Napi::CallbackInfo& info) {
     ThrowRangeError(env, std::string(fn) + ": beta must be in [0, 1], got " + Describe(info[5]));
   if (!(inv_t > 0.0) || !std::isfinite(float(inv_t)))
     ThrowRangeError(env, std::string(fn) + ": invTemperature must be a finite number > 0, got " + Describe(info[6]));
+  if (teacher_grad && !grad) ThrowRangeError(env, std::string(fn) + ": teacherGrad must be false when grad is false, got true");
 
   const int device = student->device();
 #if !RLK_WITH_CUDA
@@ -61,7 +65,8 @@ Napi::Value VocabDivergenceBinding(const Napi::CallbackInfo& info) {
     ThrowTypeError(env, std::string(fn) + ": this build has no CUDA kernels; studentLogits is on " + DeviceName(device));
 #endif
   auto values = AllocStorage(env, fn, size_t(rows) * sizeof(float), device);
-  auto grad_s = AllocStorage(env, fn, student->nbytes(), device);
+  std::shared_ptr<Storage> grad_s;
+  if (grad) grad_s = AllocStorage(env, fn, student->nbytes(), device);
   std::shared_ptr<Storage> grad_t;
   if (teacher_grad) grad_t = AllocStorage(env, fn, teacher->nbytes(), device);
 
@@ -72,7 +77,7 @@ Napi::Value VocabDivergenceBinding(const Napi::CallbackInfo& info) {
   p.targets = targets ? targets->data() : nullptr;
   p.targets_dtype = targets ? targets->dtype() : DType::kInt64;
   p.values = static_cast<float*>(values->data);
-  p.grad_student = grad_s->data;
+  p.grad_student = grad_s ? grad_s->data : nullptr;
   p.grad_teacher = grad_t ? grad_t->data : nullptr;
   p.student_dtype = student->dtype();
   p.teacher_dtype = teacher->dtype();
@@ -94,7 +99,7 @@ Napi::Value VocabDivergenceBinding(const Napi::CallbackInfo& info) {
   }
   Napi::Object out = Napi::Object::New(env);
   out.Set("values", Tensor::Wrap(env, values, row_shape, DType::kFloat32));
-  out.Set("gradStudent", Tensor::Wrap(env, grad_s, student->shape(), student->dtype()));
+  if (grad_s) out.Set("gradStudent", Tensor::Wrap(env, grad_s, student->shape(), student->dtype()));
   if (grad_t) out.Set("gradTeacher", Tensor::Wrap(env, grad_t, teacher->shape(), teacher->dtype()));
   return out;
 }

@@ -134,21 +134,25 @@ RLK_AVX2 inline void IdxStore(float* p, IdxV v) { _mm256_storeu_ps(p, v); }
 
 // The row kernels of one ISA, for the drivers below.
 struct ScalarIsa {
-  template <class T, bool E> static RowStats Stats(const T* x, int64_t n, float it) { return RowStatsScalar<T, E>(x, n, it); }
+  template <class T, bool E> static RowStats Stats(const T* x, int64_t n, float it, const T* = nullptr) { return RowStatsScalar<T, E>(x, n, it); }
   template <class T, bool E>
   static void Grad(const T* x, T* o, int64_t n, float m, float it, float is, float g, float ge, float c) {
     RowGradScalar<T, E>(x, o, n, m, it, is, g, ge, c);
   }
 };
 struct Avx2Isa {
-  template <class T, bool E> static RowStats Stats(const T* x, int64_t n, float it) { return tlp_avx2::RowStatsVec<T, E>(x, n, it); }
+  template <class T, bool E> static RowStats Stats(const T* x, int64_t n, float it, const T* next = nullptr) {
+    return tlp_avx2::RowStatsVec<T, E>(x, n, it, next);
+  }
   template <class T, bool E>
   static void Grad(const T* x, T* o, int64_t n, float m, float it, float is, float g, float ge, float c) {
     tlp_avx2::RowGradVec<T, E>(x, o, n, m, it, is, g, ge, c);
   }
 };
 struct Avx512Isa {
-  template <class T, bool E> static RowStats Stats(const T* x, int64_t n, float it) { return tlp_avx512::RowStatsVec<T, E>(x, n, it); }
+  template <class T, bool E> static RowStats Stats(const T* x, int64_t n, float it, const T* next = nullptr) {
+    return tlp_avx512::RowStatsVec<T, E>(x, n, it, next);
+  }
   template <class T, bool E>
   static void Grad(const T* x, T* o, int64_t n, float m, float it, float is, float g, float ge, float c) {
     tlp_avx512::RowGradVec<T, E>(x, o, n, m, it, is, g, ge, c);
@@ -180,7 +184,8 @@ void FwdRows(const TokenLogprobsFwdParams& p, int64_t begin, int64_t end) {
     }
     const float inv_t = TlpRowInvTemperature(p.temperature, p.inv_temperature, r);
     const T* x = logits + r * p.vocab;
-    const RowStats st = entropy ? Isa::template Stats<T, true>(x, p.vocab, inv_t) : Isa::template Stats<T, false>(x, p.vocab, inv_t);
+    const T* next = r + 1 < end ? x + p.vocab : nullptr;
+    const RowStats st = entropy ? Isa::template Stats<T, true>(x, p.vocab, inv_t, next) : Isa::template Stats<T, false>(x, p.vocab, inv_t, next);
     const int64_t local = tg - p.vocab_start;
     const bool in_row = local >= 0 && local < p.vocab;
     const bool in_range = tg >= 0 && tg < p.vocab_size;

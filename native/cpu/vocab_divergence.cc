@@ -14,6 +14,8 @@
 //     softmax Jacobian brings in the sum over the row), so they cannot be
 //     formed in pass 1. Forward KL without a teacher gradient, the common
 //     distillation case, writes its gradient in pass 2 and skips pass 3.
+//     Without a student gradient (values only, grad_student null) every kind
+//     stops after pass 2, which then forms only the value's sums.
 // Only pass 1 reads from memory: a row (two rows of logits, up to 2 MB at
 // V = 262144 in fp32) is still in L2 for passes 2 and 3. The value is formed
 // in pass 2 rather than online in pass 1 because its cancellation-free form
@@ -46,6 +48,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <vector>
 
 #include "rlk/cpu_simd.h"
 #include "rlk/runtime.h"
@@ -83,6 +86,7 @@ struct ScalarOps {
   static M Eq(V a, V b) { return a == b; }
   static V Select(M m, V t, V f) { return m ? t : f; }
   static V Exp(V a) { return simd::Exp(a); }
+  static V ExpNeg(V a) { return simd::ExpNeg(a); }
   static V Log(V a) { return simd::Log(a); }
   static float ReduceAdd(V a) { return a; }
   static float ReduceMax(V a) { return a; }
@@ -110,6 +114,10 @@ struct Avx512Ops {
   RLK_AVX512 static M Eq(V a, V b) { return _mm512_cmp_ps_mask(a, b, _CMP_EQ_OQ); }
   RLK_AVX512 static V Select(M m, V t, V f) { return _mm512_mask_blend_ps(m, f, t); }
   RLK_AVX512 static V Exp(V a) { return simd::avx512::Exp(a); }
+  RLK_AVX512 static V ExpNeg(V a) {
+    V dc;
+    return simd::avx512::ExpNeg(a, &dc);
+  }
   RLK_AVX512 static V Log(V a) { return simd::avx512::Log(a); }
   RLK_AVX512 static float ReduceAdd(V a) { return simd::avx512::ReduceAdd(a); }
   RLK_AVX512 static float ReduceMax(V a) { return simd::avx512::ReduceMax(a); }
@@ -137,6 +145,10 @@ struct Avx2Ops {
   RLK_AVX2 static M Eq(V a, V b) { return _mm256_cmp_ps(a, b, _CMP_EQ_OQ); }
   RLK_AVX2 static V Select(M m, V t, V f) { return _mm256_blendv_ps(f, t, m); }
   RLK_AVX2 static V Exp(V a) { return simd::avx2::Exp(a); }
+  RLK_AVX2 static V ExpNeg(V a) {
+    V dc;
+    return simd::avx2::ExpNeg(a, &dc);
+  }
   RLK_AVX2 static V Log(V a) { return simd::avx2::Log(a); }
   RLK_AVX2 static float ReduceAdd(V a) { return simd::avx2::ReduceAdd(a); }
   RLK_AVX2 static float ReduceMax(V a) { return simd::avx2::ReduceMax(a); }
@@ -206,19 +218,25 @@ struct Probs {
   typename Ops::V pt, ps, x;  // p_t, p_s, log p_t - log p_s
 };
 
+// x = (t - s) / T + xoff as VdivLogRatio: t - s, one fma, and the residuals
+// of xoff and 1 / T, rather than going through dt and ds.
+// The low part takes d clamped to +-1e30 (an infinite d would make it NaN).
+template <class Ops>
+RLK_VDIV_INLINE typename Ops::V LogRatio(const typename Ops::V& t, const typename Ops::V& s, const RowConsts<Ops>& k) {
+  auto d = Ops::Sub(t, s);
+  auto dl = Ops::Min(Ops::Max(d, Ops::Set(-1e30f)), Ops::Set(1e30f));
+  return Ops::Add(Ops::Fma(d, k.inv_t, k.xoff), Ops::Fma(dl, k.inv_t_lo, k.xoff_lo));
+}
+
 template <class Ops>
 RLK_VDIV_INLINE Probs<Ops> Prep(const typename Ops::V& t, const typename Ops::V& s, const RowConsts<Ops>& k) {
   auto dt = Ops::Sub(t, k.tmax);
   auto ds = Ops::Sub(s, k.smax);
   Probs<Ops> e;
-  e.pt = Ops::Mul(Ops::Exp(Ops::Mul(dt, k.inv_t)), k.rst);
-  e.ps = Ops::Mul(Ops::Exp(Ops::Mul(ds, k.inv_t)), k.rss);
-  // x = (t - s) / T + xoff as VdivLogRatio: t - s, one fma, and the residuals
-  // of xoff and 1 / T, rather than going through dt and ds.
-  // The low part takes d clamped to +-1e30 (an infinite d would make it NaN).
-  auto d = Ops::Sub(t, s);
-  auto dl = Ops::Min(Ops::Max(d, Ops::Set(-1e30f)), Ops::Set(1e30f));
-  e.x = Ops::Add(Ops::Fma(d, k.inv_t, k.xoff), Ops::Fma(dl, k.inv_t_lo, k.xoff_lo));
+  // dt, ds <= 0 (or NaN): ExpNeg, without Exp's overflow and special-value blends.
+  e.pt = Ops::Mul(Ops::ExpNeg(Ops::Mul(dt, k.inv_t)), k.rst);
+  e.ps = Ops::Mul(Ops::ExpNeg(Ops::Mul(ds, k.inv_t)), k.rss);
+  e.x = LogRatio<Ops>(t, s, k);
   return e;
 }
 
@@ -300,6 +318,25 @@ struct RowNorm {
   int64_t targ = 0, sarg = 0;  // an index holding each maximum
 };
 
+// e^x for x <= 0 in double (Cody-Waite reduction, degree-13 Taylor, |error|
+// ~1 ulp; results below 2^-1022 flush to 0). Two per block per side: glibc's
+// exp, called between AVX-512 loops, took ~10 % of pass 1 (perf).
+inline double ExpNonPositive(double x) {
+  if (!(x > -708.0)) return x != x ? x : 0.0;  // NaN stays NaN; -inf and underflow give 0
+  const double shift = 6755399441055744.0;    // 1.5 * 2^52: adding it rounds to an integer
+  const double n = (x * 1.4426950408889634 + shift) - shift;
+  // n * ln2_hi is exact (ln2_hi has 21 trailing zero bits, |n| < 2^11).
+  const double r = (x - n * 6.93147180369123816490e-01) - n * 1.90821492927058770002e-10;
+  double q = 1.0 / 6227020800.0;  // 1/13!
+  for (double c : {1.0 / 479001600.0, 1.0 / 39916800.0, 1.0 / 3628800.0, 1.0 / 362880.0, 1.0 / 40320.0, 1.0 / 5040.0,
+                   1.0 / 720.0, 1.0 / 120.0, 1.0 / 24.0, 1.0 / 6.0, 0.5, 1.0, 1.0})
+    q = q * r + c;
+  uint64_t bits = uint64_t(int64_t(n) + 1023) << 52;
+  double scale;
+  std::memcpy(&scale, &bits, sizeof scale);
+  return q * scale;
+}
+
 // Returns true when the block raised the running maximum.
 inline bool MergeBlock(float* m, double* sum, float bm, double bs, float inv_t) {
   if (bm == -INFINITY) {  // all -inf: bs is 0, or NaN that must reach the row
@@ -307,11 +344,11 @@ inline bool MergeBlock(float* m, double* sum, float bm, double bs, float inv_t) 
     return false;
   }
   if (bm > *m) {
-    *sum = *sum * std::exp((double(*m) - double(bm)) * inv_t) + bs;
+    *sum = *sum * ExpNonPositive((double(*m) - double(bm)) * inv_t) + bs;
     *m = bm;
     return true;
   }
-  *sum += bs * std::exp((double(bm) - double(*m)) * inv_t);
+  *sum += bs * ExpNonPositive((double(bm) - double(*m)) * inv_t);
   return false;
 }
 
@@ -322,8 +359,24 @@ int64_t FindFirst(const T* x, int64_t b, int64_t e, float v) {
   return b;
 }
 
-template <class Ops, class TS, class TT>
-RLK_VDIV_INLINE RowNorm Normalisers(const TS* s, const TT* t, int64_t nv, float inv_t) {
+template <class Ops>
+RLK_VDIV_INLINE void StoreAt(float* p, const typename Ops::V& v, int64_t rem) {
+  if (rem >= Ops::kLanes) Ops::Store(p, v);
+  else Ops::StoreTail(p, v, rem);
+}
+template <class Ops>
+RLK_VDIV_INLINE typename Ops::V LoadAt(const float* p, int64_t rem) {
+  return rem >= Ops::kLanes ? Ops::Load(p) : Ops::LoadTail(p, rem, 0.0f);
+}
+
+// With kKeep (values only), keep receives the block-relative exps of both
+// sides (keep[j] = e^{(t_j - block max) / T}, keep[nv + j] the same for s) and
+// the block maxima (keep[2 nv + 2 blk], keep[2 nv + 2 blk + 1]), so that
+// pass 2 forms p_t, p_s with one multiply each instead of two more exps.
+inline int64_t KeepFloats(int64_t nv) { return 2 * nv + 2 * ((nv + kBlock - 1) / kBlock); }
+
+template <class Ops, bool kKeep, class TS, class TT>
+RLK_VDIV_INLINE RowNorm Normalisers(const TS* s, const TT* t, int64_t nv, float inv_t, float* keep) {
   using V = typename Ops::V;
   constexpr int L = Ops::kLanes;
   const float ninf = -INFINITY;
@@ -357,26 +410,52 @@ RLK_VDIV_INLINE RowNorm Normalisers(const TS* s, const TT* t, int64_t nv, float 
     V at[K], as[K];
     const V zero = Ops::Set(0.0f), one = Ops::Set(1.0f);
     V ot = zero, os = zero;
+    // acc += ex where ex < 1, ones += ex elsewhere (the 1s, and NaN). A macro,
+    // not a lambda: a lambda does not inherit the ISA's target attribute, so
+    // the compares and blends in it were out-of-line calls.
+#define RLK_VDIV_ADD_SPLIT(acc, ones, ex)                      \
+  do {                                                         \
+    const auto small_ = Ops::Lt(ex, one);                      \
+    acc = Ops::Add(acc, Ops::Select(small_, ex, zero));        \
+    ones = Ops::Add(ones, Ops::Select(small_, zero, ex));      \
+  } while (0)
     for (int u = 0; u < K; ++u) at[u] = as[u] = zero;
-    auto add = [&](V& acc, V& ones, V ex) {
-      const auto small = Ops::Lt(ex, one);
-      acc = Ops::Add(acc, Ops::Select(small, ex, zero));
-      ones = Ops::Add(ones, Ops::Select(small, zero, ex));  // 1s, and NaN
-    };
+    // The arguments are <= 0 (the block's maximum), so ExpNeg. While this
+    // block's exps run from L1, the next block is prefetched: its maximum
+    // loop then reads from cache instead of waiting on memory, and the
+    // memory transfer overlaps the arithmetic (one stream per side; a
+    // prefetch past the row is harmless).
     int64_t i = b;
     for (; i + K * L <= e; i += K * L) {
+      const uintptr_t nt = reinterpret_cast<uintptr_t>(t) + uintptr_t(i + kBlock) * sizeof(TT);
+      const uintptr_t ns = reinterpret_cast<uintptr_t>(s) + uintptr_t(i + kBlock) * sizeof(TS);
+      for (uintptr_t o = 0; o < K * L * sizeof(TT); o += 64) __builtin_prefetch(reinterpret_cast<const void*>(nt + o), 0, 3);
+      for (uintptr_t o = 0; o < K * L * sizeof(TS); o += 64) __builtin_prefetch(reinterpret_cast<const void*>(ns + o), 0, 3);
       for (int u = 0; u < K; ++u) {
-        add(at[u], ot, Ops::Exp(Ops::Mul(Ops::Sub(Ops::Load(t + i + u * L), rt), vinv)));
-        add(as[u], os, Ops::Exp(Ops::Mul(Ops::Sub(Ops::Load(s + i + u * L), rs), vinv)));
+        const V et = Ops::ExpNeg(Ops::Mul(Ops::Sub(Ops::Load(t + i + u * L), rt), vinv));
+        const V es = Ops::ExpNeg(Ops::Mul(Ops::Sub(Ops::Load(s + i + u * L), rs), vinv));
+        if constexpr (kKeep) {
+          Ops::Store(keep + i + u * L, et);
+          Ops::Store(keep + nv + i + u * L, es);
+        }
+        RLK_VDIV_ADD_SPLIT(at[u], ot, et);
+        RLK_VDIV_ADD_SPLIT(as[u], os, es);
       }
     }
     for (int u = 0; i < e; i += L, u = (u + 1) % K) {
       const int64_t rem = e - i;
       V tv = rem >= L ? Ops::Load(t + i) : Ops::LoadTail(t + i, rem, ninf);
       V sv = rem >= L ? Ops::Load(s + i) : Ops::LoadTail(s + i, rem, ninf);
-      add(at[u], ot, Ops::Exp(Ops::Mul(Ops::Sub(tv, rt), vinv)));
-      add(as[u], os, Ops::Exp(Ops::Mul(Ops::Sub(sv, rs), vinv)));
+      const V et = Ops::ExpNeg(Ops::Mul(Ops::Sub(tv, rt), vinv));
+      const V es = Ops::ExpNeg(Ops::Mul(Ops::Sub(sv, rs), vinv));
+      if constexpr (kKeep) {
+        StoreAt<Ops>(keep + i, et, rem);
+        StoreAt<Ops>(keep + nv + i, es, rem);
+      }
+      RLK_VDIV_ADD_SPLIT(at[u], ot, et);
+      RLK_VDIV_ADD_SPLIT(as[u], os, es);
     }
+#undef RLK_VDIV_ADD_SPLIT
     for (int w = K / 2; w >= 1; w /= 2) {
       for (int u = 0; u < w; ++u) {
         at[u] = Ops::Add(at[u], at[u + w]);
@@ -387,6 +466,10 @@ RLK_VDIV_INLINE RowNorm Normalisers(const TS* s, const TT* t, int64_t nv, float 
     // the block, in L1).
     const double bst = double(Ops::ReduceAdd(ot)) + double(Ops::ReduceAdd(at[0]));
     const double bss = double(Ops::ReduceAdd(os)) + double(Ops::ReduceAdd(as[0]));
+    if constexpr (kKeep) {
+      keep[2 * nv + 2 * (b / kBlock)] = bmt;
+      keep[2 * nv + 2 * (b / kBlock) + 1] = bms;
+    }
     if (MergeBlock(&n.tmax, &n.tsum, bmt, bst, inv_t)) n.targ = FindFirst(t, b, e, bmt);
     if (MergeBlock(&n.smax, &n.ssum, bms, bss, inv_t)) n.sarg = FindFirst(s, b, e, bms);
   }
@@ -399,10 +482,23 @@ RLK_VDIV_INLINE RowNorm Normalisers(const TS* s, const TT* t, int64_t nv, float 
 // Pass 2: the value's sums: for the KLs sums[0] = the KL, sums[1] = sum_j w_j
 // d_j (RefDiff); for jsd sums[0] = KL(p_t || M), sums[1] = KL(p_s || M),
 // sums[2] = sum p_t a_t, sums[3] = sum p_s a_s.
-// With kFusedGrad (forward KL, no teacher gradient) it also writes the
-// student gradient, which does not depend on the value.
-template <class Ops, DivergenceKind kKind, bool kFusedGrad, class TS, class TT>
-RLK_VDIV_INLINE void ValuePass(const TS* s, const TT* t, int64_t nv, const RowConsts<Ops>& k, double sums[4], TS* gs) {
+// kMode: kValueOnly forms only what the value needs (sums[0], and sums[1]
+// for jsd); kForGrad also the sums the gradient pass needs; kFusedGrad
+// (forward KL, no teacher gradient) also writes the student gradient, which
+// does not depend on the value.
+enum class PassMode { kValueOnly, kForGrad, kFusedGrad };
+
+// Scratch of pass 2 for pass 3 (kForGrad): float rows [kScratchRows][nv]:
+// p_t, p_s and, for jsd, y_t, y_s, a_t, a_s, exactly as pass 2 formed them, so
+// pass 3 spends no exp or log and gives bitwise what recomputing them gave.
+template <DivergenceKind kKind>
+constexpr int kScratchRows = kKind == DivergenceKind::kJsd ? 6 : 2;
+
+// kValueOnly: scratch is pass 1's keep (p = kept exp * the block's factor
+// e^{(block max - row max) / T} / S, formed in double).
+template <class Ops, DivergenceKind kKind, PassMode kMode, class TS, class TT>
+RLK_VDIV_INLINE void ValuePass(const TS* s, const TT* t, int64_t nv, const RowConsts<Ops>& k, double sums[4], TS* gs,
+                               float* scratch, const RowNorm& n, float inv_t) {
   using V = typename Ops::V;
   constexpr int L = Ops::kLanes;
   const float ninf = -INFINITY;
@@ -410,30 +506,56 @@ RLK_VDIV_INLINE void ValuePass(const TS* s, const TT* t, int64_t nv, const RowCo
   for (int64_t b = 0; b < nv; b += kBlock) {
     const int64_t e = std::min(nv, b + kBlock);
     V at = Ops::Set(0.0f), as = at, bt = at, bs = at;
+    V ct = at, cs = at;
+    if constexpr (kMode == PassMode::kValueOnly) {
+      // An all -inf block (maximum -inf) kept exps of 0 (or NaN): factor 0.
+      const float bmt = scratch[2 * nv + 2 * (b / kBlock)], bms = scratch[2 * nv + 2 * (b / kBlock) + 1];
+      ct = Ops::Set(float(ExpNonPositive((double(bmt) - double(n.tmax)) * inv_t) / n.tsum));
+      cs = Ops::Set(float(ExpNonPositive((double(bms) - double(n.smax)) * inv_t) / n.ssum));
+    }
     for (int64_t i = b; i < e; i += L) {
       const int64_t rem = e - i;
       V tv = rem >= L ? Ops::Load(t + i) : Ops::LoadTail(t + i, rem, ninf);
       V sv = rem >= L ? Ops::Load(s + i) : Ops::LoadTail(s + i, rem, ninf);
-      Probs<Ops> q = Prep<Ops>(tv, sv, k);
+      Probs<Ops> q;
+      if constexpr (kMode == PassMode::kValueOnly) {
+        q.pt = Ops::Mul(LoadAt<Ops>(scratch + i, rem), ct);
+        q.ps = Ops::Mul(LoadAt<Ops>(scratch + nv + i, rem), cs);
+        q.x = LogRatio<Ops>(tv, sv, k);
+      } else {
+        q = Prep<Ops>(tv, sv, k);
+      }
+      if constexpr (kMode == PassMode::kForGrad) {
+        StoreAt<Ops>(scratch + i, q.pt, rem);
+        StoreAt<Ops>(scratch + nv + i, q.ps, rem);
+      }
       if constexpr (kKind == DivergenceKind::kForwardKl) {
         at = Ops::Add(at, PhiW<Ops>(q.pt, q.x, q.ps));
-        if constexpr (!kFusedGrad) as = Ops::Add(as, WeightedRefDiff<Ops>(q.pt, tv, sv, k));
-        if constexpr (kFusedGrad) {
+        if constexpr (kMode == PassMode::kForGrad) as = Ops::Add(as, WeightedRefDiff<Ops>(q.pt, tv, sv, k));
+        if constexpr (kMode == PassMode::kFusedGrad) {
           V g = Ops::Mul(DiffSt<Ops>(q), k.inv_t);
           if (rem >= L) Ops::Store(gs + i, g);
           else Ops::StoreTail(gs + i, g, rem);
         }
       } else if constexpr (kKind == DivergenceKind::kReverseKl) {
         at = Ops::Add(at, PhiW<Ops>(q.ps, Ops::Sub(Ops::Set(0.0f), q.x), q.pt));
-        as = Ops::Add(as, WeightedRefDiff<Ops>(q.ps, tv, sv, k));
+        if constexpr (kMode == PassMode::kForGrad) as = Ops::Add(as, WeightedRefDiff<Ops>(q.ps, tv, sv, k));
       } else {
         const JsdRatios<Ops> y = JsdLogRatios<Ops>(q, k);
+        if constexpr (kMode == PassMode::kForGrad) {
+          StoreAt<Ops>(scratch + 2 * nv + i, y.yt, rem);
+          StoreAt<Ops>(scratch + 3 * nv + i, y.ys, rem);
+          StoreAt<Ops>(scratch + 4 * nv + i, y.at, rem);
+          StoreAt<Ops>(scratch + 5 * nv + i, y.as, rem);
+        }
         V m = Ops::Fma(k.beta, q.pt, Ops::Mul(k.omb, q.ps));
         V zero = Ops::Set(0.0f);
         at = Ops::Add(at, PhiW<Ops>(q.pt, y.yt, m));
         as = Ops::Add(as, PhiW<Ops>(q.ps, y.ys, m));
-        bt = Ops::Add(bt, Ops::Select(Ops::Eq(q.pt, zero), zero, Ops::Mul(q.pt, y.at)));
-        bs = Ops::Add(bs, Ops::Select(Ops::Eq(q.ps, zero), zero, Ops::Mul(q.ps, y.as)));
+        if constexpr (kMode == PassMode::kForGrad) {
+          bt = Ops::Add(bt, Ops::Select(Ops::Eq(q.pt, zero), zero, Ops::Mul(q.pt, y.at)));
+          bs = Ops::Add(bs, Ops::Select(Ops::Eq(q.ps, zero), zero, Ops::Mul(q.ps, y.as)));
+        }
       }
     }
     sums[0] += double(Ops::ReduceAdd(at));
@@ -464,7 +586,8 @@ RLK_VDIV_INLINE typename Ops::V TighterDiff(const typename Ops::V& a, const type
 // c: the KLs c[0] = sum_k w_k d_k (RefDiff);
 // jsd c = {KL(p_t || M), KL(p_s || M), sum p_t a_t, sum p_s a_s}.
 template <class Ops, DivergenceKind kKind, class TS, class TT>
-RLK_VDIV_INLINE void GradPass(const TS* s, const TT* t, int64_t nv, const RowConsts<Ops>& k, const float c[4], TS* gs, TT* gt) {
+RLK_VDIV_INLINE void GradPass(const TS* s, const TT* t, int64_t nv, const RowConsts<Ops>& k, const float c[4], TS* gs, TT* gt,
+                              const float* scratch) {
   using V = typename Ops::V;
   constexpr int L = Ops::kLanes;
   const float ninf = -INFINITY;
@@ -472,9 +595,15 @@ RLK_VDIV_INLINE void GradPass(const TS* s, const TT* t, int64_t nv, const RowCon
   const V c0 = Ops::Set(c[0]), c1 = Ops::Set(c[1]), c2 = Ops::Set(c[2]), c3 = Ops::Set(c[3]);
   for (int64_t i = 0; i < nv; i += L) {
     const int64_t rem = nv - i;
-    V tv = rem >= L ? Ops::Load(t + i) : Ops::LoadTail(t + i, rem, ninf);
-    V sv = rem >= L ? Ops::Load(s + i) : Ops::LoadTail(s + i, rem, ninf);
-    Probs<Ops> q = Prep<Ops>(tv, sv, k);
+    Probs<Ops> q;
+    q.pt = LoadAt<Ops>(scratch + i, rem);
+    q.ps = LoadAt<Ops>(scratch + nv + i, rem);
+    V tv = zero, sv = zero;
+    if constexpr (kKind != DivergenceKind::kJsd) {
+      tv = rem >= L ? Ops::Load(t + i) : Ops::LoadTail(t + i, rem, ninf);
+      sv = rem >= L ? Ops::Load(s + i) : Ops::LoadTail(s + i, rem, ninf);
+      q.x = LogRatio<Ops>(tv, sv, k);
+    }
     V g_s, g_t;
     if constexpr (kKind == DivergenceKind::kForwardKl) {
       g_s = DiffSt<Ops>(q);
@@ -483,7 +612,11 @@ RLK_VDIV_INLINE void GradPass(const TS* s, const TT* t, int64_t nv, const RowCon
       g_s = Ops::Select(Ops::Eq(q.ps, zero), zero, Ops::Mul(Ops::Mul(q.ps, Ops::Sub(c0, RefDiff<Ops>(tv, sv, k))), k.inv_t));
       g_t = Ops::Sub(zero, DiffSt<Ops>(q));
     } else {
-      const JsdRatios<Ops> y = JsdLogRatios<Ops>(q, k);
+      JsdRatios<Ops> y;
+      y.yt = LoadAt<Ops>(scratch + 2 * nv + i, rem);
+      y.ys = LoadAt<Ops>(scratch + 3 * nv + i, rem);
+      y.at = LoadAt<Ops>(scratch + 4 * nv + i, rem);
+      y.as = LoadAt<Ops>(scratch + 5 * nv + i, rem);
       g_s = Ops::Select(Ops::Eq(q.ps, zero), zero, Ops::Mul(Ops::Mul(k.omb, q.ps), TighterDiff<Ops>(y.ys, c1, y.as, c3)));
       g_t = Ops::Select(Ops::Eq(q.pt, zero), zero, Ops::Mul(Ops::Mul(k.beta, q.pt), TighterDiff<Ops>(y.yt, c0, y.at, c2)));
     }
@@ -499,20 +632,32 @@ RLK_VDIV_INLINE void GradPass(const TS* s, const TT* t, int64_t nv, const RowCon
   }
 }
 
+// The calling thread's scratch of at least n floats (pass 2 -> pass 3), kept
+// between calls: 8 B a vocabulary entry (24 B for jsd), 768 KB at V = 32000,
+// L2-resident where the row is; growing it is the only allocation.
+inline float* Scratch(size_t n) {
+  static thread_local std::vector<float> buf;
+  if (buf.size() < n) buf.resize(n);
+  return buf.data();
+}
+
 template <class Ops, class TS, class TT>
 RLK_VDIV_INLINE void Row(const VocabDivergenceParams& p, DivergenceKind kind, int64_t r) {
   const int64_t nv = p.vocab;
   const TS* s = static_cast<const TS*>(p.student) + r * nv;
   const TT* t = static_cast<const TT*>(p.teacher) + r * nv;
-  TS* gs = static_cast<TS*>(p.grad_student) + r * nv;
+  // No student gradient: values only (and then no teacher gradient either).
+  TS* gs = p.grad_student ? static_cast<TS*>(p.grad_student) + r * nv : nullptr;
   TT* gt = p.grad_teacher ? static_cast<TT*>(p.grad_teacher) + r * nv : nullptr;
   if (VdivRowIgnored(p, r)) {
     p.values[r] = 0.0f;
-    std::memset(static_cast<void*>(gs), 0, size_t(nv) * sizeof(TS));  // all-zero bits are +0 in every float format
+    if (gs) std::memset(static_cast<void*>(gs), 0, size_t(nv) * sizeof(TS));  // all-zero bits are +0 in every float format
     if (gt) std::memset(static_cast<void*>(gt), 0, size_t(nv) * sizeof(TT));
     return;
   }
-  const RowNorm n = Normalisers<Ops>(s, t, nv, p.inv_temperature);
+  float* keep = gs ? nullptr : Scratch(size_t(KeepFloats(nv)));
+  const RowNorm n = gs ? Normalisers<Ops, false>(s, t, nv, p.inv_temperature, keep)
+                       : Normalisers<Ops, true>(s, t, nv, p.inv_temperature, keep);
   const VdivRowScalars rk = VdivRowConstants(p, kind, n.tmax, n.smax, n.tsum, n.ssum);
   RowConsts<Ops> k;
   k.tmax = Ops::Set(n.tmax);
@@ -539,40 +684,56 @@ RLK_VDIV_INLINE void Row(const VocabDivergenceParams& p, DivergenceKind kind, in
     k.rhos = Ops::Set(rk.rhos);
   }
   double sums[4];
+  float* scratch = nullptr;  // only the kForGrad passes use it
+  if (!gs) {
+    switch (kind) {
+      case DivergenceKind::kForwardKl: ValuePass<Ops, DivergenceKind::kForwardKl, PassMode::kValueOnly>(s, t, nv, k, sums, gs, keep, n, p.inv_temperature); break;
+      case DivergenceKind::kReverseKl: ValuePass<Ops, DivergenceKind::kReverseKl, PassMode::kValueOnly>(s, t, nv, k, sums, gs, keep, n, p.inv_temperature); break;
+      case DivergenceKind::kJsd: ValuePass<Ops, DivergenceKind::kJsd, PassMode::kValueOnly>(s, t, nv, k, sums, gs, keep, n, p.inv_temperature); break;
+    }
+    p.values[r] = VdivRowValue(kind, p.beta, sums);
+    return;
+  }
   switch (kind) {
     case DivergenceKind::kForwardKl:
       if (!gt) {
-        ValuePass<Ops, DivergenceKind::kForwardKl, true>(s, t, nv, k, sums, gs);
+        ValuePass<Ops, DivergenceKind::kForwardKl, PassMode::kFusedGrad>(s, t, nv, k, sums, gs, scratch, n, p.inv_temperature);
       } else {
-        ValuePass<Ops, DivergenceKind::kForwardKl, false>(s, t, nv, k, sums, gs);
+        scratch = Scratch(size_t(kScratchRows<DivergenceKind::kForwardKl>) * size_t(nv));
+        ValuePass<Ops, DivergenceKind::kForwardKl, PassMode::kForGrad>(s, t, nv, k, sums, gs, scratch, n, p.inv_temperature);
         const float c[4] = {float(sums[1]), 0.0f, 0.0f, 0.0f};
-        GradPass<Ops, DivergenceKind::kForwardKl>(s, t, nv, k, c, gs, gt);
+        GradPass<Ops, DivergenceKind::kForwardKl>(s, t, nv, k, c, gs, gt, scratch);
       }
       p.values[r] = VdivRowValue(kind, p.beta, sums);
       break;
     case DivergenceKind::kReverseKl: {
-      ValuePass<Ops, DivergenceKind::kReverseKl, false>(s, t, nv, k, sums, gs);
+      scratch = Scratch(size_t(kScratchRows<DivergenceKind::kReverseKl>) * size_t(nv));
+      ValuePass<Ops, DivergenceKind::kReverseKl, PassMode::kForGrad>(s, t, nv, k, sums, gs, scratch, n, p.inv_temperature);
       const float c[4] = {float(sums[1]), 0.0f, 0.0f, 0.0f};
-      GradPass<Ops, DivergenceKind::kReverseKl>(s, t, nv, k, c, gs, gt);
+      GradPass<Ops, DivergenceKind::kReverseKl>(s, t, nv, k, c, gs, gt, scratch);
       p.values[r] = VdivRowValue(kind, p.beta, sums);
       break;
     }
     case DivergenceKind::kJsd: {
-      ValuePass<Ops, DivergenceKind::kJsd, false>(s, t, nv, k, sums, gs);
+      scratch = Scratch(size_t(kScratchRows<DivergenceKind::kJsd>) * size_t(nv));
+      ValuePass<Ops, DivergenceKind::kJsd, PassMode::kForGrad>(s, t, nv, k, sums, gs, scratch, n, p.inv_temperature);
       const float c[4] = {float(sums[0]), float(sums[1]), float(sums[2]), float(sums[3])};
-      GradPass<Ops, DivergenceKind::kJsd>(s, t, nv, k, c, gs, gt);
+      GradPass<Ops, DivergenceKind::kJsd>(s, t, nv, k, c, gs, gt, scratch);
       p.values[r] = VdivRowValue(kind, p.beta, sums);
       break;
     }
   }
 }
 
+// flatten: every wrapper inlined into the ISA's function (GCC had kept
+// ExpNeg and the mask compares and blends out of line, as calls: 40 % of
+// pass 1's time).
 template <class TS, class TT>
-RLK_AVX512 void RowsAvx512(const VocabDivergenceParams& p, DivergenceKind kind, int64_t b, int64_t e) {
+RLK_AVX512 __attribute__((flatten)) void RowsAvx512(const VocabDivergenceParams& p, DivergenceKind kind, int64_t b, int64_t e) {
   for (int64_t r = b; r < e; ++r) Row<Avx512Ops, TS, TT>(p, kind, r);
 }
 template <class TS, class TT>
-RLK_AVX2 void RowsAvx2(const VocabDivergenceParams& p, DivergenceKind kind, int64_t b, int64_t e) {
+RLK_AVX2 __attribute__((flatten)) void RowsAvx2(const VocabDivergenceParams& p, DivergenceKind kind, int64_t b, int64_t e) {
   for (int64_t r = b; r < e; ++r) Row<Avx2Ops, TS, TT>(p, kind, r);
 }
 template <class TS, class TT>

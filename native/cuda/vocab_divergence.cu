@@ -316,10 +316,10 @@ __global__ void __launch_bounds__(kThreads) VocabDivergenceKernel(const VocabDiv
   for (int64_t row = blockIdx.x; row < p.rows; row += gridDim.x) {
     const TS* s = static_cast<const TS*>(p.student) + row * nv;
     const TT* t = static_cast<const TT*>(p.teacher) + row * nv;
-    TS* gs = static_cast<TS*>(p.grad_student) + row * nv;
+    TS* gs = p.grad_student ? static_cast<TS*>(p.grad_student) + row * nv : nullptr;  // null: values only
     TT* gt = p.grad_teacher ? static_cast<TT*>(p.grad_teacher) + row * nv : nullptr;
     if (VdivRowIgnored(p, row)) {
-      for (int64_t j = threadIdx.x; j < nv; j += blockDim.x) {
+      for (int64_t j = threadIdx.x; gs && j < nv; j += blockDim.x) {
         gs[j] = FromFloat<TS>(0.0f);
         if (gt) gt[j] = FromFloat<TT>(0.0f);
       }
@@ -374,7 +374,7 @@ __global__ void __launch_bounds__(kThreads) VocabDivergenceKernel(const VocabDiv
       k.sref = ToFloat(s[r]);
     }
     // Pass 2: the value's sums (as the CPU's ValuePass).
-    const bool fused = kKind == DivergenceKind::kForwardKl && gt == nullptr;
+    const bool fused = kKind == DivergenceKind::kForwardKl && gt == nullptr && gs != nullptr;
     CSum acc[4];
     if (fused) {
       ForRowOut(s, t, nv, gs, static_cast<TT*>(nullptr), [&](int64_t, float tv, float sv, float& g_s, float& g_t) {
@@ -405,7 +405,7 @@ __global__ void __launch_bounds__(kThreads) VocabDivergenceKernel(const VocabDiv
     double sums[4] = {acc[0].Value(), acc[1].Value(), acc[2].Value(), acc[3].Value()};
     BlockSum<4>(sums, red);
     if (threadIdx.x == 0) p.values[row] = VdivRowValue(kKind, p.beta, sums);
-    if (fused) continue;
+    if (fused || gs == nullptr) continue;
     // Pass 3: the gradients (derivation above GradPass in the CPU file).
     const float c0 = float(sums[0]), c1 = float(sums[1]), c2 = float(sums[2]), c3 = float(sums[3]);
     ForRowOut(s, t, nv, gs, gt, [&](int64_t, float tv, float sv, float& g_s, float& g_t) {

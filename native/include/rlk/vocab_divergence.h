@@ -26,8 +26,8 @@ struct VocabDivergenceParams {
   const uint8_t* mask;        // [rows] or nullptr; 0 ignores the row
   const void* targets;        // [rows] int32/int64 or nullptr; == ignore_index ignores the row
   float* values;              // [rows] out
-  void* grad_student;         // [rows, vocab] out, student_dtype
-  void* grad_teacher;         // [rows, vocab] out, teacher_dtype, or nullptr
+  void* grad_student;         // [rows, vocab] out, student_dtype, or nullptr for the values alone
+  void* grad_teacher;         // [rows, vocab] out, teacher_dtype, or nullptr (always with grad_student null)
   DType student_dtype = DType::kFloat32;
   DType teacher_dtype = DType::kFloat32;
   DType targets_dtype = DType::kInt64;
@@ -62,8 +62,10 @@ inline Status VocabDivergenceCheck(const VocabDivergenceParams& p) {
     return Status{Status::kOutOfRange, "vocabDivergence: temperature must be a finite number > 0"};
   if (p.targets && p.targets_dtype != DType::kInt32 && p.targets_dtype != DType::kInt64)
     return Status{Status::kInvalidArgument, "vocabDivergence: targets must be int32 or int64"};
-  if (p.rows > 0 && (!p.student || !p.teacher || !p.values || !p.grad_student))
+  if (p.rows > 0 && (!p.student || !p.teacher || !p.values))
     return Status{Status::kInvalidArgument, "vocabDivergence: missing tensor"};
+  if (p.grad_teacher && !p.grad_student)
+    return Status{Status::kInvalidArgument, "vocabDivergence: a teacher gradient needs the student gradient"};
   return Status::Ok();
 }
 

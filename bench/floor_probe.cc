@@ -1,0 +1,70 @@
+// The machine's floors for the CPU kernels (bench/RESULTS.md, "Where the
+// time goes"): read bandwidth (an AVX-512 sum over 512 MB a thread, larger
+// than the L3, 1 or N threads at once) and the throughput of the kernels'
+// vector exp (simd::avx512::Exp, simd::avx2::Exp, on registers).
+//   g++ -O2 -std=c++17 -Inative/include bench/floor_probe.cc -o /tmp/floor_probe -lpthread && /tmp/floor_probe 2
+#include <immintrin.h>
+#include <pthread.h>
+#include <time.h>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <vector>
+#include <thread>
+#include "rlk/cpu_simd.h"
+using namespace rlk::simd;
+static double cpu_now() { timespec t; clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t); return t.tv_sec + t.tv_nsec * 1e-9; }
+static double wall_now() { timespec t; clock_gettime(CLOCK_MONOTONIC, &t); return t.tv_sec + t.tv_nsec * 1e-9; }
+RLK_AVX512 float SumRead(const float* p, size_t n) {
+  __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+  for (size_t i = 0; i < n; i += 64) {
+    a0 = _mm512_add_ps(a0, _mm512_loadu_ps(p + i)); a1 = _mm512_add_ps(a1, _mm512_loadu_ps(p + i + 16));
+    a2 = _mm512_add_ps(a2, _mm512_loadu_ps(p + i + 32)); a3 = _mm512_add_ps(a3, _mm512_loadu_ps(p + i + 48));
+  }
+  return _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
+}
+RLK_AVX512 float ExpLoop(size_t n) {
+  __m512 x0 = _mm512_set1_ps(-1.0f), x1 = _mm512_set1_ps(-2.0f), x2 = _mm512_set1_ps(-3.f), x3 = _mm512_set1_ps(-4.f);
+  __m512 s0 = _mm512_setzero_ps(), s1 = s0, s2 = s0, s3 = s0, d = _mm512_set1_ps(1e-7f);
+  for (size_t i = 0; i < n; i += 64) {
+    s0 = _mm512_add_ps(s0, avx512::Exp(x0)); s1 = _mm512_add_ps(s1, avx512::Exp(x1));
+    s2 = _mm512_add_ps(s2, avx512::Exp(x2)); s3 = _mm512_add_ps(s3, avx512::Exp(x3));
+    x0 = _mm512_sub_ps(x0, d); x1 = _mm512_sub_ps(x1, d); x2 = _mm512_sub_ps(x2, d); x3 = _mm512_sub_ps(x3, d);
+  }
+  return _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(s0, s1), _mm512_add_ps(s2, s3)));
+}
+RLK_AVX2 float ExpLoop2(size_t n) {
+  __m256 x0 = _mm256_set1_ps(-1.0f), x1 = _mm256_set1_ps(-2.0f), x2 = _mm256_set1_ps(-3.f), x3 = _mm256_set1_ps(-4.f);
+  __m256 s0 = _mm256_setzero_ps(), s1 = s0, s2 = s0, s3 = s0, d = _mm256_set1_ps(1e-7f);
+  for (size_t i = 0; i < n; i += 32) {
+    s0 = _mm256_add_ps(s0, avx2::Exp(x0)); s1 = _mm256_add_ps(s1, avx2::Exp(x1));
+    s2 = _mm256_add_ps(s2, avx2::Exp(x2)); s3 = _mm256_add_ps(s3, avx2::Exp(x3));
+    x0 = _mm256_sub_ps(x0, d); x1 = _mm256_sub_ps(x1, d); x2 = _mm256_sub_ps(x2, d); x3 = _mm256_sub_ps(x3, d);
+  }
+  return avx2::ReduceAdd(_mm256_add_ps(_mm256_add_ps(s0, s1), _mm256_add_ps(s2, s3)));
+}
+int main(int argc, char** argv) {
+  const size_t n = size_t(1) << 27;  // 512 MB a thread
+  int threads = argc > 1 ? atoi(argv[1]) : 1;
+  std::vector<float*> bufs(threads);
+  for (int t = 0; t < threads; ++t) { bufs[t] = (float*)aligned_alloc(64, n * 4); memset(bufs[t], 0, n * 4); }
+  volatile float sink = 0;
+  for (int rep = 0; rep < 3; ++rep) {
+    std::vector<double> cpu(threads), gbs(threads);
+    double w0 = wall_now();
+    std::vector<std::thread> th;
+    for (int t = 0; t < threads; ++t) th.emplace_back([&, t] { double c0 = cpu_now(), a = wall_now(); sink = SumRead(bufs[t], n); cpu[t] = cpu_now() - c0; gbs[t] = n * 4 / (wall_now() - a) / 1e9; });
+    for (auto& x : th) x.join();
+    double w = wall_now() - w0;
+    printf("read %d thr: total %.1f GB/s wall; per thread GB/s:", threads, threads * n * 4 / w / 1e9);
+    for (int t = 0; t < threads; ++t) printf(" %.1f (cpu %.3f s)", gbs[t], cpu[t]);
+    printf("\n");
+  }
+  const size_t ne = size_t(1) << 30;
+  for (int rep = 0; rep < 2; ++rep) {
+    double c0 = cpu_now(); sink = ExpLoop(ne); double c = cpu_now() - c0;
+    printf("avx512 Exp: %.3f ns/elem cpu (%.2f Gexp/s)\n", c / ne * 1e9, ne / c / 1e9);
+    c0 = cpu_now(); sink = ExpLoop2(ne / 2); c = cpu_now() - c0;
+    printf("avx2 Exp: %.3f ns/elem cpu (%.2f Gexp/s)\n", c / (ne / 2) * 1e9, (ne / 2) / c / 1e9);
+  }
+}
