@@ -1,5 +1,5 @@
 // The vectorised CPU path of groupAdvantages (consecutive groups of at most 256 rows, one reward
-// column; methods grpo with every scale, drgrpo, rloo, opo, remax, gpg): blocks of 2 x 8 (AVX-512),
+// column; methods grpo with every scale, drgrpo, rloo, opo, remax, gpg, reinforce++): blocks of 2 x 8 (AVX-512),
 // 2 x 4 (AVX2) or 2 x 2 (baseline) groups at once, tails of blocks, chunks of 512 groups for the
 // batch-wide sums. Checked against the float64 reference of tests/reference/group_advantages.ts on
 // shapes that hit each edge (one group, odd B, G not a multiple of any lane count, group sizes 1,
@@ -33,6 +33,8 @@ const VARIANTS: Variant[] = [
   { method: 'opo', tokens: 'mask' },
   { method: 'remax' },
   { method: 'gpg' },
+  { method: 'reinforce++', tokens: 'counts' },
+  { method: 'reinforce++', tokens: 'mask' },
 ];
 const label = (v: Variant): string => `${v.method}${v.scale ? ` scale ${v.scale}` : ''}${v.tokens ? ` (${v.tokens})` : ''}`;
 

@@ -235,9 +235,11 @@ Status Number(const GroupAdvantagesParams& p, int64_t cap, IdTable* table, Group
 
 // Tokens per row (mask rows or token counts); empty where the method reads none.
 Status TokenCounts(const GroupAdvantagesParams& p, std::vector<double>* out) {
-  out->clear();
-  if (!p.token_counts && !p.mask) return Status::Ok();
-  out->resize(size_t(p.batch));
+  if (!p.token_counts && !p.mask) {
+    out->clear();
+    return Status::Ok();
+  }
+  out->resize(size_t(p.batch));  // every entry is written below: no clear(), which would zero it again
   double* c = out->data();
   if (p.token_counts) {
     // No exit inside the loops: the compiler vectorises them.
@@ -559,12 +561,14 @@ constexpr int64_t kGaMaxGroupSize = 256;  // the transposed tile of a block (<= 
 constexpr int64_t kGaChunkGroups = 512;   // groups per partial of the batch-wide sums
 
 struct GaPartial {
-  double sum = 0, m2 = 0, nonzero = 0;
+  double sum = 0, m2 = 0, nonzero = 0;  // the rewards' (grpo batch, gpg)
+  double wn = 0, wmean = 0, wm2 = 0;    // reinforce++: the token-weighted record of r - mean_g
 };
 struct GaArgs {
   const float* rewards;     // [B]
   const float* baseline;    // [B] (remax) or null
-  const double* counts;     // [B] token weights (opo) or null
+  const double* counts;     // [B] token weights of opo's records, or null
+  const double* tokens;     // [B] tokens per row (reinforce++'s whitening), or null
   int64_t gs, groups;       // group size, G = B / gs
   AdvantageMethod method;
   AdvantageScale scale;
@@ -585,6 +589,7 @@ bool GaEligible(const GroupAdvantagesParams& p) {
     case AdvantageMethod::kOpo:
     case AdvantageMethod::kRemax:
     case AdvantageMethod::kGpg:
+    case AdvantageMethod::kReinforcePP:
       return true;
     default:
       return false;
@@ -661,15 +666,26 @@ void TrimScratch() {
 Status GaFwd(GroupAdvantagesParams p, InformativeAlloc alloc, void* ctx, Scratch& w) {
   const int64_t G = p.batch / p.group_size;
   if (p.num_groups >= 0 && p.num_groups != G) return Error("numGroups must be B / groupSize");
-  RLK_TRY(TokenCounts(p, &w.counts));
+  if (p.token_counts) {
+    w.counts.resize(size_t(p.batch));  // no clear(): that would zero it again every call
+    const simd::IsaKind isa = simd::Isa();
+    const bool ok = isa == simd::IsaKind::kAvx512 ? ga_avx512::GaTokenCounts(p.token_counts, p.token_counts_dtype, p.batch, w.counts.data())
+                    : isa == simd::IsaKind::kAvx2 ? ga_avx2::GaTokenCounts(p.token_counts, p.token_counts_dtype, p.batch, w.counts.data())
+                                                  : ga_baseline::GaTokenCounts(p.token_counts, p.token_counts_dtype, p.batch, w.counts.data());
+    if (!ok) return Error("tokenCounts must be >= 0");
+  } else {
+    RLK_TRY(TokenCounts(p, &w.counts));
+  }
   if (!p.informative) {
     p.informative = alloc ? alloc(G, ctx) : nullptr;
     if (!p.informative) return Status{Status::kOutOfMemory, "groupAdvantages: could not allocate informative"};
   }
-  const bool global = p.method == AdvantageMethod::kGpg || (p.method == AdvantageMethod::kGrpo && p.scale == AdvantageScale::kBatch);
+  const bool global = p.method == AdvantageMethod::kGpg || p.method == AdvantageMethod::kReinforcePP ||
+                      (p.method == AdvantageMethod::kGrpo && p.scale == AdvantageScale::kBatch);
   w.means.resize(global ? size_t(G) : 0);
   w.partials.assign(global ? size_t((G + kGaChunkGroups - 1) / kGaChunkGroups) : 0, GaPartial{});
-  GaArgs a{p.rewards, p.baseline, p.method == AdvantageMethod::kOpo ? w.counts.data() : nullptr, p.group_size, G,
+  GaArgs a{p.rewards, p.baseline, p.method == AdvantageMethod::kOpo ? w.counts.data() : nullptr,
+           p.method == AdvantageMethod::kReinforcePP ? w.counts.data() : nullptr, p.group_size, G,
            p.method, p.scale, global, p.eps, p.advantages, p.informative, w.means.data(), w.partials.data()};
   switch (simd::Isa()) {
     case simd::IsaKind::kAvx512: ga_avx512::GaForward(a); break;
