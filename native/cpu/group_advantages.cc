@@ -242,20 +242,25 @@ Status TokenCounts(const GroupAdvantagesParams& p, std::vector<double>* out) {
   out->resize(size_t(p.batch));  // every entry is written below: no clear(), which would zero it again
   double* c = out->data();
   if (p.token_counts) {
-    // No exit inside the loops: the compiler vectorises them.
+    // No exit inside the loops, and the OR of the counts (negative iff one
+    // is) rather than a bool: the compiler vectorises them.
     bool negative = false;
     if (p.token_counts_dtype == DType::kInt64) {
       const int64_t* v = static_cast<const int64_t*>(p.token_counts);
+      int64_t bits = 0;
       for (int64_t i = 0; i < p.batch; ++i) {
-        negative |= v[i] < 0;
+        bits |= v[i];
         c[i] = double(v[i]);
       }
+      negative = bits < 0;
     } else {
       const int32_t* v = static_cast<const int32_t*>(p.token_counts);
+      int32_t bits = 0;
       for (int64_t i = 0; i < p.batch; ++i) {
-        negative |= v[i] < 0;
+        bits |= v[i];
         c[i] = double(v[i]);
       }
+      negative = bits < 0;
     }
     return negative ? Error("tokenCounts must be >= 0") : Status::Ok();
   }
@@ -572,7 +577,7 @@ struct GaArgs {
   int64_t gs, groups;       // group size, G = B / gs
   AdvantageMethod method;
   AdvantageScale scale;
-  bool global;              // a batch-wide factor (grpo batch, gpg)
+  bool global;              // a batch-wide factor (grpo batch, gpg, reinforce++)
   double eps;
   float* out;               // [B]
   uint8_t* informative;     // [G]
