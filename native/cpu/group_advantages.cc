@@ -610,10 +610,13 @@ constexpr int kGaW = 8;
 #define RLK_GA_NATIVE __m512d
 #define RLK_GA_SQRT _mm512_sqrt_pd
 #define RLK_GA_LOADF(p) _mm512_cvtps_pd(_mm256_loadu_ps(p))
+#define RLK_GA_GATHER(dst, base, off) \
+  _mm512_store_ps(dst, _mm512_i32gather_ps(_mm512_load_si512(off), base, 4))
 #include "group_advantages_isa.inc"
 #undef RLK_GA_NATIVE
 #undef RLK_GA_SQRT
 #undef RLK_GA_LOADF
+#undef RLK_GA_GATHER
 }  // namespace ga_avx512
 #pragma GCC pop_options
 #pragma GCC push_options
