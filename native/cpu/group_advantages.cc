@@ -612,11 +612,15 @@ constexpr int kGaW = 8;
 #define RLK_GA_LOADF(p) _mm512_cvtps_pd(_mm256_loadu_ps(p))
 #define RLK_GA_GATHER(dst, base, off) \
   _mm512_store_ps(dst, _mm512_i32gather_ps(_mm512_load_si512(off), base, 4))
+#define RLK_GA_GATHER_D(dst, base, off)                                                                             \
+  (_mm512_store_pd(dst, _mm512_i32gather_pd(_mm256_load_si256(reinterpret_cast<const __m256i*>(off)), base, 8)), \
+   _mm512_store_pd((dst) + 8, _mm512_i32gather_pd(_mm256_load_si256(reinterpret_cast<const __m256i*>(off) + 1), base, 8)))
 #include "group_advantages_isa.inc"
 #undef RLK_GA_NATIVE
 #undef RLK_GA_SQRT
 #undef RLK_GA_LOADF
 #undef RLK_GA_GATHER
+#undef RLK_GA_GATHER_D
 }  // namespace ga_avx512
 #pragma GCC pop_options
 #pragma GCC push_options
