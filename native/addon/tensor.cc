@@ -3,7 +3,10 @@
 #include <cmath>
 #include <cstdlib>
 #include <limits>
+#include <mutex>
 #include <unistd.h>
+#include <utility>
+#include <vector>
 
 #include "checks.h"
 #include "rlk/cpu_simd.h"
@@ -45,13 +48,93 @@ size_t PhysicalMemory() {
   return bytes;
 }
 
+// Recently freed large host blocks (>= 2 MiB: HostAlloc's huge-page-aligned
+// ones, rounded to 2 MiB), reused for the next output of the same rounded
+// size. A fresh block's first touch faults its pages in and the kernel zeroes
+// them (a 2 MiB huge page a fault): 2.3 ms of system time a call for klPenalty
+// k3 on 2 M tokens (two 8 MB outputs), a third of the call. A training loop
+// allocates the same shapes every step, so the last few freed blocks serve
+// the next ones. Bounded: RLK_HOST_CACHE_MB (default 256, 0 disables) bytes
+// and kCacheBlocks blocks at most, oldest out first; an allocation that fails
+// empties it and tries again.
+constexpr size_t kCacheMinBlock = size_t(2) << 20;
+constexpr size_t kCacheBlocks = 16;
+
+class HostBlockCache {
+ public:
+  static HostBlockCache& Get() {
+    static HostBlockCache* cache = new HostBlockCache();  // never destroyed: frees may come at exit
+    return *cache;
+  }
+  static size_t Rounded(size_t bytes) { return (bytes + kCacheMinBlock - 1) & ~(kCacheMinBlock - 1); }
+  void* Take(size_t bytes) {
+    if (bytes < kCacheMinBlock || cap_ == 0) return nullptr;
+    const size_t r = Rounded(bytes);
+    std::lock_guard<std::mutex> lock(mu_);
+    for (size_t k = blocks_.size(); k-- > 0;) {
+      if (blocks_[k].first != r) continue;
+      void* p = blocks_[k].second;
+      blocks_.erase(blocks_.begin() + std::ptrdiff_t(k));
+      held_ -= r;
+      return p;
+    }
+    return nullptr;
+  }
+  // Keeps p (a HostAlloc block of `bytes`), or frees it.
+  void Put(void* p, size_t bytes) {
+    const size_t r = Rounded(bytes);
+    if (bytes < kCacheMinBlock || r > cap_) {
+      HostFree(p);
+      return;
+    }
+    std::vector<void*> out;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      while (!blocks_.empty() && (held_ + r > cap_ || blocks_.size() >= kCacheBlocks)) {
+        out.push_back(blocks_.front().second);
+        held_ -= blocks_.front().first;
+        blocks_.erase(blocks_.begin());
+      }
+      blocks_.emplace_back(r, p);
+      held_ += r;
+    }
+    for (void* q : out) HostFree(q);
+  }
+  void Clear() {
+    std::vector<std::pair<size_t, void*>> out;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      out.swap(blocks_);
+      held_ = 0;
+    }
+    for (auto& b : out) HostFree(b.second);
+  }
+
+ private:
+  HostBlockCache() {
+    const char* v = std::getenv("RLK_HOST_CACHE_MB");
+    const double mb = v && *v ? std::atof(v) : 256.0;
+    cap_ = mb > 0 ? size_t(mb * 1048576.0) : 0;
+  }
+  std::mutex mu_;
+  std::vector<std::pair<size_t, void*>> blocks_;  // (rounded size, block), oldest first
+  size_t held_ = 0, cap_ = 0;
+};
+
 void* AllocHostOrThrow(Napi::Env env, const char* fn, size_t bytes) {
   // With overcommit a huge malloc can succeed and the first touch (zeros,
   // full) would get the process killed: refuse what cannot fit in RAM.
   if (bytes > PhysicalMemory())
     ThrowRangeError(env, std::string(fn) + ": cannot allocate " + std::to_string(bytes) +
                              " bytes of host memory: more than the machine's " + std::to_string(PhysicalMemory()) + " bytes");
-  void* p = bytes == 0 ? nullptr : bytes < kSmallHostBlock ? std::malloc(bytes) : HostAlloc(bytes);
+  void* p = bytes == 0 ? nullptr : bytes < kSmallHostBlock ? std::malloc(bytes) : HostBlockCache::Get().Take(bytes);
+  if (bytes >= kSmallHostBlock && !p) {
+    p = HostAlloc(bytes);
+    if (!p) {
+      HostBlockCache::Get().Clear();
+      p = HostAlloc(bytes);
+    }
+  }
   if (bytes && !p) ThrowRangeError(env, std::string(fn) + ": cannot allocate " + std::to_string(bytes) + " bytes of host memory");
   return p;
 }
@@ -385,8 +468,14 @@ Storage::Storage(void* d, size_t b, int dev) : data(d), bytes(b), device(dev) {
 }
 Storage::~Storage() {
   Counters(device).bytes -= int64_t(bytes);
-  if (device == kCpu) HostFree(data);
-  else DeviceFree(device, data);
+  if (device == kCpu) {
+    // Blocks below kSmallHostBlock came from malloc: free (HostFree) suits
+    // both; the cache takes only HostAlloc's large ones.
+    if (data && bytes >= kCacheMinBlock) HostBlockCache::Get().Put(data, bytes);
+    else HostFree(data);
+  } else {
+    DeviceFree(device, data);
+  }
 }
 
 std::shared_ptr<Storage> AllocStorage(Napi::Env env, const char* fn, size_t bytes, int device) {

@@ -9,9 +9,11 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <vector>
 
+#include "rlk/cpu_simd.h"
 #include "rlk/runtime.h"
 
 namespace rlk::cpu {
@@ -233,17 +235,34 @@ Status Number(const GroupAdvantagesParams& p, int64_t cap, IdTable* table, Group
 
 // Tokens per row (mask rows or token counts); empty where the method reads none.
 Status TokenCounts(const GroupAdvantagesParams& p, std::vector<double>* out) {
-  out->clear();
-  if (!p.token_counts && !p.mask) return Status::Ok();
-  out->resize(size_t(p.batch));
+  if (!p.token_counts && !p.mask) {
+    out->clear();
+    return Status::Ok();
+  }
+  out->resize(size_t(p.batch));  // every entry is written below: no clear(), which would zero it again
   double* c = out->data();
   if (p.token_counts) {
-    for (int64_t i = 0; i < p.batch; ++i) {
-      const int64_t v = LoadIndex(p.token_counts, p.token_counts_dtype, i);
-      if (v < 0) return Error("tokenCounts must be >= 0");
-      c[i] = double(v);
+    // No exit inside the loops, and the OR of the counts (negative iff one
+    // is) rather than a bool: the compiler vectorises them.
+    bool negative = false;
+    if (p.token_counts_dtype == DType::kInt64) {
+      const int64_t* v = static_cast<const int64_t*>(p.token_counts);
+      int64_t bits = 0;
+      for (int64_t i = 0; i < p.batch; ++i) {
+        bits |= v[i];
+        c[i] = double(v[i]);
+      }
+      negative = bits < 0;
+    } else {
+      const int32_t* v = static_cast<const int32_t*>(p.token_counts);
+      int32_t bits = 0;
+      for (int64_t i = 0; i < p.batch; ++i) {
+        bits |= v[i];
+        c[i] = double(v[i]);
+      }
+      negative = bits < 0;
     }
-    return Status::Ok();
+    return negative ? Error("tokenCounts must be >= 0") : Status::Ok();
   }
   const int64_t T = p.seq_len;
   ParallelFor(p.batch, std::max<int64_t>(1, (1 << 16) / std::max<int64_t>(T, 1)), [&](int64_t b, int64_t e) {
@@ -541,6 +560,94 @@ void Finalize(const GroupAdvantagesParams& p, const Groups& grp, int64_t G, int6
   });
 }
 
+// ---- consecutive groups, one reward column: vectorised (group_advantages_isa.inc)
+
+constexpr int64_t kGaMaxGroupSize = 256;  // the transposed tile of a block (<= 16 KB) stays in L1
+constexpr int64_t kGaChunkGroups = 512;   // groups per partial of the batch-wide sums
+
+struct GaPartial {
+  double sum = 0, m2 = 0, nonzero = 0;  // the rewards' (grpo batch, gpg)
+  double wn = 0, wmean = 0, wm2 = 0;    // reinforce++: the token-weighted record of r - mean_g
+};
+struct GaArgs {
+  const float* rewards;     // [B]
+  const float* baseline;    // [B] (remax) or null
+  const double* counts;     // [B] token weights of opo's records, or null
+  const double* tokens;     // [B] tokens per row (reinforce++'s whitening), or null
+  int64_t gs, groups;       // group size, G = B / gs
+  AdvantageMethod method;
+  AdvantageScale scale;
+  bool global;              // a batch-wide factor (grpo batch, gpg, reinforce++)
+  double eps;
+  float* out;               // [B]
+  uint8_t* informative;     // [G]
+  double* means;            // [G] scratch (global)
+  GaPartial* partials;      // [chunks] scratch (global)
+};
+
+bool GaEligible(const GroupAdvantagesParams& p) {
+  if (p.group_size <= 0 || p.group_size > kGaMaxGroupSize || p.cols != 1 || p.batch <= 0 || p.task_ids) return false;
+  switch (p.method) {
+    case AdvantageMethod::kGrpo:
+    case AdvantageMethod::kDrGrpo:
+    case AdvantageMethod::kRloo:
+    case AdvantageMethod::kOpo:
+    case AdvantageMethod::kRemax:
+    case AdvantageMethod::kGpg:
+    case AdvantageMethod::kReinforcePP:
+      return true;
+    default:
+      return false;
+  }
+}
+
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wpsabi"
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512bw,avx512dq,avx512vl,fma")
+namespace ga_avx512 {
+constexpr int kGaW = 8;
+#define RLK_GA_NATIVE __m512d
+#define RLK_GA_SQRT _mm512_sqrt_pd
+#define RLK_GA_LOADF(p) _mm512_cvtps_pd(_mm256_loadu_ps(p))
+#define RLK_GA_GATHER(dst, base, off) \
+  _mm512_store_ps(dst, _mm512_i32gather_ps(_mm512_load_si512(off), base, 4))
+#define RLK_GA_GATHER_D(dst, base, off)                                                                             \
+  (_mm512_store_pd(dst, _mm512_i32gather_pd(_mm256_load_si256(reinterpret_cast<const __m256i*>(off)), base, 8)), \
+   _mm512_store_pd((dst) + 8, _mm512_i32gather_pd(_mm256_load_si256(reinterpret_cast<const __m256i*>(off) + 1), base, 8)))
+#include "group_advantages_isa.inc"
+#undef RLK_GA_NATIVE
+#undef RLK_GA_SQRT
+#undef RLK_GA_LOADF
+#undef RLK_GA_GATHER
+#undef RLK_GA_GATHER_D
+}  // namespace ga_avx512
+#pragma GCC pop_options
+#pragma GCC push_options
+#pragma GCC target("avx2,fma")
+namespace ga_avx2 {
+constexpr int kGaW = 4;
+#define RLK_GA_NATIVE __m256d
+#define RLK_GA_SQRT _mm256_sqrt_pd
+#define RLK_GA_LOADF(p) _mm256_cvtps_pd(_mm_loadu_ps(p))
+#include "group_advantages_isa.inc"
+#undef RLK_GA_NATIVE
+#undef RLK_GA_SQRT
+#undef RLK_GA_LOADF
+}  // namespace ga_avx2
+#pragma GCC pop_options
+namespace ga_baseline {
+constexpr int kGaW = 2;
+#define RLK_GA_NATIVE __m128d
+#define RLK_GA_SQRT _mm_sqrt_pd
+#define RLK_GA_LOADF(p) _mm_cvtps_pd(_mm_castpd_ps(_mm_load_sd(reinterpret_cast<const double*>(p))))
+#include "group_advantages_isa.inc"
+#undef RLK_GA_NATIVE
+#undef RLK_GA_SQRT
+#undef RLK_GA_LOADF
+}  // namespace ga_baseline
+#pragma GCC diagnostic pop
+
 // Per-thread scratch: reused across calls so a training loop does not
 // page-fault fresh buffers every step; released when a call needed more
 // than kKeepBytes.
@@ -550,10 +657,12 @@ struct Scratch {
   std::vector<Rec> rec, rec2;
   std::vector<int64_t> task;
   std::vector<Coef> coef;
-  std::vector<double> counts;
+  std::vector<double> counts, means;
+  std::vector<GaPartial> partials;
   size_t Bytes() const {
     return (grp.slot.capacity() + grp.ids.capacity() + grp.offsets.capacity() + grp.rows.capacity() + task.capacity()) * 8 +
-           (rec.capacity() + rec2.capacity()) * sizeof(Rec) + coef.capacity() * sizeof(Coef) + counts.capacity() * 8;
+           (rec.capacity() + rec2.capacity()) * sizeof(Rec) + coef.capacity() * sizeof(Coef) +
+           (counts.capacity() + means.capacity()) * 8 + partials.capacity() * sizeof(GaPartial);
   }
 };
 constexpr size_t kKeepBytes = size_t(64) << 20;
@@ -566,7 +675,40 @@ void TrimScratch() {
   if (ThreadScratch().Bytes() > kKeepBytes) ThreadScratch() = Scratch{};
 }
 
+Status GaFwd(GroupAdvantagesParams p, InformativeAlloc alloc, void* ctx, Scratch& w) {
+  const int64_t G = p.batch / p.group_size;
+  if (p.num_groups >= 0 && p.num_groups != G) return Error("numGroups must be B / groupSize");
+  if (p.token_counts) {
+    w.counts.resize(size_t(p.batch));  // no clear(): that would zero it again every call
+    const simd::IsaKind isa = simd::Isa();
+    const bool ok = isa == simd::IsaKind::kAvx512 ? ga_avx512::GaTokenCounts(p.token_counts, p.token_counts_dtype, p.batch, w.counts.data())
+                    : isa == simd::IsaKind::kAvx2 ? ga_avx2::GaTokenCounts(p.token_counts, p.token_counts_dtype, p.batch, w.counts.data())
+                                                  : ga_baseline::GaTokenCounts(p.token_counts, p.token_counts_dtype, p.batch, w.counts.data());
+    if (!ok) return Error("tokenCounts must be >= 0");
+  } else {
+    RLK_TRY(TokenCounts(p, &w.counts));
+  }
+  if (!p.informative) {
+    p.informative = alloc ? alloc(G, ctx) : nullptr;
+    if (!p.informative) return Status{Status::kOutOfMemory, "groupAdvantages: could not allocate informative"};
+  }
+  const bool global = p.method == AdvantageMethod::kGpg || p.method == AdvantageMethod::kReinforcePP ||
+                      (p.method == AdvantageMethod::kGrpo && p.scale == AdvantageScale::kBatch);
+  w.means.resize(global ? size_t(G) : 0);
+  w.partials.assign(global ? size_t((G + kGaChunkGroups - 1) / kGaChunkGroups) : 0, GaPartial{});
+  GaArgs a{p.rewards, p.baseline, p.method == AdvantageMethod::kOpo ? w.counts.data() : nullptr,
+           p.method == AdvantageMethod::kReinforcePP ? w.counts.data() : nullptr, p.group_size, G,
+           p.method, p.scale, global, p.eps, p.advantages, p.informative, w.means.data(), w.partials.data()};
+  switch (simd::Isa()) {
+    case simd::IsaKind::kAvx512: ga_avx512::GaForward(a); break;
+    case simd::IsaKind::kAvx2: ga_avx2::GaForward(a); break;
+    default: ga_baseline::GaForward(a); break;
+  }
+  return Status::Ok();
+}
+
 Status FwdImpl(const GroupAdvantagesParams& p0, InformativeAlloc alloc, void* ctx, Scratch& w) {
+  if (GaEligible(p0)) return GaFwd(p0, alloc, ctx, w);
   GroupAdvantagesParams p = p0;
   RLK_TRY(Number(p, p.num_groups, &w.table, &w.grp));
   const int64_t G = w.grp.count;
