@@ -114,6 +114,22 @@ function forwardSuite(device: rlk.Device): void {
       });
     }
   }
+  it('a confident row keeps its tiny entropy and log-probs to 1e-6 (the max term is not rounded into s - 1)', () => {
+    // Logits (h W^T) [12.25, 0.5, 0, -0.25, 0.125] (exact in float32): p of the first is 1 - 3e-5,
+    // H ~ 3.6e-4; a float32 sum of exps with its 1 in it would be off by ~6e-8 of H.
+    const w = Float32Array.from([12.25, 0.5, 0, -0.25, 0.125]);
+    const logits = Array.from(w);
+    for (const target of [0, 1]) {
+      const res = rlk.linearLogprobs(rlk.tensor(Float32Array.from([1]), { shape: [1, 1], device }), rlk.tensor(w, { shape: [5, 1], device }),
+        rlk.tensor(Int32Array.from([target]), { device }), { entropy: true });
+      const mx = Math.max(...logits);
+      const z = logits.reduce((a, v) => a + Math.exp(v - mx), 0);
+      const lp = logits.map((v) => v - mx - Math.log(z));
+      const h = -lp.reduce((a, l) => a + Math.exp(l) * l, 0);
+      expectClose(`confident entropy (target ${target})`, arr(res.entropy!), [h], 1e-6, 0);
+      expectClose(`confident log-prob (target ${target})`, arr(res.logprobs), [lp[target]], 1e-6, 0);
+    }
+  });
 }
 
 describe('linearLogprobs (CPU)', () => {

@@ -216,11 +216,14 @@ Status LogitsGemm(const void* hidden, const void* weight, DType dt, int64_t c0, 
 }
 
 // ---- per-row online log-sum-exp ----------------------------------------------------
-// m = max of the raw logits (-FLT_MAX before any, so x - m is never
-// -inf - -inf), s = sum e^{(x - m)/T}, t = sum e^{(x - m)/T} (x - m)/T, s and t
-// Kahan-compensated within a thread (hundreds of terms each).
+// As token_logprobs.cu's: m = max of the raw logits (-FLT_MAX before any, so
+// x - m is never -inf - -inf), u = s - 1 with s = sum e^{(x - m)/T} (the
+// element that set m contributes its 1 implicitly, so a confident row keeps
+// the digits of s - 1 that its entropy is made of; -1 before any element),
+// t = sum e^{(x - m)/T} (x - m)/T; u and t Kahan-compensated within a thread
+// (hundreds of terms each).
 struct Lse {
-  float m, s, t, cs, ct;
+  float m, u, t, cs, ct;
 };
 
 __device__ __forceinline__ void KahanAdd(float& sum, float& comp, float x) {
@@ -232,19 +235,20 @@ __device__ __forceinline__ void KahanAdd(float& sum, float& comp, float x) {
 
 template <bool kEntropy>
 __device__ __forceinline__ void LseAdd(Lse& a, float x, float it) {
-  if (x > a.m) {  // NaN never wins; its exp below carries NaN into s
-    a.s -= a.cs;
+  if (x > a.m) {  // NaN never wins; its exp below carries NaN into u
+    a.u -= a.cs;
     a.t -= a.ct;
     a.cs = a.ct = 0.0f;
     const float delta = (a.m - x) * it;
     const float e = expf(delta);
-    if (kEntropy) a.t = TlpShiftEntropy(e, delta, a.s, a.t);
-    a.s *= e;
+    if (kEntropy) a.t = TlpShiftEntropy(e, delta, 1.0f + a.u, a.t);
+    a.u = TlpScaledSum(e, a.u);
     a.m = x;
+    return;  // x's own term is the implicit 1
   }
   const float d = (x - a.m) * it;
   const float e = expf(d);
-  KahanAdd(a.s, a.cs, e);
+  KahanAdd(a.u, a.cs, e);
   if (kEntropy && e != 0.0f) KahanAdd(a.t, a.ct, e * d);
 }
 
@@ -255,8 +259,9 @@ __device__ __forceinline__ Lse LseMerge(Lse a, Lse b, float it) {
   const float ea = expf(da), eb = expf(db);
   Lse r;
   r.m = m;
-  r.s = ea * a.s + eb * b.s;
-  r.t = kEntropy ? TlpShiftEntropy(ea, da, a.s, a.t) + TlpShiftEntropy(eb, db, b.s, b.t) : 0.0f;
+  // The side holding m keeps its implicit 1; the other's whole sum 1 + u is scaled in.
+  r.u = a.m >= b.m ? a.u + TlpScaledSum(eb, b.u) : b.u + TlpScaledSum(ea, a.u);
+  r.t = kEntropy ? TlpShiftEntropy(ea, da, 1.0f + a.u, a.t) + TlpShiftEntropy(eb, db, 1.0f + b.u, b.t) : 0.0f;
   r.cs = r.ct = 0.0f;
   return r;
 }
@@ -269,13 +274,13 @@ __device__ Lse BlockLse(Lse a, float it) {
   __shared__ float ss[kWarps];
   __shared__ float st[kWarps];
   __shared__ Lse total;
-  a.s -= a.cs;
+  a.u -= a.cs;
   a.t -= a.ct;
   a.cs = a.ct = 0.0f;
   for (int o = 16; o > 0; o >>= 1) {
     Lse b;
     b.m = __shfl_xor_sync(0xffffffffu, a.m, o);
-    b.s = __shfl_xor_sync(0xffffffffu, a.s, o);
+    b.u = __shfl_xor_sync(0xffffffffu, a.u, o);
     b.t = __shfl_xor_sync(0xffffffffu, a.t, o);
     b.cs = b.ct = 0.0f;
     // Both lanes of a pair merge in the same operand order.
@@ -285,7 +290,7 @@ __device__ Lse BlockLse(Lse a, float it) {
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   if (lane == 0) {
     sm[warp] = a.m;
-    ss[warp] = a.s;
+    ss[warp] = a.u;
     st[warp] = a.t;
   }
   __syncthreads();
@@ -302,7 +307,7 @@ __device__ Lse BlockLse(Lse a, float it) {
 
 template <class T, bool kEntropy>
 __device__ Lse RowLse(const float* x, const T* bias, int64_t vocab, float it) {
-  Lse a{-FLT_MAX, 0.0f, 0.0f, 0.0f, 0.0f};
+  Lse a{-FLT_MAX, -1.0f, 0.0f, 0.0f, 0.0f};
   for (int64_t j = threadIdx.x; j < vocab; j += kThreads) {
     const float v = bias ? x[j] + LoadF(bias, j) : x[j];
     LseAdd<kEntropy>(a, v, it);
@@ -350,18 +355,18 @@ __global__ void __launch_bounds__(kThreads) LinFwdRowKernel(LinearLogprobsFwdPar
     if (partial) {
       float* out = p.partials + r * cols;
       out[0] = st.m;
-      out[1] = st.s - 1.0f;  // s - 1, token_logprobs.h's layout
+      out[1] = st.u;  // s - 1, token_logprobs.h's layout
       out[2] = in_range ? xt : nan;
       if (p.entropy) out[3] = st.t;
       continue;
     }
-    const float log_s = logf(st.s);
+    const float log_s = log1pf(st.u);
     p.logprobs[r] = in_range ? TlpLogprob(xt, st.m, it, log_s) : nan;
-    const float h = TlpEntropy(log_s, st.t, st.s);
+    const float h = TlpEntropy(log_s, st.t, 1.0f + st.u);
     if (p.entropy_out) p.entropy_out[r] = h;
     if (p.stats) {
       p.stats[r * kTlpStatsCols] = st.m;
-      p.stats[r * kTlpStatsCols + 1] = st.s - 1.0f;
+      p.stats[r * kTlpStatsCols + 1] = st.u;
       p.stats[r * kTlpStatsCols + 2] = h;
     }
   }
@@ -386,18 +391,18 @@ __global__ void __launch_bounds__(kThreads) LinBwdRowKernel(LinearLogprobsBwdPar
     }
     const bool in_range = tg >= 0 && tg < p.vocab_size;
     if (!in_range && threadIdx.x == 0) ReportError(p.error_word, kDeviceErrorTargetOutOfRange);
-    float m, s, h;
+    float m, u, h;  // u = s - 1
     if (p.stats) {
       m = p.stats[r * kTlpStatsCols];
-      s = 1.0f + p.stats[r * kTlpStatsCols + 1];  // the stats hold s - 1
+      u = p.stats[r * kTlpStatsCols + 1];
       h = p.stats[r * kTlpStatsCols + 2];
     } else {
       const Lse st = RowLse<T, kEntropy>(x, bias, p.vocab, it);
       m = st.m;
-      s = st.s;
-      h = TlpEntropy(logf(st.s), st.t, st.s);
+      u = st.u;
+      h = TlpEntropy(log1pf(st.u), st.t, 1.0f + st.u);
     }
-    const float inv_s = 1.0f / s, c = h - logf(s);
+    const float inv_s = 1.0f / (1.0f + u), c = h - log1pf(u);
     const float g = p.grad_logprobs[r], ge = kEntropy ? p.grad_entropy[r] : 0.0f;
     const int64_t local = tg - p.vocab_start;
     const float nan = __int_as_float(0x7fc00000);
