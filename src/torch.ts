@@ -248,7 +248,7 @@ export function manualSeed(seed: number): void {
   bridge().manualSeed(checkNumber('manualSeed', 'seed', seed, { integer: true, min: 0 }));
 }
 
-/** libtorch's intra-op thread count (torch.set_num_threads). */
+/** libtorch's intra-op thread count (torch.set_num_threads), and the bridge's own kernels' (tokenLogprobs, linearLogprobs, the distributed shards). */
 export function setNumThreads(n: number): void {
   bridge().setNumThreads(checkNumber('setNumThreads', 'n', n, { integer: true, min: 1 }));
 }

@@ -2,6 +2,7 @@
 // both ways, and the boxed call of any aten operator by name (the trainer's
 // few tensor ops are thin TypeScript over it: src/torch.ts).
 #include "bridge.h"
+#include "rlk/runtime.h"
 
 #include <ATen/DLConvertor.h>
 #include <ATen/Parallel.h>
@@ -819,6 +820,9 @@ Napi::Value SetNumThreads(const Napi::CallbackInfo& info) {
   int64_t n = IntValue(info.Env(), "setNumThreads: n", info[0]);
   if (n < 1 || n > 4096) ThrowRange(info.Env(), "setNumThreads: n must be an integer in [1, 4096], got " + Describe(info[0]));
   at::set_num_threads(int(n));
+  // The bridge's kernels (its own copy of the core's CPU pool) follow the same
+  // knob, as PyTorch's own ops do: one setting for what runs through torch.
+  rlk::SetNumThreads(int(n));
   return info.Env().Undefined();
 }
 
