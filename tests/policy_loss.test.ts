@@ -423,7 +423,10 @@ function suite(device: rlk.Device): void {
         { kl: { refLogprobs: t.refLogprobs } },
       );
       const want = policyLossRef(c.ref, { ...refOptions(c, { opts: {} }), kl: { estimator: 'k3', coef: 0.001 } });
-      expectClose('kl defaults loss', [await out.loss.item()], [want.loss], TOLERANCE.float32, c.seed);
+      // As checkCase: the GPU's float32 terms are accurate relative to the sum of their magnitudes
+      // (seed 648752700: 3e-6 of a loss whose terms cancel).
+      if (device === 'cpu') expectClose('kl defaults loss', [await out.loss.item()], [want.loss], TOLERANCE.float32, c.seed);
+      else closeScalar('kl defaults loss', await out.loss.item(), want.loss, TOLERANCE.float32 * Math.max(Math.abs(want.loss), want.lossAbs), c.seed, false);
       expectClose('kl defaults grad', await out.grad.toArray(), want.grad, TOLERANCE.float32, c.seed);
     });
   });
