@@ -42,6 +42,36 @@ void Check(const Status& st, const char* fn) {
   TORCH_CHECK_VALUE(st.ok(), fn, ": ", st.message);
 }
 
+// What memory safety needs of a row function's side inputs once their dtype
+// and device are checked: a per-row temperature tensor (one positive finite
+// value with a finite inverse per row, contiguous) and targets in [0, vocab)
+// or ignoreIndex. `pre` is "fn: ".
+void CheckRowValues(Napi::Env env, const std::string& pre, const at::Tensor& targets, const at::Tensor& temperature,
+                    int64_t ignore_index, int64_t vocab) {
+  const int64_t rows = targets.numel();
+  if (temperature.defined()) {
+    const at::Tensor& t = temperature;
+    if (t.numel() != rows || !t.is_contiguous())
+      ThrowRange(env, pre + "temperature must be a contiguous tensor of one value per row (" + std::to_string(rows) + "), got shape " +
+                          ShapeString(t.sizes()));
+    const float* v = t.data_ptr<float>();
+    for (int64_t i = 0; i < rows; ++i)
+      if (!(v[i] > 0) || !std::isfinite(v[i]) || !std::isfinite(float(1.0 / double(v[i]))))
+        ThrowRange(env, pre + "temperature[" + std::to_string(i) + "] must be a positive finite number, got " + std::to_string(v[i]));
+  }
+  auto check = [&](auto* p) {
+    for (int64_t i = 0; i < rows; ++i) {
+      int64_t x = int64_t(p[i]);
+      if (x != ignore_index && (x < 0 || x >= vocab))
+        ThrowRange(env, pre + "targets[" + std::to_string(i) + "] = " + std::to_string(x) + " is outside [0, " + std::to_string(vocab) +
+                            ") and is not ignoreIndex (" + std::to_string(ignore_index) + ")");
+    }
+  };
+  if (targets.scalar_type() == at::kInt) check(targets.data_ptr<int32_t>());
+  else check(targets.data_ptr<int64_t>());
+}
+
+
 namespace {
 
 using torch::autograd::AutogradContext;
@@ -118,30 +148,14 @@ void CheckTokenLogprobs(Napi::Env env, const at::Tensor& logits, const TlpArgs& 
     ThrowRange(env, fn + "targets must have shape " + ShapeString(logits.sizes().slice(0, logits.dim() - 1)) + ", got " +
                         ShapeString(a.targets.sizes()));
   if (!a.targets.is_contiguous()) ThrowType(env, fn + "targets must be contiguous; call .contiguous() first");
-  const int64_t rows = a.targets.numel(), vocab = logits.size(-1);
+  const int64_t vocab = logits.size(-1);
   if (a.temperature.defined()) {
     const at::Tensor& t = a.temperature;
     if (t.scalar_type() != at::kFloat) ThrowType(env, fn + "temperature must be float32, got " + DTypeName(t.scalar_type()));
     if (t.device() != logits.device())
       ThrowType(env, fn + "temperature must be on " + DeviceName(logits.device()) + " like logits, got " + DeviceName(t.device()));
-    if (t.numel() != rows || !t.is_contiguous())
-      ThrowRange(env, fn + "temperature must be a contiguous tensor of one value per row (" + std::to_string(rows) + "), got shape " +
-                          ShapeString(t.sizes()));
-    const float* v = t.data_ptr<float>();
-    for (int64_t i = 0; i < rows; ++i)
-      if (!(v[i] > 0) || !std::isfinite(v[i]) || !std::isfinite(float(1.0 / double(v[i]))))
-        ThrowRange(env, fn + "temperature[" + std::to_string(i) + "] must be a positive finite number, got " + std::to_string(v[i]));
   }
-  auto check = [&](auto* p) {
-    for (int64_t i = 0; i < rows; ++i) {
-      int64_t x = int64_t(p[i]);
-      if (x != a.ignore_index && (x < 0 || x >= vocab))
-        ThrowRange(env, fn + "targets[" + std::to_string(i) + "] = " + std::to_string(x) + " is outside [0, " + std::to_string(vocab) +
-                            ") and is not ignoreIndex (" + std::to_string(a.ignore_index) + ")");
-    }
-  };
-  if (tt == at::kInt) check(a.targets.data_ptr<int32_t>());
-  else check(a.targets.data_ptr<int64_t>());
+  CheckRowValues(env, fn, a.targets, a.temperature, a.ignore_index, vocab);
 }
 
 // tokenLogprobs(logits, targets, temperature, temperatureTensor | null, ignoreIndex, entropy) -> [logprobs, entropy | null]
@@ -267,29 +281,12 @@ void CheckLinearLogprobs(Napi::Env env, const at::Tensor& hidden, const at::Tens
     ThrowRange(env, fn + "targets must have shape " + ShapeString(hidden.sizes().slice(0, hidden.dim() - 1)) + ", got " +
                         ShapeString(a.targets.sizes()));
   if (!a.targets.is_contiguous()) ThrowType(env, fn + "targets must be contiguous; call .contiguous() first");
-  const int64_t rows = a.targets.numel();
   if (a.temperature.defined()) {
     const at::Tensor& t = a.temperature;
     if (t.scalar_type() != at::kFloat) ThrowType(env, fn + "temperature must be float32, got " + DTypeName(t.scalar_type()));
     if (!t.device().is_cpu()) ThrowType(env, fn + "temperature must be on cpu like hidden, got " + DeviceName(t.device()));
-    if (t.numel() != rows || !t.is_contiguous())
-      ThrowRange(env, fn + "temperature must be a contiguous tensor of one value per row (" + std::to_string(rows) + "), got shape " +
-                          ShapeString(t.sizes()));
-    const float* v = t.data_ptr<float>();
-    for (int64_t i = 0; i < rows; ++i)
-      if (!(v[i] > 0) || !std::isfinite(v[i]) || !std::isfinite(float(1.0 / double(v[i]))))
-        ThrowRange(env, fn + "temperature[" + std::to_string(i) + "] must be a positive finite number, got " + std::to_string(v[i]));
   }
-  auto check = [&](auto* p) {
-    for (int64_t i = 0; i < rows; ++i) {
-      int64_t x = int64_t(p[i]);
-      if (x != a.ignore_index && (x < 0 || x >= vocab))
-        ThrowRange(env, fn + "targets[" + std::to_string(i) + "] = " + std::to_string(x) + " is outside [0, " + std::to_string(vocab) +
-                            ") and is not ignoreIndex (" + std::to_string(a.ignore_index) + ")");
-    }
-  };
-  if (tt == at::kInt) check(a.targets.data_ptr<int32_t>());
-  else check(a.targets.data_ptr<int64_t>());
+  CheckRowValues(env, fn, a.targets, a.temperature, a.ignore_index, vocab);
 }
 
 // linearLogprobs(hidden, weight, bias | null, targets, temperature, temperatureTensor | null, ignoreIndex, entropy, chunkSize)

@@ -103,6 +103,8 @@ Napi::Value IValueToJs(Napi::Env env, const std::string& fn, const c10::IValue& 
 // The kernels' dtype of a tensor's, and a kernel Status as a c10 error (autograd.cc).
 DType KernelDType(at::ScalarType t);
 void Check(const Status& st, const char* fn);
+void CheckRowValues(Napi::Env env, const std::string& pre, const at::Tensor& targets, const at::Tensor& temperature,
+                    int64_t ignore_index, int64_t vocab);
 
 // The backward of the token and linear log-prob autograd functions (whole or
 // vocabulary-sharded), from the context their forwards save: the tensors

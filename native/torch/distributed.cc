@@ -472,29 +472,12 @@ void CheckRowArgs(Napi::Env env, const char* fn, const ShardArgs& a, at::IntArra
   if (a.targets.sizes() != lead)
     ThrowRange(env, pre + "targets must have shape " + ShapeString(lead) + ", got " + ShapeString(a.targets.sizes()));
   if (!a.targets.is_contiguous()) ThrowType(env, pre + "targets must be contiguous; call .contiguous() first");
-  const int64_t rows = a.targets.numel();
   if (a.temperature.defined()) {
     const at::Tensor& t = a.temperature;
     if (t.scalar_type() != at::kFloat || !t.device().is_cpu())
       ThrowType(env, pre + "temperature must be a float32 CPU tensor, got " + DTypeName(t.scalar_type()) + " on " + DeviceName(t.device()));
-    if (t.numel() != rows || !t.is_contiguous())
-      ThrowRange(env, pre + "temperature must be a contiguous tensor of one value per row (" + std::to_string(rows) + "), got shape " +
-                          ShapeString(t.sizes()));
-    const float* v = t.data_ptr<float>();
-    for (int64_t i = 0; i < rows; ++i)
-      if (!(v[i] > 0) || !std::isfinite(v[i]) || !std::isfinite(float(1.0 / double(v[i]))))
-        ThrowRange(env, pre + "temperature[" + std::to_string(i) + "] must be a positive finite number, got " + std::to_string(v[i]));
   }
-  auto check = [&](auto* p) {
-    for (int64_t i = 0; i < rows; ++i) {
-      int64_t x = int64_t(p[i]);
-      if (x != a.ignore_index && (x < 0 || x >= a.vocab_size))
-        ThrowRange(env, pre + "targets[" + std::to_string(i) + "] = " + std::to_string(x) + " is outside [0, " +
-                            std::to_string(a.vocab_size) + ") and is not ignoreIndex (" + std::to_string(a.ignore_index) + ")");
-    }
-  };
-  if (tt == at::kInt) check(a.targets.data_ptr<int32_t>());
-  else check(a.targets.data_ptr<int64_t>());
+  CheckRowValues(env, pre, a.targets, a.temperature, a.ignore_index, a.vocab_size);
 }
 
 // Reads the JS arguments (shard, targets, temperature, temperatureTensor | null,
