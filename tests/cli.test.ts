@@ -101,6 +101,32 @@ describe('rlkernels command line', () => {
     }
   });
 
+  it('rewriting the all-families section keeps the sections after it (a family\'s own ## heading is demoted)', async () => {
+    const { reportMarkdown } = await import('../bench/run.mjs');
+    const { writeResultsSection } = await import('../bench/common.mjs');
+    const dir = mkdtempSync(join(tmpdir(), 'rlk-results-'));
+    try {
+      const path = join(dir, 'RESULTS.md');
+      const { writeFileSync } = await import('node:fs');
+      writeFileSync(path, '# Benchmark results\n\n## All families (bench/run.mjs)\n\nold\n\n## Later section\n\nkept\n');
+      const res = {
+        machine: { isa: 'avx2', flags: ['avx2'], cpu: 'test cpu', node: 'v20', pythonNote: 'none', date: '2026-11-30T00:00:00Z', loadavg: [0, 0, 0] },
+        config: { threads: 2 },
+        rows: [],
+        families: [{ family: 'linear_logprobs', markdown: '## Fused linear log-probs (CPU)\n\n| a |\n|---|\n| 1 |' }],
+      };
+      for (let i = 0; i < 2; i++) writeResultsSection('All families (bench/run.mjs)', reportMarkdown(res, 'node bench/run.mjs'), path);
+      const text = readFileSync(path, 'utf8');
+      expect(text.match(/^## Later section$/gm)).toHaveLength(1);
+      expect(text.match(/^## All families/gm)).toHaveLength(1);
+      expect(text).toContain('#### Fused linear log-probs (CPU)');
+      expect(text).not.toMatch(/^## Fused linear/m);
+      expect(text).not.toContain('\nold\n');
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
   it('bench rejects bad options', () => {
     expect(cli(['bench', '--device', 'tpu']).code).toBe(2);
     expect(cli(['bench', '--threads', 'x']).code).toBe(2);

@@ -60,6 +60,11 @@ struct Lanes {
   RLK_LANE double operator[](int k) const { return v[k]; }
 };
 
+// A lane condition: on 4 lanes (AVX2) a vector of all-ones / zero lanes, on 8
+// lanes (AVX-512) an 8-bit mask that lives in a k register. As a vector,
+// every select was a ternary logic op, every comparison a compare plus a
+// mask-to-vector move, and the masks took vector registers the constants then
+// had to be reloaded for: ~40 % of the policy-loss token pass's instructions.
 template <int N>
 struct LaneMask {
   typename Lanes<N>::I m;  // all ones (true) or zero per lane
@@ -68,6 +73,17 @@ struct LaneMask {
   RLK_LANE static LaneMask Of(const typename Lanes<N>::I& x) {
     LaneMask r;
     r.m = x;
+    return r;
+  }
+};
+template <>
+struct LaneMask<8> {
+  unsigned char k;  // bit j: lane j
+  RLK_LANE LaneMask() : k(0) {}
+  RLK_LANE LaneMask(bool b) : k(b ? 0xff : 0) {}
+  RLK_LANE static LaneMask Bits(unsigned char x) {
+    LaneMask r;
+    r.k = x;
     return r;
   }
 };
@@ -91,25 +107,27 @@ template <int N> RLK_LANE Lanes<N>& operator-=(Lanes<N>& a, const Lanes<N>& b) {
 // (expanded only inside the RLK_AVX512 pass that inlines them); on 4 lanes a
 // vector select, which AVX2 builds from one compare.
 template <int N, int kPred>
-RLK_LANE typename Lanes<N>::I CmpMask(const typename Lanes<N>::D& a, const typename Lanes<N>::D& b) {
+RLK_LANE LaneMask<N> CmpMask(const typename Lanes<N>::D& a, const typename Lanes<N>::D& b) {
   typedef typename Lanes<N>::I I;
   if constexpr (N == 8) {
-    return (I)__builtin_ia32_cvtmask2q512(__builtin_ia32_cmppd512_mask(a, b, kPred, (unsigned char)-1, 4));
+    return LaneMask<8>::Bits(__builtin_ia32_cmppd512_mask(a, b, kPred, (unsigned char)-1, 4));
   } else {
+    I m;
     switch (kPred) {
-      case 0x11: return (a < b) ? (I{} - 1) : (I{} + 0);
-      case 0x12: return (a <= b) ? (I{} - 1) : (I{} + 0);
-      case 0x1e: return (a > b) ? (I{} - 1) : (I{} + 0);
-      case 0x1d: return (a >= b) ? (I{} - 1) : (I{} + 0);
-      case 0x00: return (a == b) ? (I{} - 1) : (I{} + 0);
-      default: return (a != b) ? (I{} - 1) : (I{} + 0);
+      case 0x11: m = (a < b) ? (I{} - 1) : (I{} + 0); break;
+      case 0x12: m = (a <= b) ? (I{} - 1) : (I{} + 0); break;
+      case 0x1e: m = (a > b) ? (I{} - 1) : (I{} + 0); break;
+      case 0x1d: m = (a >= b) ? (I{} - 1) : (I{} + 0); break;
+      case 0x00: m = (a == b) ? (I{} - 1) : (I{} + 0); break;
+      default: m = (a != b) ? (I{} - 1) : (I{} + 0); break;
     }
+    return LaneMask<N>::Of(m);
   }
 }
 // _CMP_LT_OQ, _CMP_LE_OQ, _CMP_GT_OQ, _CMP_GE_OQ, _CMP_EQ_OQ, _CMP_NEQ_UQ.
 #define RLK_LANE_CMP(op, pred)                                                                                  \
   template <int N> RLK_LANE LaneMask<N> operator op(const Lanes<N>& a, const Lanes<N>& b) {                     \
-    return LaneMask<N>::Of(CmpMask<N, pred>(a.v, b.v));                                                         \
+    return CmpMask<N, pred>(a.v, b.v);                                                                          \
   }                                                                                                             \
   template <int N> RLK_LANE LaneMask<N> operator op(const Lanes<N>& a, double b) { return a op Lanes<N>(b); }
 RLK_LANE_CMP(<, 0x11)
@@ -123,20 +141,69 @@ RLK_LANE_CMP(!=, 0x04)
 template <int N> RLK_LANE LaneMask<N> operator&(const LaneMask<N>& a, const LaneMask<N>& b) { return LaneMask<N>::Of(a.m & b.m); }
 template <int N> RLK_LANE LaneMask<N> operator|(const LaneMask<N>& a, const LaneMask<N>& b) { return LaneMask<N>::Of(a.m | b.m); }
 template <int N> RLK_LANE LaneMask<N> operator!(const LaneMask<N>& a) { return LaneMask<N>::Of(~a.m); }
+RLK_LANE LaneMask<8> operator&(const LaneMask<8>& a, const LaneMask<8>& b) { return LaneMask<8>::Bits(a.k & b.k); }
+RLK_LANE LaneMask<8> operator|(const LaneMask<8>& a, const LaneMask<8>& b) { return LaneMask<8>::Bits(a.k | b.k); }
+RLK_LANE LaneMask<8> operator!(const LaneMask<8>& a) { return LaneMask<8>::Bits((unsigned char)~a.k); }
 
 template <int N>
 RLK_LANE Lanes<N> Sel(const LaneMask<N>& m, const Lanes<N>& a, const Lanes<N>& b) {
   typedef typename Lanes<N>::I I;
   typedef typename Lanes<N>::D D;
-  return Lanes<N>::Of((D)(((I)a.v & m.m) | ((I)b.v & ~m.m)));
+  if constexpr (N == 8) {
+    return Lanes<8>::Of(__builtin_ia32_blendmpd_512_mask(b.v, a.v, m.k));  // a where the bit is set
+  } else {
+    return Lanes<N>::Of((D)(((I)a.v & m.m) | ((I)b.v & ~m.m)));
+  }
 }
 
+// x86's min and max, one instruction each: a < b ? a : b and a > b ? a : b
+// (b when either is NaN).
+template <int N>
+RLK_LANE Lanes<N> MinPd(const Lanes<N>& a, const Lanes<N>& b) {
+  if constexpr (N == 8) return Lanes<8>::Of(__builtin_ia32_minpd512_mask(a.v, b.v, a.v, (unsigned char)-1, 4));
+  else return Lanes<4>::Of(__builtin_ia32_minpd256(a.v, b.v));
+}
+template <int N>
+RLK_LANE Lanes<N> MaxPd(const Lanes<N>& a, const Lanes<N>& b) {
+  if constexpr (N == 8) return Lanes<8>::Of(__builtin_ia32_maxpd512_mask(a.v, b.v, a.v, (unsigned char)-1, 4));
+  else return Lanes<4>::Of(__builtin_ia32_maxpd256(a.v, b.v));
+}
+
+// policy_loss_modes.h's Min / Max / Clamp (ADL prefers these for lanes), the
+// same results bit for bit, NaN in v included: Min(v, hi) = Sel(hi < v, hi, v)
+// is minpd(hi, v), Max(v, lo) = Sel(lo > v, lo, v) is maxpd(lo, v).
+template <int N> RLK_LANE Lanes<N> Min(const Lanes<N>& v, const Lanes<N>& hi) { return MinPd(hi, v); }
+template <int N> RLK_LANE Lanes<N> Max(const Lanes<N>& v, const Lanes<N>& lo) { return MaxPd(lo, v); }
+template <int N>
+RLK_LANE Lanes<N> Clamp(const Lanes<N>& v, const Lanes<N>& lo, const Lanes<N>& hi) {
+  return Sel(v < lo, lo, MinPd(hi, v));
+}
+
+// x - x is 0 for a finite x and NaN for inf and NaN; the ordered == is false on NaN.
 template <int N>
 RLK_LANE LaneMask<N> Finite(const Lanes<N>& x) {
-  typedef typename Lanes<N>::I I;
-  const I e = (I)x.v & (I{} + 0x7ff0000000000000ll);
-  const I z = e ^ (I{} + 0x7ff0000000000000ll);
-  return LaneMask<N>::Of((z | -z) >> 63);  // z != 0
+  return (x - x) == 0.0;
+}
+
+// sum_{k < K} c[k] r^k by Estrin's scheme: pairs c[k] + c[k+1] r, then
+// pairs of those with r^2, r^4, r^8. The dependent chain is ~log2 K
+// multiply-adds instead of Horner's K, which had bounded the token passes
+// (two 13-deep chains a vector, too long for out-of-order overlap).
+template <int N, int K>
+RLK_LANE typename Lanes<N>::D Estrin(const typename Lanes<N>::D& r, const double (&c)[K]) {
+  typedef typename Lanes<N>::D D;
+  static_assert(K >= 1 && K <= 16, "Estrin: up to degree 15");
+  D t[16];
+  int n = 0;
+  for (int k = 0; k < K; k += 2) t[n++] = k + 1 < K ? (D{} + c[k + 1]) * r + c[k] : D{} + c[k];
+  D x = r * r;
+  while (n > 1) {
+    int m = 0;
+    for (int k = 0; k < n; k += 2) t[m++] = k + 1 < n ? t[k + 1] * x + t[k] : t[k];
+    n = m;
+    if (n > 1) x = x * x;
+  }
+  return t[0];
 }
 
 // e^x, within a few ulps of std::exp; NaN stays NaN, x is clamped to
@@ -150,25 +217,22 @@ template <int N>
 RLK_LANE Lanes<N> Exp(const Lanes<N>& x) {
   typedef typename Lanes<N>::I I;
   typedef typename Lanes<N>::D D;
-  D xv = x.v;
-  xv = Sel(Lanes<N>::Of(xv) < -708.0, Lanes<N>(-708.0), Lanes<N>::Of(xv)).v;
-  xv = Sel(Lanes<N>::Of(xv) > 708.0, Lanes<N>(708.0), Lanes<N>::Of(xv)).v;
+  // maxpd / minpd with x second keep a NaN x, and a NaN goes through every
+  // step below to y (NaN times the garbage scale is NaN).
+  const D xv = MinPd(Lanes<N>(708.0), MaxPd(Lanes<N>(-708.0), x)).v;
   const double kShift = 6755399441055744.0;  // 1.5 * 2^52
   const D t = xv * 1.4426950408889634 + kShift;
   const D n = t - kShift;
   D r = xv - n * 6.93147180369123816490e-01;
   r = r - n * 1.90821492927058770002e-10;
-  static constexpr double kInvFact[14] = {1.0 / 6227020800.0, 1.0 / 479001600.0, 1.0 / 39916800.0, 1.0 / 3628800.0,
-                                          1.0 / 362880.0,     1.0 / 40320.0,     1.0 / 5040.0,      1.0 / 720.0,
-                                          1.0 / 120.0,        1.0 / 24.0,        1.0 / 6.0,         0.5,
-                                          1.0,                1.0};
-  D p = D{} + kInvFact[0];
-  for (int k = 1; k < 14; ++k) p = p * r + kInvFact[k];
+  static constexpr double kInvFact[14] = {1.0,          1.0,           0.5,            1.0 / 6.0,
+                                          1.0 / 24.0,   1.0 / 120.0,   1.0 / 720.0,    1.0 / 5040.0,
+                                          1.0 / 40320.0, 1.0 / 362880.0, 1.0 / 3628800.0, 1.0 / 39916800.0,
+                                          1.0 / 479001600.0, 1.0 / 6227020800.0};  // 1 / k!
+  const D p = Estrin<N>(r, kInvFact);
   const I ni = (I)t - (I)(D{} + kShift);
   const D scale = (D)((ni + 1023) << 52);
-  const D y = p * scale;
-  // NaN in, NaN out (the clamps above keep NaN; its n is garbage).
-  return Sel(x != x, x, Lanes<N>::Of(y));
+  return Lanes<N>::Of(p * scale);
 }
 
 // e^x - x - 1 for finite x in [-20, 20] (NaN stays NaN) with Exp's reduction
@@ -187,11 +251,10 @@ RLK_LANE Lanes<N> ExpMinusXMinus1(const Lanes<N>& x) {
   const D n = t - kShift;
   D r = xv - n * 6.93147180369123816490e-01;
   r = r - n * 1.90821492927058770002e-10;
-  static constexpr double kInvFact[12] = {1.0 / 6227020800.0, 1.0 / 479001600.0, 1.0 / 39916800.0, 1.0 / 3628800.0,
-                                          1.0 / 362880.0,     1.0 / 40320.0,     1.0 / 5040.0,      1.0 / 720.0,
-                                          1.0 / 120.0,        1.0 / 24.0,        1.0 / 6.0,         0.5};
-  D q = D{} + kInvFact[0];
-  for (int k = 1; k < 12; ++k) q = q * r + kInvFact[k];
+  static constexpr double kInvFact[12] = {0.5,           1.0 / 6.0,      1.0 / 24.0,      1.0 / 120.0,
+                                          1.0 / 720.0,   1.0 / 5040.0,   1.0 / 40320.0,   1.0 / 362880.0,
+                                          1.0 / 3628800.0, 1.0 / 39916800.0, 1.0 / 479001600.0, 1.0 / 6227020800.0};  // 1 / (k + 2)!
+  const D q = Estrin<N>(r, kInvFact);
   const D tail = r * r * q;
   const I ni = (I)t - (I)(D{} + kShift);
   const D scale = (D)((ni + 1023) << 52);
@@ -199,11 +262,43 @@ RLK_LANE Lanes<N> ExpMinusXMinus1(const Lanes<N>& x) {
   return Sel(Lanes<N>::Of(n) == 0.0, Lanes<N>::Of(tail), Lanes<N>::Of(direct));
 }
 
-// ln x lane by lane (only the rare dppo-kl and pre-pass paths need it).
+// Whether every lane is true.
+template <int N>
+RLK_LANE bool All(const LaneMask<N>& m) {
+  if constexpr (N == 8) {
+    return m.k == 0xff;
+  } else {
+    int64_t a = -1;
+    for (int k = 0; k < N; ++k) a &= m.m[k];
+    return a != 0;
+  }
+}
+
+// ln x, within a few ulps of std::log (dppo-kl's token term; it was lane by
+// lane, a third of that mode's call). x = 2^e m with m in [sqrt(1/2),
+// sqrt(2)), s = (m - 1) / (m + 1), ln m = 2 atanh s = s (2 + 2 s^2 / 3 +
+// 2 s^4 / 5 + ...) (|s| <= 0.172: 12 terms leave < 1e-19), e ln2 with ln2 in
+// two parts. A vector holding anything but positive normal finite numbers
+// (0, negatives, subnormals, inf, NaN) takes std::log for those lanes.
 template <int N>
 RLK_LANE Lanes<N> Log(const Lanes<N>& x) {
-  Lanes<N> r;
-  for (int k = 0; k < N; ++k) r.v[k] = std::log(x.v[k]);
+  typedef typename Lanes<N>::I I;
+  typedef typename Lanes<N>::D D;
+  const I bits = (I)x.v;
+  D m = (D)((bits & (I{} + 0x000fffffffffffffll)) | (I{} + 0x3ff0000000000000ll));  // [1, 2)
+  const double kShift = 6755399441055744.0;  // 1.5 * 2^52: e's bits added to it read as kShift + e
+  const D e0 = (D)(((bits >> 52) - 1023) + (I)(D{} + kShift)) - kShift;
+  const LaneMask<N> big = Lanes<N>::Of(m) > 1.4142135623730951;
+  m = Sel(big, Lanes<N>::Of(m * 0.5), Lanes<N>::Of(m)).v;
+  const D e = Sel(big, Lanes<N>::Of(e0 + 1.0), Lanes<N>::Of(e0)).v;
+  const D sv = (m - 1.0) / (m + 1.0);
+  static constexpr double kC[12] = {2.0,        2.0 / 3.0,  2.0 / 5.0,  2.0 / 7.0,  2.0 / 9.0,  2.0 / 11.0,
+                                    2.0 / 13.0, 2.0 / 15.0, 2.0 / 17.0, 2.0 / 19.0, 2.0 / 21.0, 2.0 / 23.0};
+  const D lnm = sv * Estrin<N>(sv * sv, kC);
+  Lanes<N> r = Lanes<N>::Of(e * 6.93147180369123816490e-01 + (lnm + e * 1.90821492927058770002e-10));
+  if (!All((x >= 2.2250738585072014e-308) & (x <= 1.7976931348623157e308)))
+    for (int k = 0; k < N; ++k)
+      if (!(x.v[k] >= 2.2250738585072014e-308 && x.v[k] <= 1.7976931348623157e308)) r.v[k] = std::log(x.v[k]);
   return r;
 }
 
@@ -220,17 +315,25 @@ RLK_LANE void StoreF(float* p, const Lanes<N>& x) {
   std::memcpy(p, &f, sizeof(f));
 }
 
-// N bytes, nonzero -> true: the bytes as one integer in every lane, lane k
-// keeping its byte k (a widening conversion was lowered byte by byte).
+// N bytes, nonzero -> true. On 4 lanes: the bytes as one integer in every
+// lane, lane k keeping its byte k (a widening conversion was lowered byte by
+// byte); on 8, one byte test into a mask register.
 template <int N>
 RLK_LANE LaneMask<N> LoadMask(const uint8_t* p) {
   typedef typename Lanes<N>::I I;
   uint64_t bytes = 0;
   std::memcpy(&bytes, p, N);
-  I sel;
-  for (int k = 0; k < N; ++k) sel[k] = int64_t(0xffull << (8 * k));
-  const I v = (I{} + int64_t(bytes)) & sel;
-  return LaneMask<N>::Of((v | -v) >> 63);  // sign of v | -v: v != 0 (no vector ?:, see above)
+  if constexpr (N == 8) {
+    typedef char V16 __attribute__((vector_size(16)));
+    typedef long long L2 __attribute__((vector_size(16)));
+    const V16 v = (V16)(L2{(long long)bytes, 0});
+    return LaneMask<8>::Bits((unsigned char)__builtin_ia32_ptestmb128(v, v, (unsigned short)0xff));
+  } else {
+    I sel;
+    for (int k = 0; k < N; ++k) sel[k] = int64_t(0xffull << (8 * k));
+    const I v = (I{} + int64_t(bytes)) & sel;
+    return LaneMask<N>::Of((v | -v) >> 63);  // sign of v | -v: v != 0 (no vector ?:, see above)
+  }
 }
 
 // Sum of the lanes in a fixed order (pairwise).
@@ -243,12 +346,24 @@ RLK_LANE double HSum(const Lanes<N>& x) {
   return a[0];
 }
 
-// Count of true lanes, accumulated as negative ones.
+// A count of true lanes per lane (int64 lanes, so no overflow): on 4 lanes
+// the masks' -1s subtracted, on 8 a masked add of 1 (one instruction).
 template <int N>
-RLK_LANE int64_t HCount(const typename Lanes<N>::I& c) {
-  int64_t s = 0;
-  for (int k = 0; k < N; ++k) s -= c[k];
-  return s;
-}
+struct LaneCount {
+  typename Lanes<N>::I c = typename Lanes<N>::I{} + 0;
+  RLK_LANE void Add(const LaneMask<N>& m) {
+    if constexpr (N == 8) {
+      typedef long long Q __attribute__((vector_size(64)));
+      c = (typename Lanes<8>::I)__builtin_ia32_paddq512_mask((Q)c, Q{} + 1, (Q)c, m.k);
+    } else {
+      c -= m.m;
+    }
+  }
+  RLK_LANE int64_t Total() const {
+    int64_t s = 0;
+    for (int k = 0; k < N; ++k) s += c[k];
+    return s;
+  }
+};
 
 }  // namespace rlk::lanes

@@ -33,6 +33,16 @@
 
 namespace rlk {
 
+// Token-pass code: on the CPU it runs on lane types inside a pass compiled
+// for one ISA (cpu_lanes.h), so it is always inlined there; an out-of-line
+// copy would be compiled for the baseline target, which the lanes' AVX-512
+// builtins refuse (GCC emitted one for dppo-kl once its Log grew).
+#if defined(__CUDACC__)
+#define RLK_TOKEN RLK_HD
+#else
+#define RLK_TOKEN inline __attribute__((always_inline))
+#endif
+
 // Mode codes; src/policy_loss.ts maps the option names onto them (same order).
 enum PolicyLossMode : int32_t {
   kPolicyVanilla = 0,
@@ -71,11 +81,11 @@ inline bool Finite(double x) { return std::isfinite(x); }
 // m ? a : b. Entries select with Sel, combine conditions with & | ! and call
 // Exp / Log / Finite / Min / Max / Clamp unqualified, so that they also run
 // on the CPU's lane types (cpu_lanes.h), whose overloads ADL finds.
-template <class F> RLK_HD F Sel(bool m, const F& a, const F& b) { return m ? a : b; }
+template <class F> RLK_TOKEN F Sel(bool m, const F& a, const F& b) { return m ? a : b; }
 // std::min/max argument order: a NaN in `v` propagates (CUDA's fminf would hide it).
-template <class F> RLK_HD F Min(const F& v, const F& hi) { return Sel(hi < v, hi, v); }
-template <class F> RLK_HD F Max(const F& v, const F& lo) { return Sel(lo > v, lo, v); }
-template <class F> RLK_HD F Clamp(const F& v, const F& lo, const F& hi) { return Sel(v < lo, lo, Sel(v > hi, hi, v)); }
+template <class F> RLK_TOKEN F Min(const F& v, const F& hi) { return Sel(hi < v, hi, v); }
+template <class F> RLK_TOKEN F Max(const F& v, const F& lo) { return Sel(lo > v, lo, v); }
+template <class F> RLK_TOKEN F Clamp(const F& v, const F& lo, const F& hi) { return Sel(v < lo, lo, Sel(v > hi, hi, v)); }
 }  // namespace policy_detail
 
 // The condition type of F: bool for float / double, a lane mask for lanes.
@@ -83,7 +93,7 @@ template <class F> using MaskOf = decltype(F() < F());
 
 // DESIGN 3.3's clamp of log-ratios and rollout log-weights to [-20, 20].
 template <class F>
-RLK_HD F ClampLogRatio(const F& x) {
+RLK_TOKEN F ClampLogRatio(const F& x) {
   using namespace policy_detail;
   return Clamp(x, F(-20), F(20));
 }
@@ -155,7 +165,7 @@ struct TokenTerm {
 // bounds, so dL/dr = -A where L1 >= L2, r < cap and the dual clip is
 // inactive, else 0.
 template <class F>
-RLK_HD void ClippedSurrogate(const ModeConsts<F>& c, const F& A, const F& r, const F& dr, bool dual, bool cap, TokenTerm<F>* o) {
+RLK_TOKEN void ClippedSurrogate(const ModeConsts<F>& c, const F& A, const F& r, const F& dr, bool dual, bool cap, TokenTerm<F>* o) {
   using namespace policy_detail;
   using M = MaskOf<F>;
   const F rl = cap ? Min(r, c.cap) : r;
@@ -182,7 +192,7 @@ RLK_HD void ClippedSurrogate(const ModeConsts<F>& c, const F& A, const F& r, con
 // The ratio of the token modes: r = exp(clamp(d, -20, 20)); the clamp passes
 // the gradient inside its bounds (inclusive).
 template <class F>
-RLK_HD F ClampedRatio(const F& d, F* dr) {
+RLK_TOKEN F ClampedRatio(const F& d, F* dr) {
   using namespace policy_detail;
   const F r = Exp(ClampLogRatio(d));
   *dr = Sel((d >= F(-20)) & (d <= F(20)), r, F(0));
@@ -199,7 +209,7 @@ struct VanillaMode {
   template <class F> RLK_HD static void SeqTerms(const ModeConsts<F>&, const PolicyToken<F>&, F, F, F*) {}
   template <class F> RLK_HD static void SeqFinal(const ModeConsts<F>&, const F*, F, bool, SeqState<F>*) {}
   template <class F>
-  RLK_HD static void Token(const ModeConsts<F>& c, const PolicyToken<F>& t, const SeqState<F>&, TokenTerm<F>* o) {
+  RLK_TOKEN static void Token(const ModeConsts<F>& c, const PolicyToken<F>& t, const SeqState<F>&, TokenTerm<F>* o) {
     F dr;
     o->ratio = ClampedRatio(t.d, &dr);
     ClippedSurrogate(c, t.A, o->ratio, dr, c.dual, c.has_cap, o);
@@ -209,7 +219,7 @@ struct VanillaMode {
 // sapo (verl compute_policy_loss_sapo, TRL sapo): l = -A (4/tau) sigmoid(tau (r - 1)).
 struct SapoMode : VanillaMode {
   template <class F>
-  RLK_HD static void Token(const ModeConsts<F>& c, const PolicyToken<F>& t, const SeqState<F>&, TokenTerm<F>* o) {
+  RLK_TOKEN static void Token(const ModeConsts<F>& c, const PolicyToken<F>& t, const SeqState<F>&, TokenTerm<F>* o) {
     using namespace policy_detail;
     F dr;
     const F r = ClampedRatio(t.d, &dr);
@@ -224,7 +234,7 @@ struct SapoMode : VanillaMode {
 // gpg (verl compute_policy_loss_gpg) and reinforce (verl bypass mode): l = -A logp.
 struct GpgMode : VanillaMode {
   template <class F>
-  RLK_HD static void Token(const ModeConsts<F>&, const PolicyToken<F>& t, const SeqState<F>&, TokenTerm<F>* o) {
+  RLK_TOKEN static void Token(const ModeConsts<F>&, const PolicyToken<F>& t, const SeqState<F>&, TokenTerm<F>* o) {
     F dr;
     o->ratio = ClampedRatio(t.d, &dr);
     o->loss = -t.A * t.logp;
@@ -235,7 +245,7 @@ struct GpgMode : VanillaMode {
 // cispo (verl compute_policy_loss_cispo, TRL cispo): l = -sg(clip(r)) A logp.
 struct CispoMode : VanillaMode {
   template <class F>
-  RLK_HD static void Token(const ModeConsts<F>& c, const PolicyToken<F>& t, const SeqState<F>&, TokenTerm<F>* o) {
+  RLK_TOKEN static void Token(const ModeConsts<F>& c, const PolicyToken<F>& t, const SeqState<F>&, TokenTerm<F>* o) {
     using namespace policy_detail;
     F dr;
     const F r = ClampedRatio(t.d, &dr);
@@ -254,7 +264,7 @@ struct CispoMode : VanillaMode {
 template <bool kKl>
 struct DppoMode : VanillaMode {
   template <class F>
-  RLK_HD static void Token(const ModeConsts<F>& c, const PolicyToken<F>& t, const SeqState<F>&, TokenTerm<F>* o) {
+  RLK_TOKEN static void Token(const ModeConsts<F>& c, const PolicyToken<F>& t, const SeqState<F>&, TokenTerm<F>* o) {
     using namespace policy_detail;
     using M = MaskOf<F>;
     F dr;
@@ -282,7 +292,7 @@ struct DppoMode : VanillaMode {
 // dro (verl compute_policy_loss_dro): l = -(A logp - beta/2 (logp - old)^2).
 struct DroMode : VanillaMode {
   template <class F>
-  RLK_HD static void Token(const ModeConsts<F>& c, const PolicyToken<F>& t, const SeqState<F>&, TokenTerm<F>* o) {
+  RLK_TOKEN static void Token(const ModeConsts<F>& c, const PolicyToken<F>& t, const SeqState<F>&, TokenTerm<F>* o) {
     F dr;
     o->ratio = ClampedRatio(t.d, &dr);
     o->loss = -(t.A * t.logp - F(0.5) * c.beta * t.d * t.d);
@@ -295,7 +305,7 @@ struct DroMode : VanillaMode {
 struct ClipCovMode : VanillaMode {
   static constexpr int kCov = 1;
   template <class F>
-  RLK_HD static void Token(const ModeConsts<F>& c, const PolicyToken<F>& t, const SeqState<F>&, TokenTerm<F>* o) {
+  RLK_TOKEN static void Token(const ModeConsts<F>& c, const PolicyToken<F>& t, const SeqState<F>&, TokenTerm<F>* o) {
     using namespace policy_detail;
     const F r = Exp(t.d);
     ClippedSurrogate(c, t.A, r, r, false, false, o);
@@ -304,13 +314,15 @@ struct ClipCovMode : VanillaMode {
     o->loss = Sel(t.sel, F(0), o->loss);
     o->grad = Sel(t.sel, F(0), o->grad);
   }
-  // A candidate for selection: not clipped and lb < cov < ub.
+  // A candidate for selection: lb < cov < ub and not clipped (the band
+  // first: it rules out most tokens without an exp).
   template <class F>
   RLK_HD static bool Candidate(const ModeConsts<F>& c, const PolicyToken<F>& t, F cov) {
     using namespace policy_detail;
+    if (!(cov > c.cov_lb && cov < c.cov_ub)) return false;
     const F r = Exp(t.d);
     const F l1 = -t.A * r, l2 = -t.A * Clamp(r, c.lo, c.hi);
-    return !(l2 > l1) && cov > c.cov_lb && cov < c.cov_ub;
+    return !(l2 > l1);
   }
 };
 
@@ -318,7 +330,7 @@ struct ClipCovMode : VanillaMode {
 struct KlCovMode : VanillaMode {
   static constexpr int kCov = 1;
   template <class F>
-  RLK_HD static void Token(const ModeConsts<F>& c, const PolicyToken<F>& t, const SeqState<F>&, TokenTerm<F>* o) {
+  RLK_TOKEN static void Token(const ModeConsts<F>& c, const PolicyToken<F>& t, const SeqState<F>&, TokenTerm<F>* o) {
     using namespace policy_detail;
     const F r = Exp(t.d);
     o->ratio = r;
@@ -344,7 +356,7 @@ struct GspoMode {
     q->ds = mean <= F(10) ? q->s : F(0);
   }
   template <class F>
-  RLK_HD static void Token(const ModeConsts<F>& c, const PolicyToken<F>& t, const SeqState<F>& q, TokenTerm<F>* o) {
+  RLK_TOKEN static void Token(const ModeConsts<F>& c, const PolicyToken<F>& t, const SeqState<F>& q, TokenTerm<F>* o) {
     o->ratio = q.s;
     ClippedSurrogate(c, t.A, q.s, q.ds, false, false, o);
   }
@@ -376,7 +388,7 @@ struct LuspoMode : GspoMode {
     q->gseq = q->ds / n * sum;
   }
   template <class F>
-  RLK_HD static void Token(const ModeConsts<F>& c, const PolicyToken<F>& t, const SeqState<F>& q, TokenTerm<F>* o) {
+  RLK_TOKEN static void Token(const ModeConsts<F>& c, const PolicyToken<F>& t, const SeqState<F>& q, TokenTerm<F>* o) {
     o->ratio = q.s;
     ClippedSurrogate(c, t.A, q.s, F(0), false, false, o);
     o->grad_seq = q.gseq;
@@ -412,7 +424,7 @@ struct GeoMeanMode {
     q->gseq = sums[3] * G * (-abar * s) / n;
   }
   template <class F>
-  RLK_HD static void Token(const ModeConsts<F>& c, const PolicyToken<F>& t, const SeqState<F>& q, TokenTerm<F>* o) {
+  RLK_TOKEN static void Token(const ModeConsts<F>& c, const PolicyToken<F>& t, const SeqState<F>& q, TokenTerm<F>* o) {
     using namespace policy_detail;
     using M = MaskOf<F>;
     o->ratio = q.s;
@@ -459,7 +471,7 @@ struct VespoMode {
     (void)n;
   }
   template <class F>
-  RLK_HD static void Token(const ModeConsts<F>&, const PolicyToken<F>& t, const SeqState<F>& q, TokenTerm<F>* o) {
+  RLK_TOKEN static void Token(const ModeConsts<F>&, const PolicyToken<F>& t, const SeqState<F>& q, TokenTerm<F>* o) {
     using namespace policy_detail;
     F dr;
     o->ratio = ClampedRatio(t.d, &dr);
