@@ -180,7 +180,7 @@ function parseTemperature(fn: string, v: unknown, ref: [string, Tensor], targets
   checkSameDevice(fn, ref, ['temperature', t]);
   const same = t.shape.length === targets.shape.length && t.shape.every((d, i) => d === targets.shape[i]);
   if (!same && !(t.shape.length === 1 && t.shape[0] === targets.numel)) {
-    throw rangeError(fn, `temperature must have shape [${targets.shape.join(', ')}] or [${targets.numel}] (one value per row), got [${t.shape.join(', ')}]`);
+    throw rangeError(fn, `temperature must have shape [${targets.shape.join(', ')}]${targets.shape.length === 1 ? '' : ` or [${targets.numel}]`} (one value per row), got [${t.shape.join(', ')}]`);
   }
   return { value: DEFAULT_TEMPERATURE, tensor: t.handle(fn, 'temperature') };
 }

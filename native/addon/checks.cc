@@ -184,4 +184,50 @@ void RequireMinDim(Napi::Env env, const Tensor* t, int64_t min_dim, const char* 
                              " dimension(s), got shape " + ShapeString(t->shape()));
 }
 
+RowTemperature RowTemperatureArgs(const Napi::CallbackInfo& info, size_t ni, size_t ti, const char* fn, int device,
+                                  const char* device_of, const std::vector<int64_t>& targets_shape, int64_t rows) {
+  Napi::Env env = info.Env();
+  const std::string f = std::string(fn) + ": ";
+  RowTemperature t;
+  const double v = NumberArg(info, ni, fn, "temperature");
+  if (!(v > 0) || !std::isfinite(v) || !std::isfinite(float(1.0 / v)) || !(float(1.0 / v) > 0))
+    ThrowRangeError(env, f + "temperature must be a positive finite number, got " + Describe(info[ni]));
+  t.inv = float(1.0 / v);
+  Tensor* tt = OptionalTensorArg(info, ti, fn, "temperature");
+  if (!tt) return t;
+  RequireDType(env, tt, {DType::kFloat32}, fn, "temperature");
+  RequireDevice(env, tt, device, fn, "temperature", device_of);
+  const std::vector<int64_t> flat{rows};
+  if (tt->shape() != targets_shape && tt->shape() != flat)
+    ThrowRangeError(env, f + "temperature must have shape " + ShapeString(targets_shape) +
+                             (targets_shape != flat ? " or " + ShapeString(flat) : std::string()) + " (one value per row), got shape " +
+                             ShapeString(tt->shape()));
+  t.per_row = static_cast<const float*>(tt->data());
+  if (device == kCpu) {
+    for (int64_t i = 0; i < rows; ++i) {
+      const float x = t.per_row[i];
+      if (!(x > 0) || !std::isfinite(x) || !std::isfinite(float(1.0 / double(x))))
+        ThrowRangeError(env, f + "temperature[" + std::to_string(i) + "] must be a positive finite number, got " +
+                                 Describe(Napi::Number::New(env, x)));
+    }
+  }
+  return t;
+}
+
+void CheckTargetsHost(Napi::Env env, const char* fn, const Tensor* targets, int device, int64_t rows, int64_t vocab_size,
+                      int64_t ignore) {
+  if (device != kCpu) return;
+  auto check = [&](auto* p) {
+    for (int64_t i = 0; i < rows; ++i) {
+      const int64_t t = int64_t(p[i]);
+      if (t != ignore && (t < 0 || t >= vocab_size))
+        ThrowRangeError(env, std::string(fn) + ": targets[" + std::to_string(i) + "] = " + std::to_string(t) +
+                                 " is outside [0, " + std::to_string(vocab_size) + ") and is not ignoreIndex (" +
+                                 std::to_string(ignore) + ")");
+    }
+  };
+  if (targets->dtype() == DType::kInt32) check(static_cast<const int32_t*>(targets->data()));
+  else check(static_cast<const int64_t*>(targets->data()));
+}
+
 }  // namespace rlk::addon

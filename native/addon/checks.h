@@ -49,4 +49,22 @@ void RequireMinDim(Napi::Env env, const Tensor* t, int64_t min_dim, const char* 
 
 std::string DeviceName(int device);
 
+// The temperature of a row op (tokenLogprobs, linearLogprobs and their shard
+// forms): the number at info[ni] and, at info[ti], an optional float32 tensor
+// of one value per row (shape `targets_shape` or [rows]) on `device`. The
+// kernels multiply by the float32 inverse, so it must be finite: a T below
+// ~3e-39 has a finite double inverse that rounds to +inf in float32, and
+// (x - max) * inf is NaN at the row's maximum. Host rows are checked here;
+// the CUDA kernels report a bad row through their error word.
+struct RowTemperature {
+  float inv = 1.0f;
+  const float* per_row = nullptr;
+};
+RowTemperature RowTemperatureArgs(const Napi::CallbackInfo& info, size_t ni, size_t ti, const char* fn, int device,
+                                  const char* device_of, const std::vector<int64_t>& targets_shape, int64_t rows);
+// Host targets in [0, vocab_size) or equal to `ignore`, checked before
+// anything is written; device targets by the kernels through the error word.
+void CheckTargetsHost(Napi::Env env, const char* fn, const Tensor* targets, int device, int64_t rows, int64_t vocab_size,
+                      int64_t ignore);
+
 }  // namespace rlk::addon

@@ -65,51 +65,6 @@ Args HiddenWeightTargets(const Napi::CallbackInfo& info, size_t hi, size_t wi, s
   return a;
 }
 
-struct Temperature {
-  float inv = 1.0f;
-  const float* per_row = nullptr;
-};
-
-// As tokenLogprobs: a number, or a float32 tensor of one value per row; the
-// float32 inverse must be finite (the kernels multiply by it).
-Temperature TemperatureArgs(const Napi::CallbackInfo& info, size_t ni, size_t ti, const char* fn, const Args& a) {
-  Napi::Env env = info.Env();
-  Temperature t;
-  double v = NumberArg(info, ni, fn, "temperature");
-  if (!(v > 0) || !std::isfinite(v) || !std::isfinite(float(1.0 / v)) || !(float(1.0 / v) > 0))
-    ThrowRangeError(env, Str(fn) + "temperature must be a positive finite number, got " + Describe(info[ni]));
-  t.inv = float(1.0 / v);
-  if (Tensor* tt = OptionalTensorArg(info, ti, fn, "temperature")) {
-    RequireDType(env, tt, {DType::kFloat32}, fn, "temperature");
-    RequireDevice(env, tt, a.device, fn, "temperature", "hidden");
-    RequireShape(env, tt, {a.rows}, fn, "temperature");
-    t.per_row = static_cast<const float*>(tt->data());
-    if (a.device == kCpu) {
-      for (int64_t i = 0; i < a.rows; ++i) {
-        float x = t.per_row[i];
-        if (!(x > 0) || !std::isfinite(x) || !std::isfinite(float(1.0 / double(x))))
-          ThrowRangeError(env, Str(fn) + "temperature[" + std::to_string(i) + "] must be a positive finite number, got " +
-                                   Describe(Napi::Number::New(env, x)));
-      }
-    }
-  }
-  return t;
-}
-
-void CheckTargetsHost(Napi::Env env, const char* fn, const Args& a, int64_t vocab_size, int64_t ignore) {
-  if (a.device != kCpu) return;
-  auto check = [&](auto* p) {
-    for (int64_t i = 0; i < a.rows; ++i) {
-      int64_t t = int64_t(p[i]);
-      if (t != ignore && (t < 0 || t >= vocab_size))
-        ThrowRangeError(env, Str(fn) + "targets[" + std::to_string(i) + "] = " + std::to_string(t) + " is outside [0, " +
-                                 std::to_string(vocab_size) + ") and is not ignoreIndex (" + std::to_string(ignore) + ")");
-    }
-  };
-  if (a.targets->dtype() == DType::kInt32) check(static_cast<const int32_t*>(a.targets->data()));
-  else check(static_cast<const int64_t*>(a.targets->data()));
-}
-
 int64_t ChunkArg(const Napi::CallbackInfo& info, size_t i, const char* fn) {
   return IntegerArg(info, i, fn, "chunkSize", 0, int64_t(1) << 30);
 }
@@ -137,7 +92,7 @@ Status RunBwd(int device, const LinearLogprobsBwdParams& p) {
   return cpu::LinearLogprobsBwd(p);
 }
 
-void FillCommon(LinearLogprobsFwdParams& p, const Args& a, const Temperature& t, int64_t ignore, int64_t chunk,
+void FillCommon(LinearLogprobsFwdParams& p, const Args& a, const RowTemperature& t, int64_t ignore, int64_t chunk,
                 const Queue& q) {
   p.hidden = a.hidden->data();
   p.weight = a.weight->data();
@@ -164,12 +119,12 @@ Napi::Value Forward(const Napi::CallbackInfo& info) {
   const char* fn = "linearLogprobs";
   Napi::Env env = info.Env();
   Args a = HiddenWeightTargets(info, 0, 1, 2, 8, fn, "weight");
-  Temperature temp = TemperatureArgs(info, 3, 4, fn, a);
+  const RowTemperature temp = RowTemperatureArgs(info, 3, 4, fn, a.device, "hidden", a.targets->shape(), a.rows);
   int64_t ignore = IntegerArg(info, 5, fn, "ignoreIndex", -kMaxSafeInt, kMaxSafeInt);
   bool entropy = BoolArg(info, 6, fn, "entropy");
   bool save = BoolArg(info, 7, fn, "saveForBackward");
   int64_t chunk = ChunkArg(info, 9, fn);
-  CheckTargetsHost(env, fn, a, a.vocab, ignore);
+  CheckTargetsHost(env, fn, a.targets, a.device, a.rows, a.vocab, ignore);
   Queue q = DeviceQueue(env, fn, a.device);
 
   Output lp = NewOutput(env, fn, {a.rows}, DType::kFloat32, a.device);
@@ -197,13 +152,13 @@ Napi::Value Partials(const Napi::CallbackInfo& info) {
   const char* fn = "linearLogprobsPartials";
   Napi::Env env = info.Env();
   Args a = HiddenWeightTargets(info, 0, 1, 2, 9, fn, "weightShard");
-  Temperature temp = TemperatureArgs(info, 3, 4, fn, a);
+  const RowTemperature temp = RowTemperatureArgs(info, 3, 4, fn, a.device, "hidden", a.targets->shape(), a.rows);
   int64_t ignore = IntegerArg(info, 5, fn, "ignoreIndex", -kMaxSafeInt, kMaxSafeInt);
   bool entropy = BoolArg(info, 6, fn, "entropy");
   int64_t vocab_start = 0, vocab_size = 0;
   ShardRange(info, 7, 8, fn, a, &vocab_start, &vocab_size);
   int64_t chunk = ChunkArg(info, 10, fn);
-  CheckTargetsHost(env, fn, a, vocab_size, ignore);
+  CheckTargetsHost(env, fn, a.targets, a.device, a.rows, vocab_size, ignore);
   Queue q = DeviceQueue(env, fn, a.device);
 
   const int cols = entropy ? kTlpPartialColsEntropy : kTlpPartialCols;
@@ -230,7 +185,7 @@ Napi::Value Backward(const Napi::CallbackInfo& info) {
   RequireDType(env, grad_lp, {DType::kFloat32}, fn, "gradLogprobs");
   RequireDevice(env, grad_lp, a.device, fn, "gradLogprobs", "hidden");
   RequireShape(env, grad_lp, {a.rows}, fn, "gradLogprobs");
-  Temperature temp = TemperatureArgs(info, 4, 5, fn, a);
+  const RowTemperature temp = RowTemperatureArgs(info, 4, 5, fn, a.device, "hidden", a.targets->shape(), a.rows);
   int64_t ignore = IntegerArg(info, 6, fn, "ignoreIndex", -kMaxSafeInt, kMaxSafeInt);
   auto float_arg = [&](size_t i, const char* name, const std::vector<int64_t>& shape) -> Tensor* {
     Tensor* t = OptionalTensorArg(info, i, fn, name);
@@ -247,7 +202,7 @@ Napi::Value Backward(const Napi::CallbackInfo& info) {
   if ((vocab_start != 0 || vocab_size != a.vocab) && !stats)
     ThrowTypeError(env, Str(fn) + "stats is required for a shard of the vocabulary (from combineTokenLogprobs)");
   int64_t chunk = ChunkArg(info, 12, fn);
-  CheckTargetsHost(env, fn, a, vocab_size, ignore);
+  CheckTargetsHost(env, fn, a.targets, a.device, a.rows, vocab_size, ignore);
   Queue q = DeviceQueue(env, fn, a.device);
 
   Output gh = NewOutput(env, fn, a.hidden->shape(), a.hidden->dtype(), a.device);

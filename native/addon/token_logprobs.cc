@@ -49,63 +49,6 @@ Rows LogitsAndTargets(const Napi::CallbackInfo& info, size_t li, size_t ti, cons
   return r;
 }
 
-// The temperature: a number (used when the tensor is null) or a float32
-// tensor with one value per row on the logits' device.
-struct Temperature {
-  float inv = 1.0f;
-  const float* per_row = nullptr;
-};
-
-Temperature TemperatureArgs(const Napi::CallbackInfo& info, size_t ni, size_t ti, const char* fn, const Rows& r) {
-  Napi::Env env = info.Env();
-  Temperature t;
-  double v = NumberArg(info, ni, fn, "temperature");
-  // The kernels take 1/T as a float32: a T below ~3e-39 has a finite double
-  // inverse that rounds to +inf in float32, and (x - max) * inf is NaN at the
-  // row's maximum, so the float32 inverse itself must be finite.
-  if (!(v > 0) || !std::isfinite(v) || !std::isfinite(float(1.0 / v)) || !(float(1.0 / v) > 0))
-    ThrowRangeError(env, Str(fn) + "temperature must be a positive finite number, got " + Describe(info[ni]));
-  t.inv = float(1.0 / v);
-  if (Tensor* tt = OptionalTensorArg(info, ti, fn, "temperature")) {
-    RequireDType(env, tt, {DType::kFloat32}, fn, "temperature");
-    RequireDevice(env, tt, r.device, fn, "temperature", "logits");
-    if (tt->numel() != r.rows || tt->dim() > r.targets->dim() + 1)
-      ThrowRangeError(env, Str(fn) + "temperature must have one value per row (shape " + ShapeString(r.targets->shape()) +
-                               " or [" + std::to_string(r.rows) + "]), got shape " + ShapeString(tt->shape()));
-    if (tt->shape() != r.targets->shape() && tt->shape() != std::vector<int64_t>{r.rows})
-      ThrowRangeError(env, Str(fn) + "temperature must have shape " + ShapeString(r.targets->shape()) + " or [" +
-                               std::to_string(r.rows) + "], got shape " + ShapeString(tt->shape()));
-    t.per_row = static_cast<const float*>(tt->data());
-    if (r.device == kCpu) {
-      for (int64_t i = 0; i < r.rows; ++i) {
-        float x = t.per_row[i];
-        // As above: the CPU kernel uses float(1 / T), which must be finite
-        // (the CUDA kernels report such a row through the error word).
-        if (!(x > 0) || !std::isfinite(x) || !std::isfinite(float(1.0 / double(x))))
-          ThrowRangeError(env, Str(fn) + "temperature[" + std::to_string(i) + "] must be a positive finite number, got " +
-                                   Describe(Napi::Number::New(env, x)));
-      }
-    }
-  }
-  return t;
-}
-
-// Host targets are checked here, before anything is written; device targets
-// by the kernels through the device error word.
-void CheckTargetsHost(Napi::Env env, const char* fn, const Rows& r, int64_t vocab_size, int64_t ignore) {
-  if (r.device != kCpu) return;
-  auto check = [&](auto* p) {
-    for (int64_t i = 0; i < r.rows; ++i) {
-      int64_t t = int64_t(p[i]);
-      if (t != ignore && (t < 0 || t >= vocab_size))
-        ThrowRangeError(env, Str(fn) + "targets[" + std::to_string(i) + "] = " + std::to_string(t) + " is outside [0, " +
-                                 std::to_string(vocab_size) + ") and is not ignoreIndex (" + std::to_string(ignore) + ")");
-    }
-  };
-  if (r.targets->dtype() == DType::kInt32) check(static_cast<const int32_t*>(r.targets->data()));
-  else check(static_cast<const int64_t*>(r.targets->data()));
-}
-
 int64_t IgnoreIndexArg(const Napi::CallbackInfo& info, size_t i, const char* fn) {
   return IntegerArg(info, i, fn, "ignoreIndex", -kMaxSafeInt, kMaxSafeInt);
 }
@@ -148,7 +91,7 @@ Napi::Value Forward(const Napi::CallbackInfo& info) {
   const char* fn = "tokenLogprobs";
   Napi::Env env = info.Env();
   Rows r = LogitsAndTargets(info, 0, 1, fn, "logits");
-  Temperature temp = TemperatureArgs(info, 2, 3, fn, r);
+  const RowTemperature temp = RowTemperatureArgs(info, 2, 3, fn, r.device, "logits", r.targets->shape(), r.rows);
   int64_t ignore = IgnoreIndexArg(info, 4, fn);
   bool entropy = BoolArg(info, 5, fn, "entropy");
   bool save = BoolArg(info, 6, fn, "saveForBackward");
@@ -159,7 +102,7 @@ Napi::Value Forward(const Napi::CallbackInfo& info) {
   Tensor* out_stats = OptionalFloatArg(info, 9, fn, "out.stats", r, stats_shape);
   if (out_ent && !entropy) ThrowTypeError(env, Str(fn) + "out.entropy was given but entropy is false");
   if (out_stats && !save) ThrowTypeError(env, Str(fn) + "out.stats was given but saveForBackward is false");
-  CheckTargetsHost(env, fn, r, r.vocab, ignore);
+  CheckTargetsHost(env, fn, r.targets, r.device, r.rows, r.vocab, ignore);
   Queue q = DeviceQueue(env, fn, r.device);
 
   Output lp = MakeOutput(env, fn, out_lp, info[7], row_shape, DType::kFloat32, r.device);
@@ -214,7 +157,7 @@ Napi::Value Backward(const Napi::CallbackInfo& info) {
   RequireDType(env, grad_lp, {DType::kFloat32}, fn, "gradLogprobs");
   RequireDevice(env, grad_lp, r.device, fn, "gradLogprobs", "logits");
   RequireShape(env, grad_lp, row_shape, fn, "gradLogprobs");
-  Temperature temp = TemperatureArgs(info, 3, 4, fn, r);
+  const RowTemperature temp = RowTemperatureArgs(info, 3, 4, fn, r.device, "logits", r.targets->shape(), r.rows);
   int64_t ignore = IgnoreIndexArg(info, 5, fn);
   Tensor* grad_ent = OptionalFloatArg(info, 6, fn, "gradEntropy", r, row_shape);
   Tensor* stats = OptionalFloatArg(info, 7, fn, "stats", r, {r.rows, kTlpStatsCols});
@@ -230,7 +173,7 @@ Napi::Value Backward(const Napi::CallbackInfo& info) {
     RequireDevice(env, out, r.device, fn, "out", "logits");
     RequireShape(env, out, r.logits->shape(), fn, "out");
   }
-  CheckTargetsHost(env, fn, r, vocab_size, ignore);
+  CheckTargetsHost(env, fn, r.targets, r.device, r.rows, vocab_size, ignore);
   Queue q = DeviceQueue(env, fn, r.device);
 
   Output g = in_place ? Output{info[0], r.logits->data()}
@@ -264,7 +207,7 @@ Napi::Value Partials(const Napi::CallbackInfo& info) {
   const char* fn = "tokenLogprobsPartials";
   Napi::Env env = info.Env();
   Rows r = LogitsAndTargets(info, 0, 1, fn, "logitsShard");
-  Temperature temp = TemperatureArgs(info, 2, 3, fn, r);
+  const RowTemperature temp = RowTemperatureArgs(info, 2, 3, fn, r.device, "logits", r.targets->shape(), r.rows);
   int64_t ignore = IgnoreIndexArg(info, 4, fn);
   bool entropy = BoolArg(info, 5, fn, "entropy");
   int64_t vocab_start = 0, vocab_size = 0;
@@ -272,7 +215,7 @@ Napi::Value Partials(const Napi::CallbackInfo& info) {
   const int cols = entropy ? kTlpPartialColsEntropy : kTlpPartialCols;
   const std::vector<int64_t> shape{r.rows, cols};
   Tensor* out = OptionalFloatArg(info, 8, fn, "out", r, shape);
-  CheckTargetsHost(env, fn, r, vocab_size, ignore);
+  CheckTargetsHost(env, fn, r.targets, r.device, r.rows, vocab_size, ignore);
   Queue q = DeviceQueue(env, fn, r.device);
 
   Output o = MakeOutput(env, fn, out, info[8], shape, DType::kFloat32, r.device);
@@ -311,7 +254,7 @@ Napi::Value Combine(const Napi::CallbackInfo& info) {
   r.device = r.targets->device();
   r.rows = r.targets->numel();
   r.vocab = 1;
-  Temperature temp = TemperatureArgs(info, 2, 3, fn, r);
+  const RowTemperature temp = RowTemperatureArgs(info, 2, 3, fn, r.device, "logits", r.targets->shape(), r.rows);
   int64_t ignore = IgnoreIndexArg(info, 4, fn);
   bool entropy = BoolArg(info, 5, fn, "entropy");
   bool save = BoolArg(info, 6, fn, "saveForBackward");
