@@ -17,6 +17,13 @@ import { cpus } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
+// RLK_SIMD=avx2 (or baseline) times rlkernels' AVX2 (scalar) path; the PyTorch
+// side then runs the same ISA (ATEN_CPU_CAPABILITY, which eager and inductor
+// both follow), so an AVX-512 machine stands in for an AVX2-only one on both
+// sides. An ATEN_CPU_CAPABILITY set by the user wins.
+const TORCH_ISA = { avx2: 'avx2', baseline: 'default' };
+if (Object.hasOwn(TORCH_ISA, process.env.RLK_SIMD ?? '') && !process.env.ATEN_CPU_CAPABILITY) process.env.ATEN_CPU_CAPABILITY = TORCH_ISA[process.env.RLK_SIMD];
+
 export const BENCH_DIR = dirname(fileURLToPath(import.meta.url));
 export const PACKAGE_ROOT = join(BENCH_DIR, '..');
 

@@ -122,6 +122,7 @@ export async function machineInfo(cfg) {
     flags: cpuFlags(),
     isa: info.cpu.simd,
     simdOverride: process.env.RLK_SIMD ?? null,
+    torchIsa: process.env.ATEN_CPU_CAPABILITY ?? null,
     threads: cfg.threads,
     node: process.version,
     binary: info.binary,
@@ -160,7 +161,7 @@ export async function runBenchmarks(opts = {}) {
 }
 
 export function machineLine(m, cfg) {
-  const isa = `${m.isa}${m.simdOverride ? ` (RLK_SIMD=${m.simdOverride})` : ''}`;
+  const isa = `${m.isa}${m.simdOverride ? ` (RLK_SIMD=${m.simdOverride})` : ''}${m.torchIsa ? `, PyTorch's ATEN_CPU_CAPABILITY=${m.torchIsa}` : ''}`;
   return (
     `Machine: ${m.cpu} (${m.flags.filter((f) => f.startsWith('avx')).join(' ') || 'no AVX'}); rlkernels ISA path ${isa}; ` +
     `${cfg.threads} threads on both sides; Node ${m.node}; PyTorch: ${m.pythonNote}. ` +
