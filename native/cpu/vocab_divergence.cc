@@ -79,6 +79,7 @@ struct ScalarOps {
   static V Sub(V a, V b) { return a - b; }
   static V Mul(V a, V b) { return a * b; }
   static V Div(V a, V b) { return a / b; }
+  static V Rcp(V a) { return 1.0f / a; }
   static V Fma(V a, V b, V c) { return std::fma(a, b, c); }
   static V Max(V a, V b) { return a > b ? a : b; }  // maxps semantics: b when either is NaN
   static V Min(V a, V b) { return a < b ? a : b; }
@@ -90,6 +91,7 @@ struct ScalarOps {
   static unsigned MaskBits(M m) { return m ? 1u : 0u; }
   static V Exp(V a) { return simd::Exp(a); }
   static V ExpNeg(V a) { return simd::ExpNeg(a); }
+  static V ExpLow(V a) { return simd::Exp(a); }
   static V Log(V a) { return simd::Log(a); }
   static float ReduceAdd(V a) { return a; }
   static float ReduceMax(V a) { return a; }
@@ -108,6 +110,7 @@ struct Avx512Ops {
   RLK_AVX512 static V Sub(V a, V b) { return _mm512_sub_ps(a, b); }
   RLK_AVX512 static V Mul(V a, V b) { return _mm512_mul_ps(a, b); }
   RLK_AVX512 static V Div(V a, V b) { return _mm512_div_ps(a, b); }
+  RLK_AVX512 static V Rcp(V a) { return _mm512_rcp14_ps(a); }  // relative error < 2^-14
   RLK_AVX512 static V Fma(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }
   RLK_AVX512 static V Max(V a, V b) { return _mm512_max_ps(a, b); }
   RLK_AVX512 static V Min(V a, V b) { return _mm512_min_ps(a, b); }
@@ -121,6 +124,11 @@ struct Avx512Ops {
   RLK_AVX512 static V ExpNeg(V a) {
     V dc;
     return simd::avx512::ExpNeg(a, &dc);
+  }
+  // e^a for a <= 88, -inf or NaN: Exp without its overflow and special blends.
+  RLK_AVX512 static V ExpLow(V a) {
+    V dc;
+    return simd::avx512::ExpNeg<true>(a, &dc);
   }
   RLK_AVX512 static V Log(V a) { return simd::avx512::Log(a); }
   RLK_AVX512 static float ReduceAdd(V a) { return simd::avx512::ReduceAdd(a); }
@@ -140,6 +148,7 @@ struct Avx2Ops {
   RLK_AVX2 static V Sub(V a, V b) { return _mm256_sub_ps(a, b); }
   RLK_AVX2 static V Mul(V a, V b) { return _mm256_mul_ps(a, b); }
   RLK_AVX2 static V Div(V a, V b) { return _mm256_div_ps(a, b); }
+  RLK_AVX2 static V Rcp(V a) { return _mm256_rcp_ps(a); }  // relative error < 1.5 2^-12
   RLK_AVX2 static V Fma(V a, V b, V c) { return _mm256_fmadd_ps(a, b, c); }
   RLK_AVX2 static V Max(V a, V b) { return _mm256_max_ps(a, b); }
   RLK_AVX2 static V Min(V a, V b) { return _mm256_min_ps(a, b); }
@@ -153,6 +162,10 @@ struct Avx2Ops {
   RLK_AVX2 static V ExpNeg(V a) {
     V dc;
     return simd::avx2::ExpNeg(a, &dc);
+  }
+  RLK_AVX2 static V ExpLow(V a) {
+    V dc;
+    return simd::avx2::ExpNeg<true>(a, &dc);
   }
   RLK_AVX2 static V Log(V a) { return simd::avx2::Log(a); }
   RLK_AVX2 static float ReduceAdd(V a) { return simd::avx2::ReduceAdd(a); }
@@ -171,26 +184,21 @@ RLK_VDIV_INLINE typename Ops::V ExpPoly(const typename Ops::V& r) {
   return Ops::Fma(p, r, Ops::Set(kP5));
 }
 
-// e^r - 1 without cancellation near 0.
-template <class Ops>
-RLK_VDIV_INLINE typename Ops::V Expm1(const typename Ops::V& r) {
-  auto small = Ops::Fma(ExpPoly<Ops>(r), Ops::Mul(r, r), r);
-  auto big = Ops::Sub(Ops::Exp(r), Ops::Set(1.0f));
-  return Ops::Select(Ops::Lt(Ops::Abs(r), Ops::Set(kSmall)), small, big);
-}
-
-
+// e^r - 1 without cancellation, for |r| < kSmall.
 template <class Ops>
 RLK_VDIV_INLINE typename Ops::V Expm1Small(const typename Ops::V& r) {
   return Ops::Fma(ExpPoly<Ops>(r), Ops::Mul(r, r), r);
 }
 
-// log(1 + w) for w > -1, with the rounding of 1 + w corrected.
+// log(1 + w) for w > -1, with the rounding of 1 + w corrected. The
+// correction (at most half an ulp of u) is divided by u through an
+// approximate reciprocal: its 2^-12 relative error is far below the ulp of
+// the result, and a division was the loop's slowest instruction.
 template <class Ops>
 RLK_VDIV_INLINE typename Ops::V Log1p(const typename Ops::V& w) {
   auto one = Ops::Set(1.0f);
   auto u = Ops::Add(one, w);
-  auto v = Ops::Add(Ops::Log(u), Ops::Div(Ops::Sub(w, Ops::Sub(u, one)), u));
+  auto v = Ops::Add(Ops::Log(u), Ops::Mul(Ops::Sub(w, Ops::Sub(u, one)), Ops::Rcp(u)));
   return Ops::Select(Ops::Eq(u, one), w, v);
 }
 
@@ -217,6 +225,11 @@ struct RowConsts {
   typename Ops::V lbt, lbs;    // jsd: -log(beta), -log(1 - beta) (upper bounds of y_t, y_s)
   typename Ops::V rhot, rhos;  // jsd: (1 - beta) / beta, beta / (1 - beta)
   typename Ops::V c0;          // kl with a gradient: sum_k w_k d_k (RefDiff), from pass 1
+  // jsd values (JsdValueRatios): the side formed directly is the one with the
+  // smaller mixture weight gamma = min(beta, 1 - beta): sig = +1 (the
+  // student, gamma = beta) or -1 (the teacher); lg = -log(gamma), rho =
+  // (1 - gamma) / gamma.
+  typename Ops::V sig, gam, lg, rho;
 };
 
 template <class Ops>
@@ -296,6 +309,38 @@ RLK_VDIV_INLINE JsdRatios<Ops> JsdLogRatios(const Probs<Ops>& e, const RowConsts
   r.as = Ops::Select(far_s, ls, Ops::Sub(r.ys, k.lbs));
   r.at = Ops::Select(Ops::Lt(e.x, lo), Ops::Sub(r.yt, k.lbt), r.at);
   r.as = Ops::Select(Ops::Gt(e.x, hi), Ops::Sub(r.ys, k.lbs), r.as);
+  return r;
+}
+
+// y_t and y_s alone (the value; the gradients also need JsdLogRatios' a_t,
+// a_s) with one exp and one log a lane instead of two of each: y_t - y_s = x
+// exactly, so one side is formed and the other is the first plus or minus x.
+// With z = sig x (the direct side d, the other o; see RowConsts),
+//   z <= 1: y_d = -log1p(gamma (e^z - 1)), y_o = y_d + z;
+//   z > 1:  y_o = lg - log1p(rho e^-z),    y_d = y_o - z,
+// so the side formed from the other is never a small difference of large
+// terms: near z = 0, |y_o| >= (1 - gamma) |z| >= |z| / 2; beyond z = 1, y_d
+// is about -z. e^z - 1 is the polynomial where |z| < kSmall. Where z is
+// -inf (a -inf logit) e^z = 0 gives y_d = -log(1 - gamma) and y_o = -inf;
+// +inf gives y_o = lg and y_d = -inf; NaN stays NaN.
+template <class Ops>
+RLK_VDIV_INLINE JsdRatios<Ops> JsdValueRatios(const typename Ops::V& x, const RowConsts<Ops>& k) {
+  auto zero = Ops::Set(0.0f), one = Ops::Set(1.0f);
+  auto z = Ops::Mul(x, k.sig);
+  auto far = Ops::Gt(z, one);
+  auto ez = Ops::ExpLow(Ops::Select(far, Ops::Sub(zero, z), z));  // e^-z beyond 1, e^z elsewhere (<= e)
+  auto em = Ops::Select(Ops::Lt(Ops::Abs(z), Ops::Set(kSmall)), Expm1Small<Ops>(z), Ops::Sub(ez, one));
+  auto l = Log1p<Ops>(Ops::Select(far, Ops::Mul(k.rho, ez), Ops::Mul(k.gam, em)));
+  auto yd = Ops::Sub(zero, l);
+  auto yo = Ops::Add(yd, z);
+  auto yo_far = Ops::Sub(k.lg, l);
+  yd = Ops::Select(far, Ops::Sub(yo_far, z), yd);
+  yo = Ops::Select(far, yo_far, yo);
+  const auto direct_s = Ops::Gt(k.sig, zero);
+  JsdRatios<Ops> r;
+  r.ys = Ops::Select(direct_s, yd, yo);
+  r.yt = Ops::Select(direct_s, yo, yd);
+  r.at = r.as = zero;
   return r;
 }
 
@@ -631,7 +676,9 @@ RLK_VDIV_INLINE void ValuePass(const TS* s, const TT* t, int64_t nv, const RowCo
           if (gt) StoreAt<Ops>(gt + i, Ops::Mul(Ops::Sub(zero, DiffSt<Ops>(q)), k.inv_t), rem);
         }
       } else {
-        const JsdRatios<Ops> y = JsdLogRatios<Ops>(q, k);
+        JsdRatios<Ops> y;
+        if constexpr (kMode == PassMode::kValueOnly) y = JsdValueRatios<Ops>(q.x, k);
+        else y = JsdLogRatios<Ops>(q, k);
         if constexpr (kMode == PassMode::kForGrad) {
           StoreAt<Ops>(scratch + 2 * nv + i, y.yt, rem);
           StoreAt<Ops>(scratch + 3 * nv + i, y.ys, rem);
@@ -756,6 +803,11 @@ RLK_VDIV_INLINE void Row(const VocabDivergenceParams& p, DivergenceKind kind, in
     k.lbs = Ops::Set(rk.lbs);
     k.rhot = Ops::Set(rk.rhot);
     k.rhos = Ops::Set(rk.rhos);
+    const bool direct_s = p.beta <= 0.5f;
+    k.sig = Ops::Set(direct_s ? 1.0f : -1.0f);
+    k.gam = Ops::Set(direct_s ? p.beta : 1.0f - p.beta);
+    k.lg = Ops::Set(direct_s ? rk.lbt : rk.lbs);
+    k.rho = Ops::Set(direct_s ? rk.rhot : rk.rhos);
   }
   double sums[4];
   if (!gs) {
