@@ -63,7 +63,6 @@ namespace {
 constexpr int64_t kBlock = 1024;     // elements per online block (two fp32 blocks fit L1)
 constexpr int kSumParts = 32;        // fp32 partial sums per side of a block's sum of exp (pass 1)
 constexpr float kSmall = kVdivSmall;
-constexpr float kJsdClamp = kVdivJsdClamp;
 
 // ---- ISA wrappers -------------------------------------------------------------
 struct ScalarOps {
@@ -222,14 +221,13 @@ struct RowConsts {
   typename Ops::V xoff_lo, inv_t_lo;  // the float residuals of xoff and 1 / T (VdivLogRatio)
   typename Ops::V beta, omb;   // beta, 1 - beta
   typename Ops::V tref, sref;  // kl: the logits at the reference index (argmax of the weighting side)
-  typename Ops::V lbt, lbs;    // jsd: -log(beta), -log(1 - beta) (upper bounds of y_t, y_s)
-  typename Ops::V rhot, rhos;  // jsd: (1 - beta) / beta, beta / (1 - beta)
   typename Ops::V c0;          // kl with a gradient: sum_k w_k d_k (RefDiff), from pass 1
   // jsd values (JsdValueRatios): the side formed directly is the one with the
   // smaller mixture weight gamma = min(beta, 1 - beta): sig = +1 (the
   // student, gamma = beta) or -1 (the teacher); lg = -log(gamma), rho =
   // (1 - gamma) / gamma.
   typename Ops::V sig, gam, lg, rho;
+  typename Ops::V lgd, rhod;  // -log(1 - gamma), gamma / (1 - gamma)
 };
 
 template <class Ops>
@@ -274,47 +272,16 @@ RLK_VDIV_INLINE typename Ops::V DiffSt(const Probs<Ops>& e) {
 // rho_t = (1 - beta) / beta, a_s = y_s + log(1 - beta) = -log1p(rho_s e^x).
 // The gradients use a_t - sum_k p_t,k a_t,k (= y_t - KL(p_t || M)): for
 // distant distributions y_t and KL(p_t || M) both approach -log(beta), and
-// their fp32 difference would lose its digits; a_t keeps them. Each side
-// forms whichever of y and a is small directly (y near x = 0, a where e^-|x|
-// is small) and the other by adding the constant, so one Exp and one Log per
-// side. Where e^|x| would overflow, y_s = y_t - x (and y_t = y_s + x).
+// their fp32 difference would lose its digits; a_t keeps them (formed
+// directly where it is small: JsdRatiosOf).
 template <class Ops>
 struct JsdRatios {
   typename Ops::V yt, ys, at, as;
 };
 
-template <class Ops>
-RLK_VDIV_INLINE JsdRatios<Ops> JsdLogRatios(const Probs<Ops>& e, const RowConsts<Ops>& k) {
-  auto zero = Ops::Set(0.0f), one = Ops::Set(1.0f);
-  auto lo = Ops::Set(-kJsdClamp), hi = Ops::Set(kJsdClamp);
-  auto xc = Ops::Min(Ops::Max(e.x, lo), hi);
-  auto nxc = Ops::Sub(zero, xc);
-  auto small = Ops::Lt(Ops::Abs(xc), Ops::Set(kSmall));
-  // Teacher side: e^-x.
-  auto et = Ops::Exp(nxc);
-  auto emt = Ops::Select(small, Expm1Small<Ops>(nxc), Ops::Sub(et, one));
-  auto far_t = Ops::Gt(xc, one);  // p_t >> p_s: a_t is the small one
-  auto lt = Ops::Sub(zero, Log1p<Ops>(Ops::Select(far_t, Ops::Mul(k.rhot, et), Ops::Mul(k.omb, emt))));
-  // Student side: e^x.
-  auto es = Ops::Exp(xc);
-  auto ems = Ops::Select(small, Expm1Small<Ops>(xc), Ops::Sub(es, one));
-  auto far_s = Ops::Lt(xc, Ops::Sub(zero, one));
-  auto ls = Ops::Sub(zero, Log1p<Ops>(Ops::Select(far_s, Ops::Mul(k.rhos, es), Ops::Mul(k.beta, ems))));
-  JsdRatios<Ops> r;
-  r.yt = Ops::Select(far_t, Ops::Add(lt, k.lbt), lt);
-  r.ys = Ops::Select(far_s, Ops::Add(ls, k.lbs), ls);
-  r.yt = Ops::Select(Ops::Lt(e.x, lo), Ops::Add(r.ys, e.x), r.yt);
-  r.ys = Ops::Select(Ops::Gt(e.x, hi), Ops::Sub(r.yt, e.x), r.ys);
-  r.at = Ops::Select(far_t, lt, Ops::Sub(r.yt, k.lbt));
-  r.as = Ops::Select(far_s, ls, Ops::Sub(r.ys, k.lbs));
-  r.at = Ops::Select(Ops::Lt(e.x, lo), Ops::Sub(r.yt, k.lbt), r.at);
-  r.as = Ops::Select(Ops::Gt(e.x, hi), Ops::Sub(r.ys, k.lbs), r.as);
-  return r;
-}
-
-// y_t and y_s alone (the value; the gradients also need JsdLogRatios' a_t,
-// a_s) with one exp and one log a lane instead of two of each: y_t - y_s = x
-// exactly, so one side is formed and the other is the first plus or minus x.
+// y_t and y_s with one exp and one log a lane (the old form took two of
+// each): y_t - y_s = x exactly, so one side is formed and the other is the
+// first plus or minus x.
 // With z = sig x (the direct side d, the other o; see RowConsts),
 //   z <= 1: y_d = -log1p(gamma (e^z - 1)), y_o = y_d + z;
 //   z > 1:  y_o = lg - log1p(rho e^-z),    y_d = y_o - z,
@@ -323,8 +290,12 @@ RLK_VDIV_INLINE JsdRatios<Ops> JsdLogRatios(const Probs<Ops>& e, const RowConsts
 // is about -z. e^z - 1 is the polynomial where |z| < kSmall. Where z is
 // -inf (a -inf logit) e^z = 0 gives y_d = -log(1 - gamma) and y_o = -inf;
 // +inf gives y_o = lg and y_d = -inf; NaN stays NaN.
-template <class Ops>
-RLK_VDIV_INLINE JsdRatios<Ops> JsdValueRatios(const typename Ops::V& x, const RowConsts<Ops>& k) {
+// kA (the gradients): also a_t, a_s. a_o is -log1p(rho e^-z) itself beyond
+// z = 1; a_d = y_d + log(1 - gamma) is small below z = -1, where it is
+// formed as -log1p(rho_d e^z), rho_d = gamma / (1 - gamma) (a second log);
+// elsewhere each is its y minus its bound.
+template <class Ops, bool kA>
+RLK_VDIV_INLINE JsdRatios<Ops> JsdRatiosOf(const typename Ops::V& x, const RowConsts<Ops>& k) {
   auto zero = Ops::Set(0.0f), one = Ops::Set(1.0f);
   auto z = Ops::Mul(x, k.sig);
   auto far = Ops::Gt(z, one);
@@ -341,6 +312,13 @@ RLK_VDIV_INLINE JsdRatios<Ops> JsdValueRatios(const typename Ops::V& x, const Ro
   r.ys = Ops::Select(direct_s, yd, yo);
   r.yt = Ops::Select(direct_s, yo, yd);
   r.at = r.as = zero;
+  if constexpr (kA) {
+    const auto near_d = Ops::Lt(z, Ops::Sub(zero, one));
+    const auto ad = Ops::Select(near_d, Ops::Sub(zero, Log1p<Ops>(Ops::Mul(k.rhod, ez))), Ops::Sub(yd, k.lgd));
+    const auto ao = Ops::Select(far, Ops::Sub(zero, l), Ops::Sub(yo, k.lg));
+    r.as = Ops::Select(direct_s, ad, ao);
+    r.at = Ops::Select(direct_s, ao, ad);
+  }
   return r;
 }
 
@@ -677,8 +655,8 @@ RLK_VDIV_INLINE void ValuePass(const TS* s, const TT* t, int64_t nv, const RowCo
         }
       } else {
         JsdRatios<Ops> y;
-        if constexpr (kMode == PassMode::kValueOnly) y = JsdValueRatios<Ops>(q.x, k);
-        else y = JsdLogRatios<Ops>(q, k);
+        if constexpr (kMode == PassMode::kValueOnly) y = JsdRatiosOf<Ops, false>(q.x, k);
+        else y = JsdRatiosOf<Ops, true>(q.x, k);
         if constexpr (kMode == PassMode::kForGrad) {
           StoreAt<Ops>(scratch + 2 * nv + i, y.yt, rem);
           StoreAt<Ops>(scratch + 3 * nv + i, y.ys, rem);
@@ -799,15 +777,13 @@ RLK_VDIV_INLINE void Row(const VocabDivergenceParams& p, DivergenceKind kind, in
     k.c0 = Ops::Set(float((n.rd - (double(tr) - double(sr)) * sw + n.ra) / sw));
   }
   if (kind == DivergenceKind::kJsd) {
-    k.lbt = Ops::Set(rk.lbt);
-    k.lbs = Ops::Set(rk.lbs);
-    k.rhot = Ops::Set(rk.rhot);
-    k.rhos = Ops::Set(rk.rhos);
     const bool direct_s = p.beta <= 0.5f;
     k.sig = Ops::Set(direct_s ? 1.0f : -1.0f);
     k.gam = Ops::Set(direct_s ? p.beta : 1.0f - p.beta);
     k.lg = Ops::Set(direct_s ? rk.lbt : rk.lbs);
     k.rho = Ops::Set(direct_s ? rk.rhot : rk.rhos);
+    k.lgd = Ops::Set(direct_s ? rk.lbs : rk.lbt);
+    k.rhod = Ops::Set(direct_s ? rk.rhos : rk.rhot);
   }
   double sums[4];
   if (!gs) {
