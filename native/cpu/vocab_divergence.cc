@@ -222,7 +222,7 @@ struct RowConsts {
   typename Ops::V beta, omb;   // beta, 1 - beta
   typename Ops::V tref, sref;  // kl: the logits at the reference index (argmax of the weighting side)
   typename Ops::V c0;          // kl with a gradient: sum_k w_k d_k (RefDiff), from pass 1
-  // jsd values (JsdValueRatios): the side formed directly is the one with the
+  // jsd (JsdRatiosOf): the side formed directly is the one with the
   // smaller mixture weight gamma = min(beta, 1 - beta): sig = +1 (the
   // student, gamma = beta) or -1 (the teacher); lg = -log(gamma), rho =
   // (1 - gamma) / gamma.
