@@ -494,6 +494,15 @@ describe('vocabDivergence (cpu)', () => {
           expect(Buffer.from(x.gs.buffer).equals(Buffer.from(a.gs.buffer))).toBe(true);
           expect(Buffer.from(x.gt!.buffer).equals(Buffer.from(a.gt!.buffer))).toBe(true);
         }
+        // The student gradient alone and the values alone: their own passes, also per row.
+        const d = await run(s, t, [rows, V], 'bfloat16', 'float32', { kind, beta });
+        const v1 = await runValues(s, t, [rows, V], 'bfloat16', 'float32', { kind, beta });
+        rlk.setNumThreads(2);
+        const e = await run(s, t, [rows, V], 'bfloat16', 'float32', { kind, beta });
+        const v2 = await runValues(s, t, [rows, V], 'bfloat16', 'float32', { kind, beta });
+        expect(Buffer.from(e.values.buffer).equals(Buffer.from(d.values.buffer))).toBe(true);
+        expect(Buffer.from(e.gs.buffer).equals(Buffer.from(d.gs.buffer))).toBe(true);
+        expect(Buffer.from(v2.values.buffer).equals(Buffer.from(v1.values.buffer))).toBe(true);
       }
     } finally {
       rlk.setNumThreads(threads);
