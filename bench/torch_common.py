@@ -69,6 +69,11 @@ def run(args, make_case):
                 out["errors"][f"{case['name']}:compile"] = f"torch {torch.__version__} has no torch.compile"
                 continue
             try:
+                if mode == "compile":
+                    # Each case compiled afresh: dynamo caches per code object, and after
+                    # recompile_limit (8) guard failures of the same function (other shapes,
+                    # kinds, grad mode) it silently runs it eagerly.
+                    torch._dynamo.reset()
                 fn = make_case(case, mode)
                 res[mode] = median_ms(fn, args.iters, max(args.warmup, 2 if mode == "compile" else 1))
             except Exception as e:  # a failing mode leaves the others

@@ -494,6 +494,15 @@ describe('vocabDivergence (cpu)', () => {
           expect(Buffer.from(x.gs.buffer).equals(Buffer.from(a.gs.buffer))).toBe(true);
           expect(Buffer.from(x.gt!.buffer).equals(Buffer.from(a.gt!.buffer))).toBe(true);
         }
+        // The student gradient alone and the values alone: their own passes, also per row.
+        const d = await run(s, t, [rows, V], 'bfloat16', 'float32', { kind, beta });
+        const v1 = await runValues(s, t, [rows, V], 'bfloat16', 'float32', { kind, beta });
+        rlk.setNumThreads(2);
+        const e = await run(s, t, [rows, V], 'bfloat16', 'float32', { kind, beta });
+        const v2 = await runValues(s, t, [rows, V], 'bfloat16', 'float32', { kind, beta });
+        expect(Buffer.from(e.values.buffer).equals(Buffer.from(d.values.buffer))).toBe(true);
+        expect(Buffer.from(e.gs.buffer).equals(Buffer.from(d.gs.buffer))).toBe(true);
+        expect(Buffer.from(v2.values.buffer).equals(Buffer.from(v1.values.buffer))).toBe(true);
       }
     } finally {
       rlk.setNumThreads(threads);
@@ -530,10 +539,13 @@ describe('vocabDivergence (cpu)', () => {
         // finite float32, Hugging Face's mask) and a confident teacher row.
         { rows: 3, V: 2100, sd: 0, td: 0, kind: 0, beta: 0.5 },
         { rows: 3, V: 2100, sd: 1, td: 0, kind: 2, beta: 0.5 },
+        { rows: 3, V: 2100, sd: 0, td: 0, kind: 1, beta: 0.5 },
       ].map((c) => ({ ...c, s: Array.from(randn(r, c.rows * c.V, 2)), t: Array.from(randn(r, c.rows * c.V, 2)) }));
       cases[0].t[4] = cases[0].s[4] = -Infinity;
       for (const c of cases.slice(4)) {
-        for (let j = 0; j < 50; j++) c.t[j] = -3.4028234663852886e38;
+        // Reverse KL masks the student: a lowest-float teacher logit under p_s > 0 makes (t - s) / T overflow
+        // float32 (+inf, as PyTorch's fp32 log_softmax gives) where float64 gives ~1e36.
+        for (let j = 0; j < 50; j++) (c.kind === 1 ? c.s : c.t)[j] = -3.4028234663852886e38;
         c.t[60] = c.s[60] = -Infinity;
         c.t[2 * c.V + 1500] = 40;
       }
@@ -547,9 +559,10 @@ describe('vocabDivergence (cpu)', () => {
           const m = n.fromData([c.rows], 5, -1, Uint8Array.from({ length: c.rows }, (_, i) => (i === 1 ? 0 : 1)));
           const r = n.vocabDivergence(S, T, m, null, c.kind, c.beta, 1 / 0.8, -100, true);
           const v = n.vocabDivergence(S, T, m, null, c.kind, c.beta, 1 / 0.8, -100, false, false);
+          const st = n.vocabDivergence(S, T, m, null, c.kind, c.beta, 1 / 0.8, -100, false);
           const f = (t) => Array.from(new Float32Array(t.to(0, -1).read()));
           out.results.push({ values: f(r.values), gs: f(r.gradStudent), gt: f(r.gradTeacher), sIn: f(S), tIn: f(T),
-            valuesOnly: f(v.values), valuesOnlyKeys: Object.keys(v) });
+            valuesOnly: f(v.values), valuesOnlyKeys: Object.keys(v), studentOnly: f(st.values), gsStudentOnly: f(st.gradStudent) });
         }
         process.stdout.write(JSON.stringify(out, (k, v) => (typeof v === 'number' && !Number.isFinite(v) ? String(v) : v)));
       `;
@@ -562,7 +575,8 @@ describe('vocabDivergence (cpu)', () => {
       expect(child.status, child.stderr).toBe(0);
       const parsed = JSON.parse(child.stdout, (k, v) => (typeof v === 'string' && /^(-?Infinity|NaN)$/.test(v) ? Number(v) : v)) as {
         simd: string;
-        results: Array<{ values: number[]; gs: number[]; gt: number[]; sIn: number[]; tIn: number[]; valuesOnly: number[]; valuesOnlyKeys: string[] }>;
+        results: Array<{ values: number[]; gs: number[]; gt: number[]; sIn: number[]; tIn: number[]; valuesOnly: number[]; valuesOnlyKeys: string[];
+          studentOnly: number[]; gsStudentOnly: number[] }>;
       };
       expect(parsed.simd).toBe(isa);
       const dts: FDType[] = ['float32', 'bfloat16', 'float16'];
@@ -579,6 +593,9 @@ describe('vocabDivergence (cpu)', () => {
         expect(o.valuesOnlyKeys).toEqual(['values']);
         expectClose(`${what} values (grad = false)`, o.valuesOnly, ref.values, TOLERANCE.divergence, seed);
         if (c.rows > 1) expect(o.valuesOnly[1]).toBe(0);
+        // The student gradient alone (no teacher gradient): the KLs' own pass-2 code on each ISA.
+        expectClose(`${what} values (no teacherGrad)`, o.studentOnly, ref.values, TOLERANCE.divergence, seed);
+        expectClose(`${what} gradStudent (no teacherGrad)`, o.gsStudentOnly, roundArray(ref.gradStudent, dts[c.sd]), GRAD_TOL[dts[c.sd]], seed);
       });
     });
   }

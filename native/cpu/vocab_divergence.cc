@@ -6,14 +6,16 @@
 // Per row, with z = logits / T, p = softmax(z), dt = t - max(t), ds = s - max(s):
 //   pass 1 (one read of both logits, online): max and sum of exp of each side,
 //     blockwise (a block's max, then its sum of exp from L1, merged into the
-//     running pair in double with a rescale when the max grows);
-//   pass 2 (second read, from cache): the value, in a cancellation-free form
-//     (below), accumulated in fp32 lanes and in double across blocks;
-//   pass 3 (third read): the gradients. They need the row's normalisers and,
-//     for all but the forward-KL student gradient, the value itself (the
-//     softmax Jacobian brings in the sum over the row), so they cannot be
-//     formed in pass 1. Forward KL without a teacher gradient, the common
-//     distillation case, writes its gradient in pass 2 and skips pass 3.
+//     running pair in double with a rescale when the max grows); for the KLs
+//     with a gradient also the weighted sum sum_k w_k d_k that the softmax
+//     Jacobian brings into the gradient (see Normalisers);
+//   pass 2 (second read, from cache, last block first): the value, in a
+//     cancellation-free form (below), accumulated in fp32 lanes and in double
+//     across blocks; the KLs' gradients are written here too (they need only
+//     pass 1's results);
+//   pass 3 (jsd with a gradient, third read): the gradients, which need the
+//     row's value sums KL(p_t || M), KL(p_s || M) and so cannot be formed
+//     earlier.
 //     Without a student gradient (values only, grad_student null) every kind
 //     stops after pass 2, which then forms only the value's sums.
 // Only pass 1 reads from memory: a row (two rows of logits, up to 2 MB at
@@ -61,7 +63,6 @@ namespace {
 constexpr int64_t kBlock = 1024;     // elements per online block (two fp32 blocks fit L1)
 constexpr int kSumParts = 32;        // fp32 partial sums per side of a block's sum of exp (pass 1)
 constexpr float kSmall = kVdivSmall;
-constexpr float kJsdClamp = kVdivJsdClamp;
 
 // ---- ISA wrappers -------------------------------------------------------------
 struct ScalarOps {
@@ -77,6 +78,7 @@ struct ScalarOps {
   static V Sub(V a, V b) { return a - b; }
   static V Mul(V a, V b) { return a * b; }
   static V Div(V a, V b) { return a / b; }
+  static V Rcp(V a) { return 1.0f / a; }
   static V Fma(V a, V b, V c) { return std::fma(a, b, c); }
   static V Max(V a, V b) { return a > b ? a : b; }  // maxps semantics: b when either is NaN
   static V Min(V a, V b) { return a < b ? a : b; }
@@ -85,8 +87,10 @@ struct ScalarOps {
   static M Gt(V a, V b) { return a > b; }
   static M Eq(V a, V b) { return a == b; }
   static V Select(M m, V t, V f) { return m ? t : f; }
+  static unsigned MaskBits(M m) { return m ? 1u : 0u; }
   static V Exp(V a) { return simd::Exp(a); }
   static V ExpNeg(V a) { return simd::ExpNeg(a); }
+  static V ExpLow(V a) { return simd::Exp(a); }
   static V Log(V a) { return simd::Log(a); }
   static float ReduceAdd(V a) { return a; }
   static float ReduceMax(V a) { return a; }
@@ -105,6 +109,7 @@ struct Avx512Ops {
   RLK_AVX512 static V Sub(V a, V b) { return _mm512_sub_ps(a, b); }
   RLK_AVX512 static V Mul(V a, V b) { return _mm512_mul_ps(a, b); }
   RLK_AVX512 static V Div(V a, V b) { return _mm512_div_ps(a, b); }
+  RLK_AVX512 static V Rcp(V a) { return _mm512_rcp14_ps(a); }  // relative error < 2^-14
   RLK_AVX512 static V Fma(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }
   RLK_AVX512 static V Max(V a, V b) { return _mm512_max_ps(a, b); }
   RLK_AVX512 static V Min(V a, V b) { return _mm512_min_ps(a, b); }
@@ -113,10 +118,16 @@ struct Avx512Ops {
   RLK_AVX512 static M Gt(V a, V b) { return _mm512_cmp_ps_mask(a, b, _CMP_GT_OQ); }
   RLK_AVX512 static M Eq(V a, V b) { return _mm512_cmp_ps_mask(a, b, _CMP_EQ_OQ); }
   RLK_AVX512 static V Select(M m, V t, V f) { return _mm512_mask_blend_ps(m, f, t); }
+  RLK_AVX512 static unsigned MaskBits(M m) { return unsigned(m); }
   RLK_AVX512 static V Exp(V a) { return simd::avx512::Exp(a); }
   RLK_AVX512 static V ExpNeg(V a) {
     V dc;
     return simd::avx512::ExpNeg(a, &dc);
+  }
+  // e^a for a <= 88, -inf or NaN: Exp without its overflow and special blends.
+  RLK_AVX512 static V ExpLow(V a) {
+    V dc;
+    return simd::avx512::ExpNeg<true>(a, &dc);
   }
   RLK_AVX512 static V Log(V a) { return simd::avx512::Log(a); }
   RLK_AVX512 static float ReduceAdd(V a) { return simd::avx512::ReduceAdd(a); }
@@ -136,6 +147,7 @@ struct Avx2Ops {
   RLK_AVX2 static V Sub(V a, V b) { return _mm256_sub_ps(a, b); }
   RLK_AVX2 static V Mul(V a, V b) { return _mm256_mul_ps(a, b); }
   RLK_AVX2 static V Div(V a, V b) { return _mm256_div_ps(a, b); }
+  RLK_AVX2 static V Rcp(V a) { return _mm256_rcp_ps(a); }  // relative error < 1.5 2^-12
   RLK_AVX2 static V Fma(V a, V b, V c) { return _mm256_fmadd_ps(a, b, c); }
   RLK_AVX2 static V Max(V a, V b) { return _mm256_max_ps(a, b); }
   RLK_AVX2 static V Min(V a, V b) { return _mm256_min_ps(a, b); }
@@ -144,10 +156,15 @@ struct Avx2Ops {
   RLK_AVX2 static M Gt(V a, V b) { return _mm256_cmp_ps(a, b, _CMP_GT_OQ); }
   RLK_AVX2 static M Eq(V a, V b) { return _mm256_cmp_ps(a, b, _CMP_EQ_OQ); }
   RLK_AVX2 static V Select(M m, V t, V f) { return _mm256_blendv_ps(f, t, m); }
+  RLK_AVX2 static unsigned MaskBits(M m) { return unsigned(_mm256_movemask_ps(m)); }
   RLK_AVX2 static V Exp(V a) { return simd::avx2::Exp(a); }
   RLK_AVX2 static V ExpNeg(V a) {
     V dc;
     return simd::avx2::ExpNeg(a, &dc);
+  }
+  RLK_AVX2 static V ExpLow(V a) {
+    V dc;
+    return simd::avx2::ExpNeg<true>(a, &dc);
   }
   RLK_AVX2 static V Log(V a) { return simd::avx2::Log(a); }
   RLK_AVX2 static float ReduceAdd(V a) { return simd::avx2::ReduceAdd(a); }
@@ -166,26 +183,21 @@ RLK_VDIV_INLINE typename Ops::V ExpPoly(const typename Ops::V& r) {
   return Ops::Fma(p, r, Ops::Set(kP5));
 }
 
-// e^r - 1 without cancellation near 0.
-template <class Ops>
-RLK_VDIV_INLINE typename Ops::V Expm1(const typename Ops::V& r) {
-  auto small = Ops::Fma(ExpPoly<Ops>(r), Ops::Mul(r, r), r);
-  auto big = Ops::Sub(Ops::Exp(r), Ops::Set(1.0f));
-  return Ops::Select(Ops::Lt(Ops::Abs(r), Ops::Set(kSmall)), small, big);
-}
-
-
+// e^r - 1 without cancellation, for |r| < kSmall.
 template <class Ops>
 RLK_VDIV_INLINE typename Ops::V Expm1Small(const typename Ops::V& r) {
   return Ops::Fma(ExpPoly<Ops>(r), Ops::Mul(r, r), r);
 }
 
-// log(1 + w) for w > -1, with the rounding of 1 + w corrected.
+// log(1 + w) for w > -1, with the rounding of 1 + w corrected. The
+// correction (at most half an ulp of u) is divided by u through an
+// approximate reciprocal: its 2^-12 relative error is far below the ulp of
+// the result, and a division was the loop's slowest instruction.
 template <class Ops>
 RLK_VDIV_INLINE typename Ops::V Log1p(const typename Ops::V& w) {
   auto one = Ops::Set(1.0f);
   auto u = Ops::Add(one, w);
-  auto v = Ops::Add(Ops::Log(u), Ops::Div(Ops::Sub(w, Ops::Sub(u, one)), u));
+  auto v = Ops::Add(Ops::Log(u), Ops::Mul(Ops::Sub(w, Ops::Sub(u, one)), Ops::Rcp(u)));
   return Ops::Select(Ops::Eq(u, one), w, v);
 }
 
@@ -209,8 +221,13 @@ struct RowConsts {
   typename Ops::V xoff_lo, inv_t_lo;  // the float residuals of xoff and 1 / T (VdivLogRatio)
   typename Ops::V beta, omb;   // beta, 1 - beta
   typename Ops::V tref, sref;  // kl: the logits at the reference index (argmax of the weighting side)
-  typename Ops::V lbt, lbs;    // jsd: -log(beta), -log(1 - beta) (upper bounds of y_t, y_s)
-  typename Ops::V rhot, rhos;  // jsd: (1 - beta) / beta, beta / (1 - beta)
+  typename Ops::V c0;          // kl with a gradient: sum_k w_k d_k (RefDiff), from pass 1
+  // jsd (JsdRatiosOf): the side formed directly is the one with the
+  // smaller mixture weight gamma = min(beta, 1 - beta): sig = +1 (the
+  // student, gamma = beta) or -1 (the teacher); lg = -log(gamma), rho =
+  // (1 - gamma) / gamma.
+  typename Ops::V sig, gam, lg, rho;
+  typename Ops::V lgd, rhod;  // -log(1 - gamma), gamma / (1 - gamma)
 };
 
 template <class Ops>
@@ -255,41 +272,53 @@ RLK_VDIV_INLINE typename Ops::V DiffSt(const Probs<Ops>& e) {
 // rho_t = (1 - beta) / beta, a_s = y_s + log(1 - beta) = -log1p(rho_s e^x).
 // The gradients use a_t - sum_k p_t,k a_t,k (= y_t - KL(p_t || M)): for
 // distant distributions y_t and KL(p_t || M) both approach -log(beta), and
-// their fp32 difference would lose its digits; a_t keeps them. Each side
-// forms whichever of y and a is small directly (y near x = 0, a where e^-|x|
-// is small) and the other by adding the constant, so one Exp and one Log per
-// side. Where e^|x| would overflow, y_s = y_t - x (and y_t = y_s + x).
+// their fp32 difference would lose its digits; a_t keeps them (formed
+// directly where it is small: JsdRatiosOf).
 template <class Ops>
 struct JsdRatios {
   typename Ops::V yt, ys, at, as;
 };
 
-template <class Ops>
-RLK_VDIV_INLINE JsdRatios<Ops> JsdLogRatios(const Probs<Ops>& e, const RowConsts<Ops>& k) {
+// y_t and y_s with one exp and one log a lane (the old form took two of
+// each): y_t - y_s = x exactly, so one side is formed and the other is the
+// first plus or minus x.
+// With z = sig x (the direct side d, the other o; see RowConsts),
+//   z <= 1: y_d = -log1p(gamma (e^z - 1)), y_o = y_d + z;
+//   z > 1:  y_o = lg - log1p(rho e^-z),    y_d = y_o - z,
+// so the side formed from the other is never a small difference of large
+// terms: near z = 0, |y_o| >= (1 - gamma) |z| >= |z| / 2; beyond z = 1, y_d
+// is about -z. e^z - 1 is the polynomial where |z| < kSmall. Where z is
+// -inf (a -inf logit) e^z = 0 gives y_d = -log(1 - gamma) and y_o = -inf;
+// +inf gives y_o = lg and y_d = -inf; NaN stays NaN.
+// kA (the gradients): also a_t, a_s. a_o is -log1p(rho e^-z) itself beyond
+// z = 1; a_d = y_d + log(1 - gamma) is small below z = -1, where it is
+// formed as -log1p(rho_d e^z), rho_d = gamma / (1 - gamma) (a second log);
+// elsewhere each is its y minus its bound.
+template <class Ops, bool kA>
+RLK_VDIV_INLINE JsdRatios<Ops> JsdRatiosOf(const typename Ops::V& x, const RowConsts<Ops>& k) {
   auto zero = Ops::Set(0.0f), one = Ops::Set(1.0f);
-  auto lo = Ops::Set(-kJsdClamp), hi = Ops::Set(kJsdClamp);
-  auto xc = Ops::Min(Ops::Max(e.x, lo), hi);
-  auto nxc = Ops::Sub(zero, xc);
-  auto small = Ops::Lt(Ops::Abs(xc), Ops::Set(kSmall));
-  // Teacher side: e^-x.
-  auto et = Ops::Exp(nxc);
-  auto emt = Ops::Select(small, Expm1Small<Ops>(nxc), Ops::Sub(et, one));
-  auto far_t = Ops::Gt(xc, one);  // p_t >> p_s: a_t is the small one
-  auto lt = Ops::Sub(zero, Log1p<Ops>(Ops::Select(far_t, Ops::Mul(k.rhot, et), Ops::Mul(k.omb, emt))));
-  // Student side: e^x.
-  auto es = Ops::Exp(xc);
-  auto ems = Ops::Select(small, Expm1Small<Ops>(xc), Ops::Sub(es, one));
-  auto far_s = Ops::Lt(xc, Ops::Sub(zero, one));
-  auto ls = Ops::Sub(zero, Log1p<Ops>(Ops::Select(far_s, Ops::Mul(k.rhos, es), Ops::Mul(k.beta, ems))));
+  auto z = Ops::Mul(x, k.sig);
+  auto far = Ops::Gt(z, one);
+  auto ez = Ops::ExpLow(Ops::Select(far, Ops::Sub(zero, z), z));  // e^-z beyond 1, e^z elsewhere (<= e)
+  auto em = Ops::Select(Ops::Lt(Ops::Abs(z), Ops::Set(kSmall)), Expm1Small<Ops>(z), Ops::Sub(ez, one));
+  auto l = Log1p<Ops>(Ops::Select(far, Ops::Mul(k.rho, ez), Ops::Mul(k.gam, em)));
+  auto yd = Ops::Sub(zero, l);
+  auto yo = Ops::Add(yd, z);
+  auto yo_far = Ops::Sub(k.lg, l);
+  yd = Ops::Select(far, Ops::Sub(yo_far, z), yd);
+  yo = Ops::Select(far, yo_far, yo);
+  const auto direct_s = Ops::Gt(k.sig, zero);
   JsdRatios<Ops> r;
-  r.yt = Ops::Select(far_t, Ops::Add(lt, k.lbt), lt);
-  r.ys = Ops::Select(far_s, Ops::Add(ls, k.lbs), ls);
-  r.yt = Ops::Select(Ops::Lt(e.x, lo), Ops::Add(r.ys, e.x), r.yt);
-  r.ys = Ops::Select(Ops::Gt(e.x, hi), Ops::Sub(r.yt, e.x), r.ys);
-  r.at = Ops::Select(far_t, lt, Ops::Sub(r.yt, k.lbt));
-  r.as = Ops::Select(far_s, ls, Ops::Sub(r.ys, k.lbs));
-  r.at = Ops::Select(Ops::Lt(e.x, lo), Ops::Sub(r.yt, k.lbt), r.at);
-  r.as = Ops::Select(Ops::Gt(e.x, hi), Ops::Sub(r.ys, k.lbs), r.as);
+  r.ys = Ops::Select(direct_s, yd, yo);
+  r.yt = Ops::Select(direct_s, yo, yd);
+  r.at = r.as = zero;
+  if constexpr (kA) {
+    const auto near_d = Ops::Lt(z, Ops::Sub(zero, one));
+    const auto ad = Ops::Select(near_d, Ops::Sub(zero, Log1p<Ops>(Ops::Mul(k.rhod, ez))), Ops::Sub(yd, k.lgd));
+    const auto ao = Ops::Select(far, Ops::Sub(zero, l), Ops::Sub(yo, k.lg));
+    r.as = Ops::Select(direct_s, ad, ao);
+    r.at = Ops::Select(direct_s, ao, ad);
+  }
   return r;
 }
 
@@ -304,19 +333,20 @@ template <class Ops>
 RLK_VDIV_INLINE typename Ops::V RefDiff(const typename Ops::V& t, const typename Ops::V& s, const RowConsts<Ops>& k) {
   return Ops::Sub(Ops::Sub(t, k.tref), Ops::Sub(s, k.sref));
 }
-template <class Ops>
-RLK_VDIV_INLINE typename Ops::V WeightedRefDiff(const typename Ops::V& w, const typename Ops::V& t, const typename Ops::V& s,
-                                                const RowConsts<Ops>& k) {
-  auto zero = Ops::Set(0.0f);
-  return Ops::Select(Ops::Eq(w, zero), zero, Ops::Mul(w, RefDiff<Ops>(t, s, k)));
-}
-
 // Pass 1: row maxima and sums of exp, one read, blockwise online.
 struct RowNorm {
   float tmax = -INFINITY, smax = -INFINITY;
   double tsum = 0.0, ssum = 0.0;
   int64_t targ = 0, sarg = 0;  // an index holding each maximum
+  // With a reference side w (RefSide): sum_b f_b A_b and sum_b f_b D_qb E_b
+  // (f_b: the block's factor against the running maximum), see Normalisers.
+  double ra = 0.0, rd = 0.0;
 };
+
+// Which side's weighted reference difference sum_k w_k d_k (RefDiff, the
+// KL gradients' row constant) pass 1 also forms: none, p_t (forward KL's
+// teacher gradient) or p_s (reverse KL's student gradient).
+enum class RefSide { kNone, kTeacher, kStudent };
 
 // e^x for x <= 0 in double (Cody-Waite reduction, degree-13 Taylor, |error|
 // ~1 ulp; results below 2^-1022 flush to 0). Two per block per side: glibc's
@@ -337,19 +367,46 @@ inline double ExpNonPositive(double x) {
   return q * scale;
 }
 
-// Returns true when the block raised the running maximum.
-inline bool MergeBlock(float* m, double* sum, float bm, double bs, float inv_t) {
+// Returns true when the block raised the running maximum. ra, rd (or null):
+// the reference sums, scaled as the sum is, with the block's ba, bd.
+inline bool MergeBlock(float* m, double* sum, float bm, double bs, float inv_t, double* ra = nullptr, double ba = 0.0,
+                       double* rd = nullptr, double bd = 0.0) {
   if (bm == -INFINITY) {  // all -inf: bs is 0, or NaN that must reach the row
     *sum += bs;
+    if (ra) *ra += ba;
     return false;
   }
   if (bm > *m) {
-    *sum = *sum * ExpNonPositive((double(*m) - double(bm)) * inv_t) + bs;
+    const double f = ExpNonPositive((double(*m) - double(bm)) * inv_t);
+    *sum = *sum * f + bs;
+    if (ra) {
+      *ra = *ra * f + ba;
+      *rd = *rd * f + bd;
+    }
     *m = bm;
     return true;
   }
-  *sum += bs * ExpNonPositive((double(bm) - double(*m)) * inv_t);
+  const double f = ExpNonPositive((double(bm) - double(*m)) * inv_t);
+  *sum += bs * f;
+  if (ra) {
+    *ra += ba * f;
+    *rd += bd * f;
+  }
   return false;
+}
+
+// The first index in [b, e) holding v, or b when none does (v NaN).
+template <class Ops, class T>
+RLK_VDIV_INLINE int64_t FirstEqual(const T* x, int64_t b, int64_t e, float v) {
+  constexpr int L = Ops::kLanes;
+  const auto vv = Ops::Set(v);
+  for (int64_t i = b; i < e; i += L) {
+    const int64_t rem = e - i;
+    const auto xv = rem >= L ? Ops::Load(x + i) : Ops::LoadTail(x + i, rem, NAN);
+    const unsigned bits = Ops::MaskBits(Ops::Eq(xv, vv));
+    if (bits) return i + __builtin_ctz(bits);
+  }
+  return b;
 }
 
 template <class T>
@@ -359,8 +416,8 @@ int64_t FindFirst(const T* x, int64_t b, int64_t e, float v) {
   return b;
 }
 
-template <class Ops>
-RLK_VDIV_INLINE void StoreAt(float* p, const typename Ops::V& v, int64_t rem) {
+template <class Ops, class T>
+RLK_VDIV_INLINE void StoreAt(T* p, const typename Ops::V& v, int64_t rem) {
   if (rem >= Ops::kLanes) Ops::Store(p, v);
   else Ops::StoreTail(p, v, rem);
 }
@@ -375,7 +432,18 @@ RLK_VDIV_INLINE typename Ops::V LoadAt(const float* p, int64_t rem) {
 // pass 2 forms p_t, p_s with one multiply each instead of two more exps.
 inline int64_t KeepFloats(int64_t nv) { return 2 * nv + 2 * ((nv + kBlock - 1) / kBlock); }
 
-template <class Ops, bool kKeep, class TS, class TT>
+// With a reference side w (kRef), pass 1 also forms what the KL gradients'
+// row constant c = sum_k w_k d_k needs, d_k = (t_k - t_r) - (s_k - s_r) with
+// r the row's argmax of w (RefDiff), so that the gradients are written in
+// pass 2 (no third read of the row). The row's r is known only at the end, so
+// each block b takes its own reference q_b, the first index of its maximum
+// (e_w = 1 there, and its term exactly 0, as r's is in the row form):
+// A_b = sum_{k in b} e_w,k ((t_k - t_qb) - (s_k - s_qb)) in fp32 lanes, and
+// since D_k - D_r = (D_k - D_qb) + (D_qb - D_r) with D = t - s,
+//   c = (sum_b f_b A_b + sum_b f_b D_qb E_b - D_r S_w) / S_w
+// (E_b the block's sum of exp, f_b its factor, S_w = sum_b f_b E_b), the
+// shifts in double, exact for the float logits.
+template <class Ops, bool kKeep, RefSide kRef = RefSide::kNone, class TS, class TT>
 RLK_VDIV_INLINE RowNorm Normalisers(const TS* s, const TT* t, int64_t nv, float inv_t, float* keep) {
   using V = typename Ops::V;
   constexpr int L = Ops::kLanes;
@@ -395,6 +463,13 @@ RLK_VDIV_INLINE RowNorm Normalisers(const TS* s, const TT* t, int64_t nv, float 
     const float bmt = Ops::ReduceMax(mt), bms = Ops::ReduceMax(ms);
     // An all -inf block is summed against 0: its terms are 0, a NaN stays NaN.
     const V rt = Ops::Set(bmt == ninf ? 0.0f : bmt), rs = Ops::Set(bms == ninf ? 0.0f : bms);
+    // The block's reference index and logits (kRef).
+    int64_t q = b;
+    if constexpr (kRef == RefSide::kTeacher) q = FirstEqual<Ops>(t, b, e, bmt);
+    if constexpr (kRef == RefSide::kStudent) q = FirstEqual<Ops>(s, b, e, bms);
+    const float qt = ToFloat(t[q]), qs = ToFloat(s[q]);
+    const V vqt = Ops::Set(qt), vqs = Ops::Set(qs);
+    V ra = Ops::Set(0.0f);
     // kSumParts fp32 partial sums per side on every ISA (AVX-512: 2 vectors,
     // AVX2: 4, scalar: 32), so a block's sum has the same rounding on every
     // path: the normalisers' error reaches the gradients of close
@@ -419,6 +494,16 @@ RLK_VDIV_INLINE RowNorm Normalisers(const TS* s, const TT* t, int64_t nv, float 
     acc = Ops::Add(acc, Ops::Select(small_, ex, zero));        \
     ones = Ops::Add(ones, Ops::Select(small_, zero, ex));      \
   } while (0)
+    // ra += e_w ((t - t_q) - (s - s_q)), 0 where e_w = 0 (a -inf logit would
+    // give 0 * inf).
+#define RLK_VDIV_ADD_REF(tv_, sv_, et_, es_)                                                          \
+  do {                                                                                                \
+    if constexpr (kRef != RefSide::kNone) {                                                           \
+      const V ew_ = kRef == RefSide::kTeacher ? (et_) : (es_);                                        \
+      const V dd_ = Ops::Sub(Ops::Sub(tv_, vqt), Ops::Sub(sv_, vqs));                                 \
+      ra = Ops::Add(ra, Ops::Select(Ops::Eq(ew_, zero), zero, Ops::Mul(ew_, dd_)));                   \
+    }                                                                                                 \
+  } while (0)
     for (int u = 0; u < K; ++u) at[u] = as[u] = zero;
     // The arguments are <= 0 (the block's maximum), so ExpNeg. While this
     // block's exps run from L1, the next block is prefetched: its maximum
@@ -432,14 +517,16 @@ RLK_VDIV_INLINE RowNorm Normalisers(const TS* s, const TT* t, int64_t nv, float 
       for (uintptr_t o = 0; o < K * L * sizeof(TT); o += 64) __builtin_prefetch(reinterpret_cast<const void*>(nt + o), 0, 3);
       for (uintptr_t o = 0; o < K * L * sizeof(TS); o += 64) __builtin_prefetch(reinterpret_cast<const void*>(ns + o), 0, 3);
       for (int u = 0; u < K; ++u) {
-        const V et = Ops::ExpNeg(Ops::Mul(Ops::Sub(Ops::Load(t + i + u * L), rt), vinv));
-        const V es = Ops::ExpNeg(Ops::Mul(Ops::Sub(Ops::Load(s + i + u * L), rs), vinv));
+        const V tv = Ops::Load(t + i + u * L), sv = Ops::Load(s + i + u * L);
+        const V et = Ops::ExpNeg(Ops::Mul(Ops::Sub(tv, rt), vinv));
+        const V es = Ops::ExpNeg(Ops::Mul(Ops::Sub(sv, rs), vinv));
         if constexpr (kKeep) {
           Ops::Store(keep + i + u * L, et);
           Ops::Store(keep + nv + i + u * L, es);
         }
         RLK_VDIV_ADD_SPLIT(at[u], ot, et);
         RLK_VDIV_ADD_SPLIT(as[u], os, es);
+        RLK_VDIV_ADD_REF(tv, sv, et, es);
       }
     }
     for (int u = 0; i < e; i += L, u = (u + 1) % K) {
@@ -454,8 +541,10 @@ RLK_VDIV_INLINE RowNorm Normalisers(const TS* s, const TT* t, int64_t nv, float 
       }
       RLK_VDIV_ADD_SPLIT(at[u], ot, et);
       RLK_VDIV_ADD_SPLIT(as[u], os, es);
+      RLK_VDIV_ADD_REF(tv, sv, et, es);
     }
 #undef RLK_VDIV_ADD_SPLIT
+#undef RLK_VDIV_ADD_REF
     for (int w = K / 2; w >= 1; w /= 2) {
       for (int u = 0; u < w; ++u) {
         at[u] = Ops::Add(at[u], at[u + w]);
@@ -470,8 +559,21 @@ RLK_VDIV_INLINE RowNorm Normalisers(const TS* s, const TT* t, int64_t nv, float 
       keep[2 * nv + 2 * (b / kBlock)] = bmt;
       keep[2 * nv + 2 * (b / kBlock) + 1] = bms;
     }
-    if (MergeBlock(&n.tmax, &n.tsum, bmt, bst, inv_t)) n.targ = FindFirst(t, b, e, bmt);
-    if (MergeBlock(&n.smax, &n.ssum, bms, bss, inv_t)) n.sarg = FindFirst(s, b, e, bms);
+    if constexpr (kRef == RefSide::kNone) {
+      if (MergeBlock(&n.tmax, &n.tsum, bmt, bst, inv_t)) n.targ = FindFirst(t, b, e, bmt);
+      if (MergeBlock(&n.smax, &n.ssum, bms, bss, inv_t)) n.sarg = FindFirst(s, b, e, bms);
+    } else {
+      // D_q E_b; an all -inf block (E_b 0 or NaN) adds only its A_b.
+      const double ba = double(Ops::ReduceAdd(ra));
+      const double dq = double(qt) - double(qs);
+      if constexpr (kRef == RefSide::kTeacher) {
+        if (MergeBlock(&n.tmax, &n.tsum, bmt, bst, inv_t, &n.ra, ba, &n.rd, dq * bst)) n.targ = q;
+        if (MergeBlock(&n.smax, &n.ssum, bms, bss, inv_t)) n.sarg = FindFirst(s, b, e, bms);
+      } else {
+        if (MergeBlock(&n.tmax, &n.tsum, bmt, bst, inv_t)) n.targ = FindFirst(t, b, e, bmt);
+        if (MergeBlock(&n.smax, &n.ssum, bms, bss, inv_t, &n.ra, ba, &n.rd, dq * bss)) n.sarg = q;
+      }
+    }
   }
   // A row with no finite logit has no distribution.
   if (n.tmax == ninf) n.tsum = NAN;
@@ -483,27 +585,31 @@ RLK_VDIV_INLINE RowNorm Normalisers(const TS* s, const TT* t, int64_t nv, float 
 // d_j (RefDiff); for jsd sums[0] = KL(p_t || M), sums[1] = KL(p_s || M),
 // sums[2] = sum p_t a_t, sums[3] = sum p_s a_s.
 // kMode: kValueOnly forms only what the value needs (sums[0], and sums[1]
-// for jsd); kForGrad also the sums the gradient pass needs; kFusedGrad
-// (forward KL, no teacher gradient) also writes the student gradient, which
-// does not depend on the value.
+// for jsd); kForGrad (jsd) also the sums the gradient pass needs;
+// kFusedGrad (the KLs) also writes the gradients: they need the row's
+// normalisers and k.c0, both from pass 1, not the value.
+// Blocks are taken last to first: pass 1 ended on the row's last blocks, so
+// those are the ones still in L2 where two rows and their scratch outgrow it
+// (V = 151936: 1.2 MB of fp32 logits, 2.4 MB with the values-only scratch,
+// against 2 MB of L2 a core); in order, the first blocks would have been
+// evicted first, and each read would evict the next one needed.
 enum class PassMode { kValueOnly, kForGrad, kFusedGrad };
 
-// Scratch of pass 2 for pass 3 (kForGrad): float rows [kScratchRows][nv]:
-// p_t, p_s and, for jsd, y_t, y_s, a_t, a_s, exactly as pass 2 formed them, so
-// pass 3 spends no exp or log and gives bitwise what recomputing them gave.
-template <DivergenceKind kKind>
-constexpr int kScratchRows = kKind == DivergenceKind::kJsd ? 6 : 2;
+// Scratch of pass 2 for jsd's pass 3 (kForGrad): float rows [kScratchRows][nv]:
+// p_t, p_s, y_t, y_s, a_t, a_s, exactly as pass 2 formed them, so pass 3
+// spends no exp or log and gives bitwise what recomputing them gave.
+constexpr int kScratchRows = 6;
 
 // kValueOnly: scratch is pass 1's keep (p = kept exp * the block's factor
 // e^{(block max - row max) / T} / S, formed in double).
 template <class Ops, DivergenceKind kKind, PassMode kMode, class TS, class TT>
 RLK_VDIV_INLINE void ValuePass(const TS* s, const TT* t, int64_t nv, const RowConsts<Ops>& k, double sums[4], TS* gs,
-                               float* scratch, const RowNorm& n, float inv_t) {
+                               TT* gt, float* scratch, const RowNorm& n, float inv_t) {
   using V = typename Ops::V;
   constexpr int L = Ops::kLanes;
   const float ninf = -INFINITY;
   sums[0] = sums[1] = sums[2] = sums[3] = 0.0;
-  for (int64_t b = 0; b < nv; b += kBlock) {
+  for (int64_t b = (nv - 1) / kBlock * kBlock; b >= 0; b -= kBlock) {
     const int64_t e = std::min(nv, b + kBlock);
     V at = Ops::Set(0.0f), as = at, bt = at, bs = at;
     V ct = at, cs = at;
@@ -531,17 +637,26 @@ RLK_VDIV_INLINE void ValuePass(const TS* s, const TT* t, int64_t nv, const RowCo
       }
       if constexpr (kKind == DivergenceKind::kForwardKl) {
         at = Ops::Add(at, PhiW<Ops>(q.pt, q.x, q.ps));
-        if constexpr (kMode == PassMode::kForGrad) as = Ops::Add(as, WeightedRefDiff<Ops>(q.pt, tv, sv, k));
         if constexpr (kMode == PassMode::kFusedGrad) {
-          V g = Ops::Mul(DiffSt<Ops>(q), k.inv_t);
-          if (rem >= L) Ops::Store(gs + i, g);
-          else Ops::StoreTail(gs + i, g, rem);
+          StoreAt<Ops>(gs + i, Ops::Mul(DiffSt<Ops>(q), k.inv_t), rem);
+          if (gt) {
+            const V zero = Ops::Set(0.0f);
+            const V g = Ops::Select(Ops::Eq(q.pt, zero), zero, Ops::Mul(q.pt, Ops::Sub(RefDiff<Ops>(tv, sv, k), k.c0)));
+            StoreAt<Ops>(gt + i, Ops::Mul(Ops::Mul(g, k.inv_t), k.inv_t), rem);
+          }
         }
       } else if constexpr (kKind == DivergenceKind::kReverseKl) {
         at = Ops::Add(at, PhiW<Ops>(q.ps, Ops::Sub(Ops::Set(0.0f), q.x), q.pt));
-        if constexpr (kMode == PassMode::kForGrad) as = Ops::Add(as, WeightedRefDiff<Ops>(q.ps, tv, sv, k));
+        if constexpr (kMode == PassMode::kFusedGrad) {
+          const V zero = Ops::Set(0.0f);
+          const V g = Ops::Select(Ops::Eq(q.ps, zero), zero, Ops::Mul(q.ps, Ops::Sub(k.c0, RefDiff<Ops>(tv, sv, k))));
+          StoreAt<Ops>(gs + i, Ops::Mul(Ops::Mul(g, k.inv_t), k.inv_t), rem);
+          if (gt) StoreAt<Ops>(gt + i, Ops::Mul(Ops::Sub(zero, DiffSt<Ops>(q)), k.inv_t), rem);
+        }
       } else {
-        const JsdRatios<Ops> y = JsdLogRatios<Ops>(q, k);
+        JsdRatios<Ops> y;
+        if constexpr (kMode == PassMode::kValueOnly) y = JsdRatiosOf<Ops, false>(q.x, k);
+        else y = JsdRatiosOf<Ops, true>(q.x, k);
         if constexpr (kMode == PassMode::kForGrad) {
           StoreAt<Ops>(scratch + 2 * nv + i, y.yt, rem);
           StoreAt<Ops>(scratch + 3 * nv + i, y.ys, rem);
@@ -577,58 +692,34 @@ RLK_VDIV_INLINE typename Ops::V TighterDiff(const typename Ops::V& a, const type
   return Ops::Select(Ops::Lt(m2, m1), Ops::Sub(c, d), Ops::Sub(a, b));
 }
 
-// Pass 3: the gradients (derivation: d log p_j / d z_i = 1[i = j] - p_i).
-//   forward KL: d/dzs = p_s - p_t;            d/dzt = p_t (x - KL) = p_t (d_j - sum p_t d) / T
-//   reverse KL: d/dzs = p_s (-x - KL) = p_s (sum p_s d - d_j) / T;  d/dzt = p_t - p_s
-//   jsd:        d/dzs = (1 - beta) p_s (y_s - KL(p_s || M)) = (1 - beta) p_s (a_s - sum p_s a_s);
-//               d/dzt = beta p_t (y_t - KL(p_t || M)) = beta p_t (a_t - sum p_t a_t)
+// Pass 3 (jsd): the gradients (derivation: d log p_j / d z_i = 1[i = j] - p_i).
+//   d/dzs = (1 - beta) p_s (y_s - KL(p_s || M)) = (1 - beta) p_s (a_s - sum p_s a_s);
+//   d/dzt = beta p_t (y_t - KL(p_t || M)) = beta p_t (a_t - sum p_t a_t)
 // each times 1/T for the logits; p = 0 gives exactly 0 (its log is -inf).
-// c: the KLs c[0] = sum_k w_k d_k (RefDiff);
-// jsd c = {KL(p_t || M), KL(p_s || M), sum p_t a_t, sum p_s a_s}.
-template <class Ops, DivergenceKind kKind, class TS, class TT>
-RLK_VDIV_INLINE void GradPass(const TS* s, const TT* t, int64_t nv, const RowConsts<Ops>& k, const float c[4], TS* gs, TT* gt,
+// c = {KL(p_t || M), KL(p_s || M), sum p_t a_t, sum p_s a_s}. The KLs'
+// gradients (d/dzs = p_s - p_t and p_t (x - KL) = p_t (d_j - sum p_t d) / T
+// forward; d/dzs = p_s (sum p_s d - d_j) / T and d/dzt = p_t - p_s reverse)
+// are written in pass 2 (kFusedGrad).
+template <class Ops, class TS, class TT>
+RLK_VDIV_INLINE void GradPass(const TS*, const TT*, int64_t nv, const RowConsts<Ops>& k, const float c[4], TS* gs, TT* gt,
                               const float* scratch) {
   using V = typename Ops::V;
   constexpr int L = Ops::kLanes;
-  const float ninf = -INFINITY;
   const V zero = Ops::Set(0.0f);
   const V c0 = Ops::Set(c[0]), c1 = Ops::Set(c[1]), c2 = Ops::Set(c[2]), c3 = Ops::Set(c[3]);
   for (int64_t i = 0; i < nv; i += L) {
     const int64_t rem = nv - i;
-    Probs<Ops> q;
-    q.pt = LoadAt<Ops>(scratch + i, rem);
-    q.ps = LoadAt<Ops>(scratch + nv + i, rem);
-    V tv = zero, sv = zero;
-    if constexpr (kKind != DivergenceKind::kJsd) {
-      tv = rem >= L ? Ops::Load(t + i) : Ops::LoadTail(t + i, rem, ninf);
-      sv = rem >= L ? Ops::Load(s + i) : Ops::LoadTail(s + i, rem, ninf);
-      q.x = LogRatio<Ops>(tv, sv, k);
-    }
-    V g_s, g_t;
-    if constexpr (kKind == DivergenceKind::kForwardKl) {
-      g_s = DiffSt<Ops>(q);
-      g_t = Ops::Select(Ops::Eq(q.pt, zero), zero, Ops::Mul(Ops::Mul(q.pt, Ops::Sub(RefDiff<Ops>(tv, sv, k), c0)), k.inv_t));
-    } else if constexpr (kKind == DivergenceKind::kReverseKl) {
-      g_s = Ops::Select(Ops::Eq(q.ps, zero), zero, Ops::Mul(Ops::Mul(q.ps, Ops::Sub(c0, RefDiff<Ops>(tv, sv, k))), k.inv_t));
-      g_t = Ops::Sub(zero, DiffSt<Ops>(q));
-    } else {
-      JsdRatios<Ops> y;
-      y.yt = LoadAt<Ops>(scratch + 2 * nv + i, rem);
-      y.ys = LoadAt<Ops>(scratch + 3 * nv + i, rem);
-      y.at = LoadAt<Ops>(scratch + 4 * nv + i, rem);
-      y.as = LoadAt<Ops>(scratch + 5 * nv + i, rem);
-      g_s = Ops::Select(Ops::Eq(q.ps, zero), zero, Ops::Mul(Ops::Mul(k.omb, q.ps), TighterDiff<Ops>(y.ys, c1, y.as, c3)));
-      g_t = Ops::Select(Ops::Eq(q.pt, zero), zero, Ops::Mul(Ops::Mul(k.beta, q.pt), TighterDiff<Ops>(y.yt, c0, y.at, c2)));
-    }
-    g_s = Ops::Mul(g_s, k.inv_t);
-    g_t = Ops::Mul(g_t, k.inv_t);
-    if (rem >= L) {
-      Ops::Store(gs + i, g_s);
-      if (gt) Ops::Store(gt + i, g_t);
-    } else {
-      Ops::StoreTail(gs + i, g_s, rem);
-      if (gt) Ops::StoreTail(gt + i, g_t, rem);
-    }
+    const V pt = LoadAt<Ops>(scratch + i, rem);
+    const V ps = LoadAt<Ops>(scratch + nv + i, rem);
+    JsdRatios<Ops> y;
+    y.yt = LoadAt<Ops>(scratch + 2 * nv + i, rem);
+    y.ys = LoadAt<Ops>(scratch + 3 * nv + i, rem);
+    y.at = LoadAt<Ops>(scratch + 4 * nv + i, rem);
+    y.as = LoadAt<Ops>(scratch + 5 * nv + i, rem);
+    V g_s = Ops::Select(Ops::Eq(ps, zero), zero, Ops::Mul(Ops::Mul(k.omb, ps), TighterDiff<Ops>(y.ys, c1, y.as, c3)));
+    V g_t = Ops::Select(Ops::Eq(pt, zero), zero, Ops::Mul(Ops::Mul(k.beta, pt), TighterDiff<Ops>(y.yt, c0, y.at, c2)));
+    StoreAt<Ops>(gs + i, Ops::Mul(g_s, k.inv_t), rem);
+    if (gt) StoreAt<Ops>(gt + i, Ops::Mul(g_t, k.inv_t), rem);
   }
 }
 
@@ -656,8 +747,14 @@ RLK_VDIV_INLINE void Row(const VocabDivergenceParams& p, DivergenceKind kind, in
     return;
   }
   float* keep = gs ? nullptr : Scratch(size_t(KeepFloats(nv)));
-  const RowNorm n = gs ? Normalisers<Ops, false>(s, t, nv, p.inv_temperature, keep)
-                       : Normalisers<Ops, true>(s, t, nv, p.inv_temperature, keep);
+  // With gradients, the KLs' row constant sum_k w_k d_k comes from pass 1
+  // (teacher-weighted for forward KL's teacher gradient, student-weighted
+  // for reverse KL's student gradient).
+  RowNorm n;
+  if (!gs) n = Normalisers<Ops, true>(s, t, nv, p.inv_temperature, keep);
+  else if (kind == DivergenceKind::kReverseKl) n = Normalisers<Ops, false, RefSide::kStudent>(s, t, nv, p.inv_temperature, keep);
+  else if (kind == DivergenceKind::kForwardKl && gt) n = Normalisers<Ops, false, RefSide::kTeacher>(s, t, nv, p.inv_temperature, keep);
+  else n = Normalisers<Ops, false>(s, t, nv, p.inv_temperature, keep);
   const VdivRowScalars rk = VdivRowConstants(p, kind, n.tmax, n.smax, n.tsum, n.ssum);
   RowConsts<Ops> k;
   k.tmax = Ops::Set(n.tmax);
@@ -670,59 +767,50 @@ RLK_VDIV_INLINE void Row(const VocabDivergenceParams& p, DivergenceKind kind, in
   k.inv_t_lo = Ops::Set(p.inv_temperature_lo);
   k.beta = Ops::Set(p.beta);
   k.omb = Ops::Set(1.0f - p.beta);
-  if (kind == DivergenceKind::kForwardKl) {
-    k.tref = Ops::Set(ToFloat(t[n.targ]));
-    k.sref = Ops::Set(ToFloat(s[n.targ]));
-  } else if (kind == DivergenceKind::kReverseKl) {
-    k.tref = Ops::Set(ToFloat(t[n.sarg]));
-    k.sref = Ops::Set(ToFloat(s[n.sarg]));
+  if (kind != DivergenceKind::kJsd) {
+    // c0 = (sum_b f_b A_b + sum_b f_b D_qb E_b - D_r S_w) / S_w (Normalisers).
+    const int64_t ref = kind == DivergenceKind::kForwardKl ? n.targ : n.sarg;
+    const float tr = ToFloat(t[ref]), sr = ToFloat(s[ref]);
+    const double sw = kind == DivergenceKind::kForwardKl ? n.tsum : n.ssum;
+    k.tref = Ops::Set(tr);
+    k.sref = Ops::Set(sr);
+    k.c0 = Ops::Set(float((n.rd - (double(tr) - double(sr)) * sw + n.ra) / sw));
   }
   if (kind == DivergenceKind::kJsd) {
-    k.lbt = Ops::Set(rk.lbt);
-    k.lbs = Ops::Set(rk.lbs);
-    k.rhot = Ops::Set(rk.rhot);
-    k.rhos = Ops::Set(rk.rhos);
+    const bool direct_s = p.beta <= 0.5f;
+    k.sig = Ops::Set(direct_s ? 1.0f : -1.0f);
+    k.gam = Ops::Set(direct_s ? p.beta : 1.0f - p.beta);
+    k.lg = Ops::Set(direct_s ? rk.lbt : rk.lbs);
+    k.rho = Ops::Set(direct_s ? rk.rhot : rk.rhos);
+    k.lgd = Ops::Set(direct_s ? rk.lbs : rk.lbt);
+    k.rhod = Ops::Set(direct_s ? rk.rhos : rk.rhot);
   }
   double sums[4];
-  float* scratch = nullptr;  // only the kForGrad passes use it
   if (!gs) {
     switch (kind) {
-      case DivergenceKind::kForwardKl: ValuePass<Ops, DivergenceKind::kForwardKl, PassMode::kValueOnly>(s, t, nv, k, sums, gs, keep, n, p.inv_temperature); break;
-      case DivergenceKind::kReverseKl: ValuePass<Ops, DivergenceKind::kReverseKl, PassMode::kValueOnly>(s, t, nv, k, sums, gs, keep, n, p.inv_temperature); break;
-      case DivergenceKind::kJsd: ValuePass<Ops, DivergenceKind::kJsd, PassMode::kValueOnly>(s, t, nv, k, sums, gs, keep, n, p.inv_temperature); break;
+      case DivergenceKind::kForwardKl: ValuePass<Ops, DivergenceKind::kForwardKl, PassMode::kValueOnly>(s, t, nv, k, sums, gs, gt, keep, n, p.inv_temperature); break;
+      case DivergenceKind::kReverseKl: ValuePass<Ops, DivergenceKind::kReverseKl, PassMode::kValueOnly>(s, t, nv, k, sums, gs, gt, keep, n, p.inv_temperature); break;
+      case DivergenceKind::kJsd: ValuePass<Ops, DivergenceKind::kJsd, PassMode::kValueOnly>(s, t, nv, k, sums, gs, gt, keep, n, p.inv_temperature); break;
     }
     p.values[r] = VdivRowValue(kind, p.beta, sums);
     return;
   }
   switch (kind) {
     case DivergenceKind::kForwardKl:
-      if (!gt) {
-        ValuePass<Ops, DivergenceKind::kForwardKl, PassMode::kFusedGrad>(s, t, nv, k, sums, gs, scratch, n, p.inv_temperature);
-      } else {
-        scratch = Scratch(size_t(kScratchRows<DivergenceKind::kForwardKl>) * size_t(nv));
-        ValuePass<Ops, DivergenceKind::kForwardKl, PassMode::kForGrad>(s, t, nv, k, sums, gs, scratch, n, p.inv_temperature);
-        const float c[4] = {float(sums[1]), 0.0f, 0.0f, 0.0f};
-        GradPass<Ops, DivergenceKind::kForwardKl>(s, t, nv, k, c, gs, gt, scratch);
-      }
-      p.values[r] = VdivRowValue(kind, p.beta, sums);
+      ValuePass<Ops, DivergenceKind::kForwardKl, PassMode::kFusedGrad>(s, t, nv, k, sums, gs, gt, nullptr, n, p.inv_temperature);
       break;
-    case DivergenceKind::kReverseKl: {
-      scratch = Scratch(size_t(kScratchRows<DivergenceKind::kReverseKl>) * size_t(nv));
-      ValuePass<Ops, DivergenceKind::kReverseKl, PassMode::kForGrad>(s, t, nv, k, sums, gs, scratch, n, p.inv_temperature);
-      const float c[4] = {float(sums[1]), 0.0f, 0.0f, 0.0f};
-      GradPass<Ops, DivergenceKind::kReverseKl>(s, t, nv, k, c, gs, gt, scratch);
-      p.values[r] = VdivRowValue(kind, p.beta, sums);
+    case DivergenceKind::kReverseKl:
+      ValuePass<Ops, DivergenceKind::kReverseKl, PassMode::kFusedGrad>(s, t, nv, k, sums, gs, gt, nullptr, n, p.inv_temperature);
       break;
-    }
     case DivergenceKind::kJsd: {
-      scratch = Scratch(size_t(kScratchRows<DivergenceKind::kJsd>) * size_t(nv));
-      ValuePass<Ops, DivergenceKind::kJsd, PassMode::kForGrad>(s, t, nv, k, sums, gs, scratch, n, p.inv_temperature);
+      float* scratch = Scratch(size_t(kScratchRows) * size_t(nv));
+      ValuePass<Ops, DivergenceKind::kJsd, PassMode::kForGrad>(s, t, nv, k, sums, gs, gt, scratch, n, p.inv_temperature);
       const float c[4] = {float(sums[0]), float(sums[1]), float(sums[2]), float(sums[3])};
-      GradPass<Ops, DivergenceKind::kJsd>(s, t, nv, k, c, gs, gt, scratch);
-      p.values[r] = VdivRowValue(kind, p.beta, sums);
+      GradPass<Ops>(s, t, nv, k, c, gs, gt, scratch);
       break;
     }
   }
+  p.values[r] = VdivRowValue(kind, p.beta, sums);
 }
 
 // flatten: every wrapper inlined into the ISA's function (GCC had kept
