@@ -161,6 +161,7 @@ def main():
         for name, (fn, args) in cases(B, g).items():
             if ONLY and ONLY not in name:
                 continue
+            torch._dynamo.reset()  # each case compiled afresh (dynamo's recompile limit would run later ones eagerly)
             compiled = torch.compile(fn, dynamic=False)
             out[name] = {"eager": timed(lambda: fn(*args)), "compile": timed(lambda: compiled(*args))}
     print(json.dumps(out))

@@ -33,15 +33,19 @@ def token_mean(x, m):
     return (x * m).sum() / m.sum()
 
 
+# The mean over sequences with a kept token, by weights rather than boolean indexing: the same
+# value, static shapes for inductor (indexing by `n > 0` broke the graph, and inductor's code for
+# gspo at small shapes corrupted the heap: "double free or corruption", torch 2.13.0+cpu).
 def seq_mean_token_mean(x, m):
     n = m.sum(-1)
-    keep = n > 0
-    return ((x * m).sum(-1)[keep] / n[keep]).mean()
+    keep = (n > 0).to(x.dtype)
+    return ((x * m).sum(-1) / n.clamp_min(1) * keep).sum() / keep.sum()
 
 
 def seq_mean_token_sum(x, m):
     n = m.sum(-1)
-    return (x * m).sum(-1)[n > 0].mean()
+    keep = (n > 0).to(x.dtype)
+    return ((x * m).sum(-1) * keep).sum() / keep.sum()
 
 
 def objective(mode, logp, old, ref, adv, mask):
@@ -184,14 +188,16 @@ def main():
     out = {}
     for mode in modes:
         out[mode] = {}
-        compiled = None
-        if use_compile:
-            compiled = torch.compile(objective, dynamic=False)
         for B, T in shapes:
             args = make(B, T)
             row = {"eager": timed(objective, mode, args, iters)}
-            if compiled is not None:
+            if use_compile:
                 try:
+                    # Compiled afresh for each mode and shape: dynamo caches per code object and,
+                    # after recompile_limit (8) guard failures of `objective` (each mode string and
+                    # shape is one), silently runs it eagerly: the later modes' "compile" had been eager.
+                    torch._dynamo.reset()
+                    compiled = torch.compile(objective, dynamic=False)
                     row["compile"] = timed(compiled, mode, args, iters)
                 except Exception as e:  # noqa: BLE001 - a mode inductor cannot compile is reported, not fatal
                     row["compile_error"] = str(e).split("\n")[0][:200]
