@@ -574,6 +574,7 @@ struct GaArgs {
   const float* baseline;    // [B] (remax) or null
   const double* counts;     // [B] token weights of opo's records, or null
   const double* tokens;     // [B] tokens per row (reinforce++'s whitening), or null
+  const int32_t* tokens32;  // [B] the same from int32 tokenCounts as given (then tokens is null)
   int64_t gs, groups;       // group size, G = B / gs
   AdvantageMethod method;
   AdvantageScale scale;
@@ -612,6 +613,7 @@ constexpr int kGaW = 8;
 #define RLK_GA_NATIVE __m512d
 #define RLK_GA_SQRT _mm512_sqrt_pd
 #define RLK_GA_LOADF(p) _mm512_cvtps_pd(_mm256_loadu_ps(p))
+#define RLK_GA_LOADI(p) _mm512_cvtepi32_pd(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)))
 #define RLK_GA_GATHER(dst, base, off) \
   _mm512_store_ps(dst, _mm512_i32gather_ps(_mm512_load_si512(off), base, 4))
 #define RLK_GA_GATHER_D(dst, base, off)                                                                             \
@@ -621,6 +623,7 @@ constexpr int kGaW = 8;
 #undef RLK_GA_NATIVE
 #undef RLK_GA_SQRT
 #undef RLK_GA_LOADF
+#undef RLK_GA_LOADI
 #undef RLK_GA_GATHER
 #undef RLK_GA_GATHER_D
 }  // namespace ga_avx512
@@ -632,10 +635,12 @@ constexpr int kGaW = 4;
 #define RLK_GA_NATIVE __m256d
 #define RLK_GA_SQRT _mm256_sqrt_pd
 #define RLK_GA_LOADF(p) _mm256_cvtps_pd(_mm_loadu_ps(p))
+#define RLK_GA_LOADI(p) _mm256_cvtepi32_pd(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)))
 #include "group_advantages_isa.inc"
 #undef RLK_GA_NATIVE
 #undef RLK_GA_SQRT
 #undef RLK_GA_LOADF
+#undef RLK_GA_LOADI
 }  // namespace ga_avx2
 #pragma GCC pop_options
 namespace ga_baseline {
@@ -643,10 +648,12 @@ constexpr int kGaW = 2;
 #define RLK_GA_NATIVE __m128d
 #define RLK_GA_SQRT _mm_sqrt_pd
 #define RLK_GA_LOADF(p) _mm_cvtps_pd(_mm_castpd_ps(_mm_load_sd(reinterpret_cast<const double*>(p))))
+#define RLK_GA_LOADI(p) _mm_cvtepi32_pd(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p)))
 #include "group_advantages_isa.inc"
 #undef RLK_GA_NATIVE
 #undef RLK_GA_SQRT
 #undef RLK_GA_LOADF
+#undef RLK_GA_LOADI
 }  // namespace ga_baseline
 #pragma GCC diagnostic pop
 
@@ -682,7 +689,16 @@ void TrimScratch() {
 Status GaFwd(GroupAdvantagesParams p, InformativeAlloc alloc, void* ctx, Scratch& w) {
   const int64_t G = p.batch / p.group_size;
   if (p.num_groups >= 0 && p.num_groups != G) return Error("numGroups must be B / groupSize");
-  if (p.token_counts) {
+  const int32_t* tokens32 = p.method == AdvantageMethod::kReinforcePP && p.token_counts && p.token_counts_dtype == DType::kInt32
+                                ? static_cast<const int32_t*>(p.token_counts)
+                                : nullptr;
+  if (tokens32) {
+    const simd::IsaKind isa = simd::Isa();
+    const bool ok = isa == simd::IsaKind::kAvx512 ? ga_avx512::GaCountsNonNegative(tokens32, p.batch)
+                    : isa == simd::IsaKind::kAvx2 ? ga_avx2::GaCountsNonNegative(tokens32, p.batch)
+                                                  : ga_baseline::GaCountsNonNegative(tokens32, p.batch);
+    if (!ok) return Error("tokenCounts must be >= 0");
+  } else if (p.token_counts) {
     w.counts.resize(size_t(p.batch));  // no clear(): that would zero it again every call
     const simd::IsaKind isa = simd::Isa();
     const bool ok = isa == simd::IsaKind::kAvx512 ? ga_avx512::GaTokenCounts(p.token_counts, p.token_counts_dtype, p.batch, w.counts.data())
@@ -701,7 +717,7 @@ Status GaFwd(GroupAdvantagesParams p, InformativeAlloc alloc, void* ctx, Scratch
   w.means.resize(global ? size_t(G) : 0);
   w.partials.assign(global ? size_t((G + kGaChunkGroups - 1) / kGaChunkGroups) : 0, GaPartial{});
   GaArgs a{p.rewards, p.baseline, p.method == AdvantageMethod::kOpo ? w.counts.data() : nullptr,
-           p.method == AdvantageMethod::kReinforcePP ? w.counts.data() : nullptr, p.group_size, G,
+           p.method == AdvantageMethod::kReinforcePP && !tokens32 ? w.counts.data() : nullptr, tokens32, p.group_size, G,
            p.method, p.scale, global, p.eps, p.advantages, p.informative, w.means.data(), w.partials.data()};
   switch (simd::Isa()) {
     case simd::IsaKind::kAvx512: ga_avx512::GaForward(a); break;
