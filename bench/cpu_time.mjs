@@ -27,6 +27,7 @@ const B = 65536;
 const rewards = rlk.tensor(Float32Array.from({ length: B }, () => (r() < 0.4 ? 1 : 0) + 0.1 * r()));
 const tokenCounts = rlk.tensor(Int32Array.from({ length: B }, () => Math.floor(r() * 512)));
 const baselineRewards = rlk.tensor(Float32Array.from({ length: B }, () => r()));
+const taskIds = rlk.tensor(Int32Array.from({ length: B }, (_, i) => Math.floor(i / 16) % 8));
 const ga = {
   grpo: { method: 'grpo' },
   'grpo batch': { method: 'grpo', scale: 'batch' },
@@ -36,6 +37,7 @@ const ga = {
   opo: { method: 'opo', tokenCounts },
   remax: { method: 'remax', baselineRewards },
   gpg: { method: 'gpg' },
+  'tmn-reweight (8 tasks)': { method: 'tmn-reweight', taskIds },
 };
 console.log(`CPU time per call, ${rlk.getNumThreads()} thread(s), ${rlk.buildInfo().cpu.simd}`);
 for (const [name, o] of Object.entries(ga)) {

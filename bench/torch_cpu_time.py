@@ -39,7 +39,7 @@ def main():
     torch.set_num_threads(THREADS)
     print(f"CPU time per call, {THREADS} thread(s), torch {torch.__version__}")
     cases = ga.cases(65536, torch.Generator().manual_seed(0))
-    for name in ["grpo", "grpo batch", "grpo none", "rloo", "reinforce++", "opo", "remax", "gpg"]:
+    for name in ["grpo", "grpo batch", "grpo none", "rloo", "reinforce++", "opo", "remax", "gpg", "tmn-reweight"]:
         if ONLY and ONLY not in f"groupAdvantages {name}":
             continue
         fn, args = cases[f"{name} B=65536"]

@@ -167,8 +167,13 @@ interface Parsed {
   reweight: boolean;
   numGroups: number;
   cols: number;
+  /** The outputs' shapes and device as the addon makes them (`informative` null where only the CPU numbering knows G). */
+  advantages: OutputLike;
+  informative: OutputLike | null;
   args: unknown[];
 }
+type OutputLike = Pick<Tensor, 'shape' | 'device' | 'numel'>;
+const outputLike = (n: number, device: Tensor['device']): OutputLike => ({ shape: Object.freeze([n]), device, numel: n });
 
 /** Checks the rewards and options; gives the addon's positional arguments. */
 function parse(fn: string, rewardsArg: unknown, options: unknown, crossRank: boolean): Parsed {
@@ -259,11 +264,15 @@ function parse(fn: string, rewardsArg: unknown, options: unknown, crossRank: boo
   const reweight = o.reweight === undefined ? DEFAULT_REWEIGHT : checkBoolean(fn, 'reweight', o.reweight);
 
   const h = (t: Tensor | undefined, name: string): NativeTensor | null => (t ? t.handle(fn, name) : null);
+  // informative's length as native/addon/group_advantages.cc sets it: B / groupSize, numGroups, else B on CUDA.
+  const groups = groupSize ? B / groupSize : numGroups >= 0 ? numGroups : rewards.device === 'cpu' ? -1 : B;
   return {
     method,
     reweight,
     numGroups,
     cols,
+    advantages: gdpo ? outputLike(B, rewards.device) : rewards,
+    informative: groups >= 0 ? outputLike(groups, rewards.device) : null,
     args: [
       rewards.handle(fn, 'rewards'),
       h(groupIds, 'groupIds'),
@@ -285,8 +294,11 @@ function parse(fn: string, rewardsArg: unknown, options: unknown, crossRank: boo
   };
 }
 
-function wrapResult([adv, inf]: [NativeTensor, NativeTensor]): GroupAdvantagesResult {
-  return { advantages: new Tensor<'float32'>(adv), informative: new Tensor<'uint8'>(inf) };
+function wrapResult(parsed: Parsed, [adv, inf]: [NativeTensor, NativeTensor]): GroupAdvantagesResult {
+  return {
+    advantages: new Tensor<'float32'>(adv, parsed.advantages, 'float32'),
+    informative: parsed.informative ? new Tensor<'uint8'>(inf, parsed.informative, 'uint8') : new Tensor<'uint8'>(inf),
+  };
 }
 
 /**
@@ -305,7 +317,7 @@ function wrapResult([adv, inf]: [NativeTensor, NativeTensor]): GroupAdvantagesRe
  */
 export function groupAdvantages(rewards: Tensor, options: GroupAdvantagesOptions): GroupAdvantagesResult {
   const parsed = parse('groupAdvantages', rewards, options, false);
-  return wrapResult(n.groupAdvantages(...parsed.args));
+  return wrapResult(parsed, n.groupAdvantages(...parsed.args));
 }
 
 /** Rounds of partials the cross-rank form needs for these options: 2 for reinforce++, gdpo and tmn-reweight with reweight, else 1. */
@@ -394,7 +406,7 @@ export function finalizeGroupAdvantages(rewards: Tensor, options: GroupAdvantage
   } else if (stats2 !== undefined) {
     throw typeError(fn, `stats2 must be omitted: method '${parsed.method}' has no second round, got ${describe(stats2)}`);
   }
-  return wrapResult(n.finalizeGroupAdvantages(...parsed.args, s1.handle(fn, 'stats'), s2 ? s2.handle(fn, 'stats2') : null));
+  return wrapResult(parsed, n.finalizeGroupAdvantages(...parsed.args, s1.handle(fn, 'stats'), s2 ? s2.handle(fn, 'stats2') : null));
 }
 
 /**

@@ -55,9 +55,10 @@ export class Tensor<D extends DType = DType> implements Disposable {
    * @internal Wraps a native tensor; use `tensor`, `empty`, `zeros` or `full`. `like` (package
    * code only) is a tensor whose shape and device the native one is known to have, with `dtype`:
    * kernels' outputs take them from there instead of three calls into the addon and a fresh
-   * shape array each (most of a small op's cost, issue 11).
+   * shape array each (most of a small op's cost, issue 11). `like` need only carry a frozen `shape`, its `numel`
+   * and `device`.
    */
-  constructor(handle: NativeTensor, like?: Tensor, dtype?: D) {
+  constructor(handle: NativeTensor, like?: Pick<Tensor, 'shape' | 'device' | 'numel'>, dtype?: D) {
     if (!handle || typeof handle !== 'object' || typeof (handle as NativeTensor).readAsync !== 'function') {
       throw new TypeError('Tensor: construct tensors with rlk.tensor, rlk.empty, rlk.zeros or rlk.full');
     }

@@ -1,5 +1,6 @@
 // The vectorised CPU path of groupAdvantages (consecutive groups of at most 256 rows, one reward
-// column; methods grpo with every scale, drgrpo, rloo, opo, remax, gpg, reinforce++): blocks of 2 x 8 (AVX-512),
+// column; methods grpo with every scale, drgrpo, rloo, opo, remax, gpg, reinforce++, tmn-reweight
+// with and without taskIds and reweight): blocks of 2 x 8 (AVX-512),
 // 2 x 4 (AVX2) or 2 x 2 (baseline) groups at once, tails of blocks, chunks of 512 groups for the
 // batch-wide sums. Checked against the float64 reference of tests/reference/group_advantages.ts on
 // shapes that hit each edge (one group, odd B, G not a multiple of any lane count, group sizes 1,
@@ -22,7 +23,16 @@ afterAll(() => {
   for (const t of live) t.dispose();
 });
 
-type Variant = { method: RefMethod; scale?: 'group' | 'batch' | 'none'; tokens?: 'counts' | 'mask' };
+type Variant = {
+  method: RefMethod;
+  scale?: 'group' | 'batch' | 'none';
+  tokens?: 'counts' | 'mask';
+  /** tmn-reweight: taskIds of this dtype (a task per group, a few tasks), else one task. */
+  tasks?: 'int32' | 'int64';
+  reweight?: boolean;
+  alpha?: number;
+  gamma?: number;
+};
 const VARIANTS: Variant[] = [
   { method: 'grpo' },
   { method: 'grpo', scale: 'batch' },
@@ -35,8 +45,14 @@ const VARIANTS: Variant[] = [
   { method: 'gpg' },
   { method: 'reinforce++', tokens: 'counts' },
   { method: 'reinforce++', tokens: 'mask' },
+  { method: 'tmn-reweight' },
+  { method: 'tmn-reweight', tasks: 'int32' },
+  { method: 'tmn-reweight', tasks: 'int64', reweight: false },
+  { method: 'tmn-reweight', tasks: 'int32', alpha: 0.3, gamma: 2.5 },
 ];
-const label = (v: Variant): string => `${v.method}${v.scale ? ` scale ${v.scale}` : ''}${v.tokens ? ` (${v.tokens})` : ''}`;
+const label = (v: Variant): string =>
+  `${v.method}${v.scale ? ` scale ${v.scale}` : ''}${v.tokens ? ` (${v.tokens})` : ''}${v.tasks ? ` ${v.tasks} tasks` : ''}` +
+  `${v.reweight === false ? ' no reweight' : ''}${v.alpha !== undefined ? ` alpha ${v.alpha} gamma ${v.gamma}` : ''}`;
 
 // [B, groupSize]: one group; G below one block; G = 37 (no lane count divides it); group size 1 with
 // G = 1000; odd group sizes; 256 and 257 (either side of the path's limit); 1500 groups (three chunks).
@@ -50,6 +66,8 @@ interface Case {
   counts: Int32Array;
   mask: Uint8Array;
   T: number;
+  /** A task of each group (0..3). */
+  groupTask: Int32Array;
 }
 
 function makeCase(r: () => number, B: number, kind: number): Case {
@@ -58,8 +76,13 @@ function makeCase(r: () => number, B: number, kind: number): Case {
   const T = 1 + Math.floor(r() * 6);
   const mask = Uint8Array.from({ length: B * T }, () => (r() < 0.7 ? 1 : 0));
   const counts = Int32Array.from({ length: B }, (_, i) => mask.subarray(i * T, (i + 1) * T).reduce((a, b) => a + b, 0));
-  return { rewards: Float32Array.from({ length: B }, value), baseline: Float32Array.from({ length: B }, value), counts, mask, T };
+  const groupTask = Int32Array.from({ length: B }, () => Math.floor(r() * 4));
+  return { rewards: Float32Array.from({ length: B }, value), baseline: Float32Array.from({ length: B }, value), counts, mask, T, groupTask };
 }
+
+// Task ids of the rows: each group's task, as -7, 12, 1000, 3 (not 0..T-1: the ids are labels).
+const TASK_LABELS = [-7, 12, 1000, 3];
+const taskOf = (c: Case, gs: number): Int32Array => Int32Array.from(c.rewards, (_, i) => TASK_LABELS[c.groupTask[Math.floor(i / gs)]]);
 
 function run(c: Case, v: Variant, gs: number): rlk.GroupAdvantagesResult {
   const o: rlk.GroupAdvantagesOptions = { method: v.method, groupSize: gs };
@@ -67,6 +90,10 @@ function run(c: Case, v: Variant, gs: number): rlk.GroupAdvantagesResult {
   if (v.tokens === 'counts') o.tokenCounts = keep(rlk.tensor(c.counts));
   if (v.tokens === 'mask') o.mask = keep(rlk.tensor(c.mask, { shape: [c.rewards.length, c.T] }));
   if (v.method === 'remax') o.baselineRewards = keep(rlk.tensor(c.baseline));
+  if (v.tasks) o.taskIds = keep(rlk.tensor(taskOf(c, gs), { dtype: v.tasks }));
+  if (v.reweight !== undefined) o.reweight = v.reweight;
+  if (v.alpha !== undefined) o.alpha = v.alpha;
+  if (v.gamma !== undefined) o.gamma = v.gamma;
   const out = rlk.groupAdvantages(keep(rlk.tensor(c.rewards)), o);
   keep(out.advantages);
   keep(out.informative);
@@ -87,6 +114,10 @@ describe('groupAdvantages (cpu), consecutive groups: the vectorised path', () =>
           scale: v.scale,
           tokenCounts: v.tokens ? c.counts : undefined,
           baseline: c.baseline,
+          taskOf: v.tasks ? taskOf(c, gs) : undefined,
+          reweight: v.reweight,
+          alpha: v.alpha,
+          gamma: v.gamma,
         });
         const out = run(c, v, gs);
         const what = `${label(v)} B=${B} gs=${gs} kind ${kind}`;
@@ -120,6 +151,41 @@ describe('groupAdvantages (cpu), consecutive groups: the vectorised path', () =>
       }
     } finally {
       rlk.setNumThreads(threads);
+    }
+  });
+
+  test('tmn-reweight: a task id that changes within a group is still a RangeError (int32 and int64)', () => {
+    const c = makeCase(rng(2), 64, 2);
+    for (const dtype of ['int32', 'int64'] as const) {
+      const ids = taskOf(c, 16);
+      ids[37] = ids[36] + 1;
+      const o = { method: 'tmn-reweight' as const, groupSize: 16, taskIds: keep(rlk.tensor(ids, { dtype })) };
+      expect(() => rlk.groupAdvantages(keep(rlk.tensor(c.rewards)), o)).toThrow(RangeError);
+      expect(() => rlk.groupAdvantages(keep(rlk.tensor(c.rewards)), o)).toThrow(/taskIds must be constant within a group/);
+    }
+  });
+
+  test("the outputs' shape, numel and device are the addon's (taken from the call, not read back)", () => {
+    const B = 24;
+    const rewards = keep(rlk.tensor(Float32Array.from({ length: B }, (_, i) => i % 5)));
+    const ids = keep(rlk.tensor(Int32Array.from({ length: B }, (_, i) => (i * 7) % 5)));
+    const columns = keep(rlk.tensor(Float32Array.from({ length: B * 3 }, (_, i) => (i * 3) % 7), { shape: [B, 3] }));
+    const forms: Array<[string, rlk.Tensor, rlk.GroupAdvantagesOptions]> = [
+      ['groupSize', rewards, { method: 'grpo', groupSize: 4 }],
+      ['groupIds', rewards, { method: 'grpo', groupIds: ids }],
+      ['groupIds and numGroups', rewards, { method: 'rloo', groupIds: ids, numGroups: 9 }],
+      ['gdpo [B, K]', columns, { method: 'gdpo', groupSize: 6 }],
+      ['tmn-reweight', rewards, { method: 'tmn-reweight', groupSize: 8 }],
+    ];
+    for (const [what, x, o] of forms) {
+      const out = rlk.groupAdvantages(x, o);
+      for (const t of [keep(out.advantages), keep(out.informative)]) {
+        const h = t.handle('test') as unknown as { shape: number[]; device: number };
+        expect(t.shape, what).toEqual(h.shape);
+        expect(t.numel, what).toBe(h.shape.reduce((a, b) => a * b, 1));
+        expect(t.device, what).toBe(h.device < 0 ? 'cpu' : `cuda:${h.device}`);
+        expect(Object.isFrozen(t.shape), what).toBe(true);
+      }
     }
   });
 

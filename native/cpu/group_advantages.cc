@@ -574,6 +574,7 @@ struct GaArgs {
   const float* baseline;    // [B] (remax) or null
   const double* counts;     // [B] token weights of opo's records, or null
   const double* tokens;     // [B] tokens per row (reinforce++'s whitening), or null
+  const int32_t* tokens32;  // [B] the same from int32 tokenCounts as given (then tokens is null)
   int64_t gs, groups;       // group size, G = B / gs
   AdvantageMethod method;
   AdvantageScale scale;
@@ -586,8 +587,10 @@ struct GaArgs {
 };
 
 bool GaEligible(const GroupAdvantagesParams& p) {
-  if (p.group_size <= 0 || p.group_size > kGaMaxGroupSize || p.cols != 1 || p.batch <= 0 || p.task_ids) return false;
+  if (p.group_size <= 0 || p.group_size > kGaMaxGroupSize || p.cols != 1 || p.batch <= 0) return false;
+  if (p.task_ids && p.method != AdvantageMethod::kTmnReweight) return false;
   switch (p.method) {
+    case AdvantageMethod::kTmnReweight:
     case AdvantageMethod::kGrpo:
     case AdvantageMethod::kDrGrpo:
     case AdvantageMethod::kRloo:
@@ -610,6 +613,7 @@ constexpr int kGaW = 8;
 #define RLK_GA_NATIVE __m512d
 #define RLK_GA_SQRT _mm512_sqrt_pd
 #define RLK_GA_LOADF(p) _mm512_cvtps_pd(_mm256_loadu_ps(p))
+#define RLK_GA_LOADI(p) _mm512_cvtepi32_pd(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)))
 #define RLK_GA_GATHER(dst, base, off) \
   _mm512_store_ps(dst, _mm512_i32gather_ps(_mm512_load_si512(off), base, 4))
 #define RLK_GA_GATHER_D(dst, base, off)                                                                             \
@@ -619,6 +623,7 @@ constexpr int kGaW = 8;
 #undef RLK_GA_NATIVE
 #undef RLK_GA_SQRT
 #undef RLK_GA_LOADF
+#undef RLK_GA_LOADI
 #undef RLK_GA_GATHER
 #undef RLK_GA_GATHER_D
 }  // namespace ga_avx512
@@ -630,10 +635,12 @@ constexpr int kGaW = 4;
 #define RLK_GA_NATIVE __m256d
 #define RLK_GA_SQRT _mm256_sqrt_pd
 #define RLK_GA_LOADF(p) _mm256_cvtps_pd(_mm_loadu_ps(p))
+#define RLK_GA_LOADI(p) _mm256_cvtepi32_pd(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)))
 #include "group_advantages_isa.inc"
 #undef RLK_GA_NATIVE
 #undef RLK_GA_SQRT
 #undef RLK_GA_LOADF
+#undef RLK_GA_LOADI
 }  // namespace ga_avx2
 #pragma GCC pop_options
 namespace ga_baseline {
@@ -641,10 +648,12 @@ constexpr int kGaW = 2;
 #define RLK_GA_NATIVE __m128d
 #define RLK_GA_SQRT _mm_sqrt_pd
 #define RLK_GA_LOADF(p) _mm_cvtps_pd(_mm_castpd_ps(_mm_load_sd(reinterpret_cast<const double*>(p))))
+#define RLK_GA_LOADI(p) _mm_cvtepi32_pd(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p)))
 #include "group_advantages_isa.inc"
 #undef RLK_GA_NATIVE
 #undef RLK_GA_SQRT
 #undef RLK_GA_LOADF
+#undef RLK_GA_LOADI
 }  // namespace ga_baseline
 #pragma GCC diagnostic pop
 
@@ -657,12 +666,14 @@ struct Scratch {
   std::vector<Rec> rec, rec2;
   std::vector<int64_t> task;
   std::vector<Coef> coef;
-  std::vector<double> counts, means;
+  std::vector<double> counts, means, m2s;
   std::vector<GaPartial> partials;
+  std::vector<double> task_groups, task_mean, task_var;
   size_t Bytes() const {
     return (grp.slot.capacity() + grp.ids.capacity() + grp.offsets.capacity() + grp.rows.capacity() + task.capacity()) * 8 +
            (rec.capacity() + rec2.capacity()) * sizeof(Rec) + coef.capacity() * sizeof(Coef) +
-           (counts.capacity() + means.capacity()) * 8 + partials.capacity() * sizeof(GaPartial);
+           (counts.capacity() + means.capacity() + m2s.capacity()) * 8 + partials.capacity() * sizeof(GaPartial) +
+           (task_groups.capacity() + task_mean.capacity() + task_var.capacity()) * 8;
   }
 };
 constexpr size_t kKeepBytes = size_t(64) << 20;
@@ -678,7 +689,16 @@ void TrimScratch() {
 Status GaFwd(GroupAdvantagesParams p, InformativeAlloc alloc, void* ctx, Scratch& w) {
   const int64_t G = p.batch / p.group_size;
   if (p.num_groups >= 0 && p.num_groups != G) return Error("numGroups must be B / groupSize");
-  if (p.token_counts) {
+  const int32_t* tokens32 = p.method == AdvantageMethod::kReinforcePP && p.token_counts && p.token_counts_dtype == DType::kInt32
+                                ? static_cast<const int32_t*>(p.token_counts)
+                                : nullptr;
+  if (tokens32) {
+    const simd::IsaKind isa = simd::Isa();
+    const bool ok = isa == simd::IsaKind::kAvx512 ? ga_avx512::GaCountsNonNegative(tokens32, p.batch)
+                    : isa == simd::IsaKind::kAvx2 ? ga_avx2::GaCountsNonNegative(tokens32, p.batch)
+                                                  : ga_baseline::GaCountsNonNegative(tokens32, p.batch);
+    if (!ok) return Error("tokenCounts must be >= 0");
+  } else if (p.token_counts) {
     w.counts.resize(size_t(p.batch));  // no clear(): that would zero it again every call
     const simd::IsaKind isa = simd::Isa();
     const bool ok = isa == simd::IsaKind::kAvx512 ? ga_avx512::GaTokenCounts(p.token_counts, p.token_counts_dtype, p.batch, w.counts.data())
@@ -697,7 +717,7 @@ Status GaFwd(GroupAdvantagesParams p, InformativeAlloc alloc, void* ctx, Scratch
   w.means.resize(global ? size_t(G) : 0);
   w.partials.assign(global ? size_t((G + kGaChunkGroups - 1) / kGaChunkGroups) : 0, GaPartial{});
   GaArgs a{p.rewards, p.baseline, p.method == AdvantageMethod::kOpo ? w.counts.data() : nullptr,
-           p.method == AdvantageMethod::kReinforcePP ? w.counts.data() : nullptr, p.group_size, G,
+           p.method == AdvantageMethod::kReinforcePP && !tokens32 ? w.counts.data() : nullptr, tokens32, p.group_size, G,
            p.method, p.scale, global, p.eps, p.advantages, p.informative, w.means.data(), w.partials.data()};
   switch (simd::Isa()) {
     case simd::IsaKind::kAvx512: ga_avx512::GaForward(a); break;
@@ -707,8 +727,119 @@ Status GaFwd(GroupAdvantagesParams p, InformativeAlloc alloc, void* ctx, Scratch
   return Status::Ok();
 }
 
+// tmn-reweight's task of each group (tk: [G]); false when a task id changes within a group.
+template <class I>
+bool GaGroupTasks(const I* ids, int64_t G, int64_t gs, int64_t* tk) {
+  std::atomic<bool> bad{false};
+  ParallelFor(G, std::max<int64_t>(1, 8192 / gs), [=, &bad](int64_t g0, int64_t g1) {
+    I diff = 0;  // nonzero iff some id differs from its group's first (no exit: the loop vectorises)
+    for (int64_t g = g0; g < g1; ++g) {
+      const I t = ids[g * gs];
+      for (int64_t j = 1; j < gs; ++j) diff |= ids[g * gs + j] ^ t;
+      tk[g] = int64_t(t);
+    }
+    if (diff != 0) bad.store(true);
+  });
+  return !bad.load();
+}
+
+// tmn-reweight over consecutive groups: stage 1 as vector lanes
+// (GaMoments), stage 2's task aggregates over the groups in slot order as
+// Coefficients does, then stage 3 and the rows in one pass per group.
+Status GaTmn(GroupAdvantagesParams p, InformativeAlloc alloc, void* ctx, Scratch& w) {
+  const int64_t gs = p.group_size, G = p.batch / gs;
+  if (p.num_groups >= 0 && p.num_groups != G) return Error("numGroups must be B / groupSize");
+  w.task.resize(size_t(G));
+  int64_t* tk = w.task.data();
+  if (!p.task_ids) std::fill(tk, tk + G, 0);
+  else if (!(p.task_ids_dtype == DType::kInt64 ? GaGroupTasks(static_cast<const int64_t*>(p.task_ids), G, gs, tk)
+                                              : GaGroupTasks(static_cast<const int32_t*>(p.task_ids), G, gs, tk)))
+    return Error("taskIds must be constant within a group");
+  if (!p.informative) {
+    p.informative = alloc ? alloc(G, ctx) : nullptr;
+    if (!p.informative) return Status{Status::kOutOfMemory, "groupAdvantages: could not allocate informative"};
+  }
+  w.means.resize(size_t(G));
+  w.m2s.resize(size_t(G));
+  switch (simd::Isa()) {
+    case simd::IsaKind::kAvx512: ga_avx512::GaMoments(p.rewards, G, gs, w.means.data(), w.m2s.data(), p.informative); break;
+    case simd::IsaKind::kAvx2: ga_avx2::GaMoments(p.rewards, G, gs, w.means.data(), w.m2s.data(), p.informative); break;
+    default: ga_baseline::GaMoments(p.rewards, G, gs, w.means.data(), w.m2s.data(), p.informative); break;
+  }
+  // Tasks numbered in order of first appearance; each task's sums over its
+  // groups in slot order (Coefficients' order, so the same doubles). A
+  // group's record here is (n = gs, mean, M2): GroupMean and GroupVar.
+  const double* means = w.means.data();
+  const double* m2s = w.m2s.data();
+  auto var_of = [&](int64_t g) {
+    Rec s;
+    s.n = double(gs);
+    s.m2 = m2s[g];
+    return GroupVar(s);
+  };
+  auto mean_of = [&](int64_t g) { return gs > 1 ? means[g] : 0.0; };  // GroupMean
+  // Raw pointers: the stores through them could alias the thread_local
+  // scratch for all the compiler knows, which re-derives it every group.
+  w.task_groups.resize(size_t(G));
+  w.task_mean.resize(size_t(G));
+  w.task_var.resize(size_t(G));
+  double* tg = w.task_groups.data();
+  double* tsm = w.task_mean.data();
+  double* tsv = w.task_var.data();
+  int64_t tasks = 0;
+  if (!p.task_ids) {
+    double sm = 0, sv = 0;  // one task: the sums in registers, the same order
+    for (int64_t g = 0; g < G; ++g) {
+      sm += mean_of(g);
+      sv += var_of(g);
+    }
+    tasks = 1;
+    tg[0] = double(G);
+    tsm[0] = sm;
+    tsv[0] = sv;
+  } else {
+    int64_t lo, hi;
+    IdRange(tk, G, &lo, &hi);
+    IdTable& table = w.table;
+    table.Reset(G, lo, hi);
+    for (int64_t g = 0; g < G; ++g) {
+      const int64_t t = table.Insert(tk[g]);
+      if (t == tasks) {
+        tg[t] = tsm[t] = tsv[t] = 0;
+        ++tasks;
+      }
+      tg[t] += 1;
+      tsm[t] += mean_of(g);
+      tsv[t] += var_of(g);
+      tk[g] = t;
+    }
+  }
+  // Per task: its mean of group means and TmnCoefficient's scale (in place).
+  for (int64_t t = 0; t < tasks; ++t) {
+    const double mt = tsm[t] / tg[t];
+    tsv[t] = TmnCoefficient(Rec{}, mt, tsv[t] / tg[t], p.eps, p.alpha).scale_pos;
+    tsm[t] = mt;
+  }
+  // TmnCoefficient's smoothed mean m of each group, here (compiled without
+  // FMA, as the generic path) so that the ISA code compares with the same m.
+  double* thr = w.m2s.data();
+  const double* tm = tsm;
+  const double alpha = p.alpha;
+  if (gs > 1)
+    for (int64_t g = 0; g < G; ++g) thr[g] = alpha * means[g] + (1 - alpha) * tm[tk[g]];
+  else
+    for (int64_t g = 0; g < G; ++g) thr[g] = tm[tk[g]];
+  const double* ts = tsv;
+  switch (simd::Isa()) {
+    case simd::IsaKind::kAvx512: ga_avx512::GaTmnRows(p.rewards, means, thr, tk, ts, G, gs, p.reweight, p.gamma, p.advantages); break;
+    case simd::IsaKind::kAvx2: ga_avx2::GaTmnRows(p.rewards, means, thr, tk, ts, G, gs, p.reweight, p.gamma, p.advantages); break;
+    default: ga_baseline::GaTmnRows(p.rewards, means, thr, tk, ts, G, gs, p.reweight, p.gamma, p.advantages); break;
+  }
+  return Status::Ok();
+}
+
 Status FwdImpl(const GroupAdvantagesParams& p0, InformativeAlloc alloc, void* ctx, Scratch& w) {
-  if (GaEligible(p0)) return GaFwd(p0, alloc, ctx, w);
+  if (GaEligible(p0)) return p0.method == AdvantageMethod::kTmnReweight ? GaTmn(p0, alloc, ctx, w) : GaFwd(p0, alloc, ctx, w);
   GroupAdvantagesParams p = p0;
   RLK_TRY(Number(p, p.num_groups, &w.table, &w.grp));
   const int64_t G = w.grp.count;
