@@ -439,3 +439,42 @@ describeCuda('cuda tensors', () => {
     big.dispose();
   });
 });
+
+describe('worker threads', () => {
+  it('the addon runs in the main thread and a worker thread at once (per-environment classes and pools)', async () => {
+    const { spawnSync } = await import('node:child_process');
+    const { mkdtempSync, rmSync, writeFileSync } = await import('node:fs');
+    const { tmpdir } = await import('node:os');
+    const { join } = await import('node:path');
+    const { fileURLToPath, pathToFileURL } = await import('node:url');
+    const dist = pathToFileURL(join(fileURLToPath(new URL('.', import.meta.url)), '..', 'dist', 'index.js')).href;
+    const dir = mkdtempSync(join(tmpdir(), 'rlk-worker-'));
+    try {
+      const script = join(dir, 'w.mjs');
+      // Tensors made, disposed (into the reuse pool) and recycled in both environments at once,
+      // then again in the main thread after the worker's environment is gone.
+      writeFileSync(
+        script,
+        `import { Worker, isMainThread } from 'node:worker_threads';
+const rlk = await import(${JSON.stringify(dist)});
+const f = () => { let s = 0; for (let i = 0; i < 3000; i++) { const a = rlk.tensor([1, 2, 3, 4]);
+  const k = rlk.klPenalty(a, a, { estimator: 'k3' }); s += k.values.numel; a.dispose(); k.values.dispose(); k.grad.dispose(); } return s; };
+if (isMainThread) {
+  const w = new Worker(new URL(import.meta.url));
+  const done = new Promise((res, rej) => { w.on('exit', res); w.on('error', rej); });
+  const a = f();
+  const code = await done;
+  console.log(JSON.stringify({ a, b: f(), code }));
+} else {
+  f();
+}
+`,
+      );
+      const r = spawnSync(process.execPath, [script], { encoding: 'utf8', timeout: 120_000 });
+      expect(r.status, `signal ${r.signal}: ${r.stderr}`).toBe(0);
+      expect(JSON.parse(r.stdout.trim().split('\n').pop()!)).toEqual({ a: 12000, b: 12000, code: 0 });
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});

@@ -5,22 +5,19 @@
 
 namespace rlk::addon {
 namespace {
-Napi::FunctionReference g_disposed_ctor;
 constexpr double kMaxSafe = 9007199254740991.0;  // 2^53 - 1
 }
 
 void ThrowTypeError(Napi::Env env, const std::string& msg) { throw Napi::TypeError::New(env, msg); }
 void ThrowRangeError(Napi::Env env, const std::string& msg) { throw Napi::RangeError::New(env, msg); }
 
-void SetDisposedErrorClass(Napi::Function ctor) {
-  g_disposed_ctor = Napi::Persistent(ctor);
-  g_disposed_ctor.SuppressDestruct();
-}
+void SetDisposedErrorClass(Napi::Function ctor) { AddonData(ctor.Env()).disposed_ctor = Napi::Persistent(ctor); }
 
 void ThrowDisposed(Napi::Env env, const char* fn, const char* name) {
   std::string msg = std::string(fn) + ": " + name + " was disposed";
-  if (!g_disposed_ctor.IsEmpty()) {
-    Napi::Object err = g_disposed_ctor.New({Napi::String::New(env, msg)});
+  const Napi::FunctionReference& ctor = AddonData(env).disposed_ctor;
+  if (!ctor.IsEmpty()) {
+    Napi::Object err = ctor.New({Napi::String::New(env, msg)});
     throw Napi::Error(env, err);
   }
   throw Napi::Error::New(env, msg);

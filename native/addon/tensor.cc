@@ -14,18 +14,16 @@
 namespace rlk::addon {
 namespace {
 
-Napi::FunctionReference* g_ctor = nullptr;
 // Set only while Wrap constructs: JS `new NativeTensor()` finds it false and
 // throws. A flag rather than an External token argument: on Node 20 every
 // napi External holds a weak reference whose finalizer the GC queues, which
 // was a third of a small op's cost.
-bool g_constructing = false;
-// A JS array of disposed NativeTensor objects that src/tensor.ts hands back
-// on dispose(): Wrap reuses one instead of constructing and wrapping a new
-// object, whose napi wrap (a reference, a finalizer queued at GC, a hidden
-// property) costs more than a small op. Only objects disposed through the TS
-// Tensor (which drops its handle) land there.
-Napi::ObjectReference* g_recycle = nullptr;
+thread_local bool g_constructing = false;  // per thread: each worker constructs on its own
+// EnvData::recycle: a JS array of disposed NativeTensor objects that
+// src/tensor.ts hands back on dispose(): Wrap reuses one instead of
+// constructing and wrapping a new object, whose napi wrap (a reference, a
+// finalizer queued at GC, a hidden property) costs more than a small op. Only
+// objects disposed through the TS Tensor (which drops its handle) land there.
 
 // Below this, host blocks come from plain malloc (16-byte aligned; the CPU
 // kernels use unaligned loads) and are not reported to V8 as external memory:
@@ -433,8 +431,7 @@ Napi::Value SetThreads(const Napi::CallbackInfo& info) {
 }
 Napi::Value SetRecyclePool(const Napi::CallbackInfo& info) {
   if (!info[0].IsArray()) ThrowTypeError(info.Env(), "setRecyclePool: expected an array");
-  delete g_recycle;
-  g_recycle = new Napi::ObjectReference(Napi::Persistent(info[0].As<Napi::Object>()));
+  AddonData(info.Env()).recycle = Napi::Persistent(info[0].As<Napi::Object>());
   return info.Env().Undefined();
 }
 
@@ -522,7 +519,7 @@ Napi::Function Tensor::Define(Napi::Env env) {
                                      InstanceAccessor("device", &Tensor::GetDevice, nullptr),
                                      InstanceAccessor("disposed", &Tensor::GetDisposed, nullptr),
                                  });
-  g_ctor = new Napi::FunctionReference(Napi::Persistent(f));
+  AddonData(env).tensor_ctor = Napi::Persistent(f);
   return f;
 }
 
@@ -532,7 +529,7 @@ Napi::Function Tensor::Define(Napi::Env env) {
 const napi_type_tag kTensorTag = {0x726c6b5f74656e73ULL, 0x6f725f7461677631ULL};
 
 bool Tensor::IsTensor(Napi::Value v) {
-  if (!g_ctor || !v.IsObject()) return false;
+  if (!v.IsObject()) return false;
   bool is = false;
   if (napi_check_object_type_tag(v.Env(), v, &kTensorTag, &is) != napi_ok) {
     Napi::Env(v.Env()).GetAndClearPendingException();
@@ -557,8 +554,9 @@ Napi::Object Tensor::Wrap(Napi::Env env, std::shared_ptr<Storage> storage, std::
   };
   Napi::Object obj;
   Tensor* t = nullptr;
-  if (g_recycle) {
-    Napi::Array pool = g_recycle->Value().As<Napi::Array>();
+  EnvData& data = AddonData(env);
+  if (!data.recycle.IsEmpty()) {
+    Napi::Array pool = data.recycle.Value().As<Napi::Array>();
     for (uint32_t n = pool.Length(); n > 0 && !t; --n) {
       Napi::Value v = pool.Get(n - 1);
       pool.Set("length", Napi::Number::New(env, n - 1));
@@ -573,7 +571,7 @@ Napi::Object Tensor::Wrap(Napi::Env env, std::shared_ptr<Storage> storage, std::
   }
   if (!t) {
     Constructing guard;
-    obj = g_ctor->New({});
+    obj = data.tensor_ctor.New({});
     t = Unwrap(obj);
   }
   t->device_ = storage->device;
@@ -698,7 +696,10 @@ Napi::Value Tensor::Reshape(const Napi::CallbackInfo& info) {
   return Wrap(env, storage_, shape, dtype_);
 }
 
+EnvData& AddonData(Napi::Env env) { return *env.GetInstanceData<EnvData>(); }
+
 void InitTensorBindings(Napi::Env env, Napi::Object exports) {
+  env.SetInstanceData(new EnvData);  // deleted with the environment
   Tensor::Define(env);
   exports.Set("fromData", Napi::Function::New(env, FromData, "fromData"));
   exports.Set("empty", Napi::Function::New(env, Empty, "empty"));

@@ -79,6 +79,17 @@ struct LiveCounters {
 constexpr int kMaxCounterSlots = 65;
 LiveCounters& Counters(int device);
 
+// What one Node environment (the main thread, each worker thread) holds: its
+// JS objects must never be used from another environment's thread, so they
+// are napi instance data, not process globals (worker threads that loaded
+// the addon had aborted the process in V8's locking check).
+struct EnvData {
+  Napi::FunctionReference tensor_ctor;
+  Napi::ObjectReference recycle;        // src/tensor.ts's array of disposed NativeTensors
+  Napi::FunctionReference disposed_ctor;  // the DisposedError class
+};
+EnvData& AddonData(Napi::Env env);
+
 // Tensor factories and runtime functions, registered on the addon's exports.
 void InitTensorBindings(Napi::Env env, Napi::Object exports);
 

@@ -9,6 +9,7 @@
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/version.h>
 
+#include <atomic>
 #include <cmath>
 #include <cstdlib>
 #include <sstream>
@@ -858,7 +859,15 @@ Napi::Value BuildInfo(const Napi::CallbackInfo& info) {
   return o;
 }
 
+// The bridge keeps its JS classes and pools in process globals (unlike the
+// core addon's per-environment data), so it loads in one Node environment per
+// process: a second one (a worker thread) gets an Error here rather than the
+// V8 locking abort that using another thread's objects ends in.
+std::atomic<bool> g_loaded{false};
+
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
+  if (g_loaded.exchange(true))
+    throw Napi::Error::New(env, "rlkernels/torch: the libtorch bridge loads in one Node environment per process (the main thread or one worker thread); it is already loaded in another");
   exports.Set("TorchTensor", TorchTensor::Define(env));
   exports.Set("fromData", Napi::Function::New(env, FromData, "fromData"));
   exports.Set("fromDLPack", Napi::Function::New(env, FromDLPack, "fromDLPack"));
