@@ -14,6 +14,7 @@
 #include <cstring>
 #include <limits>
 #include <new>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -118,24 +119,31 @@ void SeqPass(const Ctx& c, const ModeConsts<double>& mc, int64_t k, double* sums
     }
     return;
   }
-  for (int64_t t = tile.begin; t < tile.end; ++t) {
-    if (!Masked(p, t)) continue;
-    const double A = Advantage(p, tile, t);
-    double w, o;
-    if (!KeepToken(c, q, t, &w, &o, A)) continue;
-    PolicyToken<double> tok{double(p.logprobs[t]), double(p.old_logprobs[t]), A, 0, false};
-    tok.d = tok.logp - tok.old;
-    if (Mode::kFoldsIs) tok.lw = std::log(w);
-    if (Mode::kSeqSums > 0) {
-      double v[S];
-      Mode::SeqTerms(mc, tok, w, o, v);
-      for (int j = 0; j < S; ++j) sums[j] += v[j];
+  // Without a rollout option every masked token is kept with w = o = 1:
+  // constants the compiler folds into the mode's terms (geo-mean's two logs
+  // of w a token were most of its call), the same values in the same order.
+  auto body = [&](auto rollout) {
+    for (int64_t t = tile.begin; t < tile.end; ++t) {
+      if (!Masked(p, t)) continue;
+      const double A = Advantage(p, tile, t);
+      double w = 1.0, o = 1.0;
+      if (decltype(rollout)::value && !KeepToken(c, q, t, &w, &o, A)) continue;
+      PolicyToken<double> tok{double(p.logprobs[t]), double(p.old_logprobs[t]), A, 0, false};
+      tok.d = tok.logp - tok.old;
+      if (Mode::kFoldsIs) tok.lw = std::log(w);
+      if (Mode::kSeqSums > 0) {
+        double v[S];
+        Mode::SeqTerms(mc, tok, w, o, v);
+        for (int j = 0; j < S; ++j) sums[j] += v[j];
+      }
+      if (Mode::kCov) {
+        cov[0] += A;
+        cov[1] += tok.logp;
+      }
     }
-    if (Mode::kCov) {
-      cov[0] += A;
-      cov[1] += tok.logp;
-    }
-  }
+  };
+  if (c.rollout) body(std::true_type{});
+  else body(std::false_type{});
 }
 
 // ---- phase T: the token pass, scalar (any CPU, and every rollout option).
