@@ -102,7 +102,9 @@ describe('rlkernels command line', () => {
   });
 
   it('rewriting the all-families section keeps the sections after it (a family\'s own ## heading is demoted)', async () => {
+    // @ts-expect-error: a plain .mjs module without type declarations
     const { reportMarkdown } = await import('../bench/run.mjs');
+    // @ts-expect-error: a plain .mjs module without type declarations
     const { writeResultsSection } = await import('../bench/common.mjs');
     const dir = mkdtempSync(join(tmpdir(), 'rlk-results-'));
     try {

@@ -4,21 +4,14 @@
 // broadcast, the cross-rank protocol on 2 and 4 simulated ranks,
 // determinism, and garbage input. Fresh random inputs; the seed is in every
 // failure message (RLK_SEED replays one).
-import { afterAll, describe, expect, test } from 'vitest';
+import { describe, expect, test } from 'vitest';
 import * as rlk from '../src/index.js';
-import { cudaShape, describeCuda, expectClose, freshSeed, normal, rng, TOLERANCE } from './helpers.js';
+import { cudaShape, describeCuda, expectClose, freshSeed, normal, rng, tensorKeeper, TOLERANCE } from './helpers.js';
 import { numberGroups, refBroadcast, refGroupAdvantages, type RefMethod, type RefOptions } from './reference/group_advantages.js';
 
 const TOL = TOLERANCE.float32;
 const METHODS: RefMethod[] = ['grpo', 'drgrpo', 'rloo', 'reinforce++', 'tmn-reweight', 'gdpo', 'grpo-passk', 'opo', 'remax', 'gpg'];
-const live: rlk.Tensor[] = [];
-function keep<T extends rlk.Tensor>(t: T): T {
-  live.push(t);
-  return t;
-}
-afterAll(() => {
-  for (const t of live) t.dispose();
-});
+const keep = tensorKeeper();
 
 type RewardKind = 'binary' | 'normal' | 'offset' | 'mixed';
 type IdKind = 'dense' | 'gaps' | 'negative' | 'hash';

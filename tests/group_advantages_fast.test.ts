@@ -9,19 +9,12 @@
 import { spawnSync } from 'node:child_process';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { afterAll, describe, expect, it, test } from 'vitest';
+import { describe, expect, it, test } from 'vitest';
 import * as rlk from '../src/index.js';
-import { expectClose, freshSeed, normal, rng, TOLERANCE } from './helpers.js';
+import { expectClose, freshSeed, normal, rng, tensorKeeper, TOLERANCE } from './helpers.js';
 import { refGroupAdvantages, type RefMethod } from './reference/group_advantages.js';
 
-const live: rlk.Tensor[] = [];
-function keep<T extends rlk.Tensor>(t: T): T {
-  live.push(t);
-  return t;
-}
-afterAll(() => {
-  for (const t of live) t.dispose();
-});
+const keep = tensorKeeper();
 
 type Variant = {
   method: RefMethod;

@@ -1,8 +1,20 @@
 // Shared test utilities: seeded random inputs (seed in every failure
 // message), relative error against float64 references, poisoning, and the
 // visible CUDA skip.
-import { describe } from 'vitest';
+import { afterAll, describe } from 'vitest';
 import * as rlk from '../src/index.js';
+
+/** A `keep(t)` that holds tensors a test file makes once (shared inputs) and disposes them after all its tests. */
+export function tensorKeeper(): <T extends rlk.Tensor>(t: T) => T {
+  const live: rlk.Tensor[] = [];
+  afterAll(() => {
+    for (const t of live) t.dispose();
+  });
+  return (t) => {
+    live.push(t);
+    return t;
+  };
+}
 
 /** Mulberry32: small, fast, seedable. */
 export function rng(seed: number): () => number {

@@ -392,6 +392,44 @@ function suite(device: rlk.Device): void {
         await check(c, { opts: { mode: m.mode, ...('opts' in m ? m.opts : {}) } }, device, `${m.mode} large ratios`);
       }
     });
+    it('dppo-kl where p reaches 1: its ln((1 - p_old + 1e-8) / (1 - p + 1e-8)) of tiny, negative and NaN arguments', async () => {
+      // The CPU's vector ln takes std::log for lanes that are not positive normal numbers
+      // (p > 1 makes the ratio negative: NaN); a wrong fallback turns them into finite garbage.
+      const odd = [0, 1e-3, -1e-9, 0.2, -1e-30, 2e-2, -0.5];
+      for (let k = 0; k < 3; k++) {
+        const c = makeCase(freshSeed(), { B: 3, T: 14 });
+        for (let t = 0; t < c.logp.length; t++) {
+          if (t % 2 === 0) c.logp[t] = odd[(t / 2 + k) % odd.length];
+          if (t % 3 === 0) c.old[t] = odd[(t + 3 * k) % odd.length];
+        }
+        await check(c, { opts: { mode: 'dppo-kl', clipLow: 0.02, clipHigh: 0.03 } }, device, 'dppo-kl p near 1');
+      }
+    });
+    if (device === 'cpu') it('dppo-kl decides its trust region with an accurate ln (b placed within 1e-3 of clipHigh)', async () => {
+      // b = p_o (ln p_o - ln p) + (1 - p_o) ln((1 - p_o + 1e-8) / (1 - p + 1e-8)) solved for p > p_o so
+      // that b = 0.03 + u, |u| < 1e-3, with A > 0: whether the token counts turns on b <= clipHigh,
+      // and an ln off by 1e-4 anywhere in [0.7, 1.4) or across octaves (p_o near 1 puts the ratio at
+      // 2^e) flips some of them. The CPU decides in double as the reference does; a float32 GPU
+      // would flip tokens within its own rounding of the kink, so this is CPU-only.
+      const r = rng(freshSeed());
+      const c = makeCase(freshSeed(), { B: 2, T: 48 });
+      const bOf = (po: number, p: number): number => po * (Math.log(po) - Math.log(p)) + (1 - po) * Math.log((1 - po + 1e-8) / (1 - p + 1e-8));
+      for (let t = 0; t < c.logp.length; t++) {
+        const po = [0.5, 0.9, 0.99, 0.999][t % 4];
+        const target = 0.03 + (r() * 2 - 1) * 1e-3;
+        let lo = po, hi = 1 - 1e-12;
+        for (let k = 0; k < 200; k++) {
+          const mid = (lo + hi) / 2;
+          if (bOf(po, mid) < target) lo = mid;
+          else hi = mid;
+        }
+        c.old[t] = Math.log(po);
+        c.logp[t] = Math.log((lo + hi) / 2);
+        c.adv[t] = Math.abs(c.adv[t]) + 0.1;
+        c.mask[t] = 1;
+      }
+      await check(c, { opts: { mode: 'dppo-kl', clipLow: 0.02, clipHigh: 0.03 } }, device, 'dppo-kl b near clipHigh');
+    });
     it('vespo keeps float32 precision where phi is steep in ln w (two seeds that once failed on cuda, and fresh ones)', async () => {
       // phi's relative error is |k - lambda w| times the absolute error of ln w: at w ~ 20 a
       // float32 ln w alone costs 3e-6, so the sequence is finished in double (the tokens stay float).

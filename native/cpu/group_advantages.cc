@@ -11,6 +11,7 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 #include "rlk/cpu_simd.h"
@@ -244,24 +245,16 @@ Status TokenCounts(const GroupAdvantagesParams& p, std::vector<double>* out) {
   if (p.token_counts) {
     // No exit inside the loops, and the OR of the counts (negative iff one
     // is) rather than a bool: the compiler vectorises them.
-    bool negative = false;
-    if (p.token_counts_dtype == DType::kInt64) {
-      const int64_t* v = static_cast<const int64_t*>(p.token_counts);
-      int64_t bits = 0;
+    auto convert = [&](const auto* v) {
+      std::remove_cv_t<std::remove_pointer_t<decltype(v)>> bits = 0;
       for (int64_t i = 0; i < p.batch; ++i) {
         bits |= v[i];
         c[i] = double(v[i]);
       }
-      negative = bits < 0;
-    } else {
-      const int32_t* v = static_cast<const int32_t*>(p.token_counts);
-      int32_t bits = 0;
-      for (int64_t i = 0; i < p.batch; ++i) {
-        bits |= v[i];
-        c[i] = double(v[i]);
-      }
-      negative = bits < 0;
-    }
+      return bits < 0;
+    };
+    const bool negative = p.token_counts_dtype == DType::kInt64 ? convert(static_cast<const int64_t*>(p.token_counts))
+                                                                : convert(static_cast<const int32_t*>(p.token_counts));
     return negative ? Error("tokenCounts must be >= 0") : Status::Ok();
   }
   const int64_t T = p.seq_len;
