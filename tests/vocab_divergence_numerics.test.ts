@@ -49,9 +49,11 @@ function termScale(s: ArrayLike<number>, t: ArrayLike<number>, rows: number, V: 
       const x = lt[j] - ls[j];
       if (kind === 'forward-kl') {
         gs[off + j] = pt * (Math.abs(lt[j]) + Math.abs(ls[j])); // p_s - p_t = p_t expm1(-x): x's own float32 error
-        gt[off + j] = pt * (Math.abs(x) + Math.abs(klF));
+        gt[off + j] = pt * (Math.abs(x) + Math.abs(klF) + Math.abs(lt[j]) + Math.abs(ls[j])); // x - KL from float32 logit differences, as above
       } else if (kind === 'reverse-kl') {
-        gs[off + j] = ps * (Math.abs(x) + Math.abs(klR));
+        // x - KL is formed from float32 differences of the logits (t_j - t_r) - (s_j - s_r), whose
+        // rounding scales with them, not with x - KL (seed 1965850931: x ~ KL, 3 ulps off).
+        gs[off + j] = ps * (Math.abs(x) + Math.abs(klR) + Math.abs(lt[j]) + Math.abs(ls[j]));
         gt[off + j] = ps * (Math.abs(lt[j]) + Math.abs(ls[j])); // p_t - p_s = p_s expm1(x), as above
       } else {
         gs[off + j] = (1 - beta) * ps * (Math.abs(ls[j] - lm[j]) + Math.abs(klS));

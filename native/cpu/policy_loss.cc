@@ -99,51 +99,108 @@ inline double Advantage(const PolicyLossParams& p, const Tile& tile, int64_t t) 
   return double(p.advantages[p.adv_per_sequence ? tile.seq : t]);
 }
 
-// ---- phase S: the mode's per-sequence sums, and the batch sums of A and logp.
+// ---- phase S: the mode's per-sequence sums, and the batch sums of A and
+// logp, of tokens [begin, end) of a tile, added to sums[] and cov[] (scalar:
+// any CPU, and every rollout option).
 template <class Mode>
-void SeqPass(const Ctx& c, const ModeConsts<double>& mc, int64_t k, double* sums, double* cov) {
+void SeqPass(const Ctx& c, const ModeConsts<double>& mc, const Tile& tile, int64_t begin, int64_t end, double* sums, double* cov) {
   const PolicyLossParams& p = c.p;
-  const Tile& tile = c.tiles[size_t(k)];
   const Seq& q = c.seqs[size_t(tile.seq)];
+  constexpr int S = Mode::kSeqSums > 0 ? Mode::kSeqSums : 1;
+  for (int64_t t = begin; t < end; ++t) {
+    if (!Masked(p, t)) continue;
+    const double A = Advantage(p, tile, t);
+    double w, o;
+    if (!KeepToken(c, q, t, &w, &o, A)) continue;
+    PolicyToken<double> tok{double(p.logprobs[t]), double(p.old_logprobs[t]), A, 0, false};
+    tok.d = tok.logp - tok.old;
+    if (Mode::kFoldsIs) tok.lw = std::log(w);
+    if (Mode::kSeqSums > 0) {
+      double v[S];
+      Mode::SeqTerms(mc, tok, w, o, v);
+      for (int j = 0; j < S; ++j) sums[j] += v[j];
+    }
+    if (Mode::kCov) {
+      cov[0] += A;
+      cov[1] += tok.logp;
+    }
+  }
+}
+
+// The mode constants on lanes.
+template <int N>
+RLK_LANE ModeConsts<lanes::Lanes<N>> LaneConsts(const ModeConsts<double>& md) {
+  ModeConsts<lanes::Lanes<N>> mc;
+  mc.lo = md.lo; mc.hi = md.hi; mc.cl = md.cl; mc.ch = md.ch; mc.dual_c = md.dual_c; mc.dual = md.dual;
+  mc.cap = md.cap; mc.has_cap = md.has_cap; mc.tau_pos = md.tau_pos; mc.tau_neg = md.tau_neg; mc.beta = md.beta;
+  mc.cov_lb = md.cov_lb; mc.cov_ub = md.cov_ub; mc.kappa = md.kappa;
+  mc.k_pos = md.k_pos; mc.lambda_pos = md.lambda_pos; mc.k_neg = md.k_neg; mc.lambda_neg = md.lambda_neg;
+  return mc;
+}
+
+// Phase S on N double lanes, without a rollout option: every masked token
+// is kept with w = o = 1 (ln w = 0). A scalar pass here cost as much as the
+// token pass (geo-mean's sign-dependent clip was a branch a token, taken at
+// random); its sums are formed per lane and added in a fixed order.
+template <int N, class Mode>
+RLK_LANE void SeqBodyLanes(const Ctx& c, const ModeConsts<double>& md, const Tile& tile, double* sums, double* cov) {
+  using L = lanes::Lanes<N>;
+  using LM = lanes::LaneMask<N>;
+  using lanes::Sel;
+  const PolicyLossParams& p = c.p;
+  constexpr int S = Mode::kSeqSums > 0 ? Mode::kSeqSums : 1;
+  const ModeConsts<L> mc = LaneConsts<N>(md);
+  const L one(1.0), zero(0.0);
+  const L seq_a(p.adv_per_sequence ? double(p.advantages[tile.seq]) : 0.0);
+  L acc[S], cov_a, cov_l;
+  const int64_t vend = tile.begin + (tile.end - tile.begin) / N * N;
+  for (int64_t t = tile.begin; t < vend; t += N) {
+    if (p.mask) {
+      uint64_t bytes = 0;
+      std::memcpy(&bytes, p.mask + t, N);
+      if (bytes == 0) continue;
+    }
+    const LM keep = p.mask ? lanes::LoadMask<N>(p.mask + t) : LM(true);
+    PolicyToken<L> tok;
+    tok.logp = lanes::LoadF<N>(p.logprobs + t);
+    tok.old = lanes::LoadF<N>(p.old_logprobs + t);
+    tok.A = p.adv_per_sequence ? seq_a : lanes::LoadF<N>(p.advantages + t);
+    tok.d = tok.logp - tok.old;
+    if (Mode::kSeqSums > 0) {
+      L v[S];
+      Mode::SeqTerms(mc, tok, one, one, v);
+      for (int j = 0; j < S; ++j) acc[j] += Sel(keep, v[j], zero);
+    }
+    if (Mode::kCov) {
+      cov_a += Sel(keep, tok.A, zero);
+      cov_l += Sel(keep, tok.logp, zero);
+    }
+  }
+  for (int j = 0; j < S; ++j) sums[j] += lanes::HSum(acc[j]);
+  cov[0] += lanes::HSum(cov_a);
+  cov[1] += lanes::HSum(cov_l);
+  SeqPass<Mode>(c, md, tile, vend, tile.end, sums, cov);
+}
+
+template <class Mode>
+RLK_AVX2 __attribute__((flatten)) void SeqPassAvx2(const Ctx& c, const ModeConsts<double>& md, const Tile& tile, double* sums, double* cov) {
+  SeqBodyLanes<4, Mode>(c, md, tile, sums, cov);
+}
+
+template <class Mode>
+RLK_AVX512 __attribute__((flatten, noinline)) void SeqPassAvx512(const Ctx& c, const ModeConsts<double>& md, const Tile& tile, double* sums, double* cov) {
+  SeqBodyLanes<8, Mode>(c, md, tile, sums, cov);
+}
+
+// Phase S of one tile: its sums[] and cov[] from zero.
+template <class Mode>
+void SeqTile(const Ctx& c, const ModeConsts<double>& md, simd::IsaKind isa, const Tile& tile, double* sums, double* cov) {
   constexpr int S = Mode::kSeqSums > 0 ? Mode::kSeqSums : 1;
   for (int j = 0; j < S; ++j) sums[j] = 0;
   cov[0] = cov[1] = 0;
-  if (Mode::kSeqSums == 0 && !c.rollout) {
-    // Only the covariance means, and the kept tokens are the mask's: the same
-    // sums in the same order without the per-token machinery (a third of
-    // the pass).
-    for (int64_t t = tile.begin; t < tile.end; ++t) {
-      if (!Masked(p, t)) continue;
-      cov[0] += Advantage(p, tile, t);
-      cov[1] += double(p.logprobs[t]);
-    }
-    return;
-  }
-  // Without a rollout option every masked token is kept with w = o = 1:
-  // constants the compiler folds into the mode's terms (geo-mean's two logs
-  // of w a token were most of its call), the same values in the same order.
-  auto body = [&](auto rollout) {
-    for (int64_t t = tile.begin; t < tile.end; ++t) {
-      if (!Masked(p, t)) continue;
-      const double A = Advantage(p, tile, t);
-      double w = 1.0, o = 1.0;
-      if (decltype(rollout)::value && !KeepToken(c, q, t, &w, &o, A)) continue;
-      PolicyToken<double> tok{double(p.logprobs[t]), double(p.old_logprobs[t]), A, 0, false};
-      tok.d = tok.logp - tok.old;
-      if (Mode::kFoldsIs) tok.lw = std::log(w);
-      if (Mode::kSeqSums > 0) {
-        double v[S];
-        Mode::SeqTerms(mc, tok, w, o, v);
-        for (int j = 0; j < S; ++j) sums[j] += v[j];
-      }
-      if (Mode::kCov) {
-        cov[0] += A;
-        cov[1] += tok.logp;
-      }
-    }
-  };
-  if (c.rollout) body(std::true_type{});
-  else body(std::false_type{});
+  if (isa == simd::IsaKind::kAvx512) SeqPassAvx512<Mode>(c, md, tile, sums, cov);
+  else if (isa == simd::IsaKind::kAvx2) SeqPassAvx2<Mode>(c, md, tile, sums, cov);
+  else SeqPass<Mode>(c, md, tile, tile.begin, tile.end, sums, cov);
 }
 
 // ---- phase T: the token pass, scalar (any CPU, and every rollout option).
@@ -238,11 +295,7 @@ RLK_LANE void TokenBodyLanes(const Ctx& c, const ModeConsts<double>& md, const T
   using lanes::Sel;
   const PolicyLossParams& p = c.p;
   const Seq& q = c.seqs[size_t(tile.seq)];
-  ModeConsts<L> mc;
-  mc.lo = md.lo; mc.hi = md.hi; mc.cl = md.cl; mc.ch = md.ch; mc.dual_c = md.dual_c; mc.dual = md.dual;
-  mc.cap = md.cap; mc.has_cap = md.has_cap; mc.tau_pos = md.tau_pos; mc.tau_neg = md.tau_neg; mc.beta = md.beta;
-  mc.cov_lb = md.cov_lb; mc.cov_ub = md.cov_ub; mc.kappa = md.kappa;
-  mc.k_pos = md.k_pos; mc.lambda_pos = md.lambda_pos; mc.k_neg = md.k_neg; mc.lambda_neg = md.lambda_neg;
+  const ModeConsts<L> mc = LaneConsts<N>(md);
   const SeqState<L> st = SeqStateAs<L>(q.st);
   const L coef(q.coef), klc(p.kl_coef), entc(p.entropy_coef), zero(0.0);
   const L seq_a(p.adv_per_sequence ? double(p.advantages[tile.seq]) : 0.0);
@@ -370,10 +423,11 @@ Status RunMode(Ctx& ctx, const ModeConsts<double>& mc, std::vector<Seq>& seqs, s
     } catch (const std::bad_alloc&) {
       return Status{Status::kOutOfMemory, "out of host memory for per-sequence partials"};
     }
+    const simd::IsaKind isa = ctx.rollout ? simd::IsaKind::kBaseline : simd::Isa();
     ParallelFor(num_tiles, grain, [&](int64_t tb, int64_t te) {
       for (int64_t k = tb; k < te; ++k) {
         double* row = part.data() + size_t(k) * (S + 2);
-        SeqPass<Mode>(ctx, mc, k, row, row + S);
+        SeqTile<Mode>(ctx, mc, isa, tiles[size_t(k)], row, row + S);
       }
     });
     double cov_a = 0, cov_l = 0;

@@ -167,17 +167,20 @@ struct Layout {
   }
 };
 
-// A masked token's keep decision, final IS weight and off-policy mask.
+// A masked token's keep decision, final IS weight and off-policy mask; *raw
+// (when asked) the IS weight before the batch normaliser.
 __device__ __forceinline__ bool KeepToken(const PolicyLossParams& p, const SeqRec& q, int64_t t, float A, float norm, bool rollout,
-                                          float* w, float* o) {
+                                          float* w, float* o, float* raw = nullptr) {
   *w = 1.f;
   *o = 1.f;
+  if (raw) *raw = 1.f;
   if (q.flags & kSeqRejected) return false;
   if (!rollout) return true;
   float wt;
   if (!TokenRollout(p, t, &wt)) return false;
-  if (p.tis_level == kTisToken) *w = wt * norm;
-  else if (p.tis_level != kTisNone) *w = q.w_seq * norm;
+  const float r = p.tis_level == kTisToken ? wt : p.tis_level != kTisNone ? q.w_seq : 1.f;
+  if (p.tis_level != kTisNone) *w = r * norm;
+  if (raw) *raw = r;
   if (p.off_policy && A < 0.f && q.kl_off > float(p.off_policy_delta)) *o = 0.f;
   return true;
 }
@@ -288,10 +291,13 @@ __global__ void __launch_bounds__(kThreads) PolicyLossKernel(PolicyLossParams p,
     __syncthreads();
   }
   const double in_mask = totals[0], tokens = totals[1], sequences = totals[2];
-  float norm = 1.f;
+  float norm = 1.f, ln_norm = 0.f;
   if (p.is_normalize && p.tis_level != kTisNone) {
     const double mu = p.tis_level == kTisToken ? (in_mask > 0 ? totals[6] / in_mask : 0.0) : (totals[8] > 0 ? totals[7] / totals[8] : 0.0);
-    if (mu > 1e-8) norm = float(1.0 / mu);
+    if (mu > 1e-8) {
+      norm = float(1.0 / mu);
+      ln_norm = float(-log(mu));
+    }
   }
   const double tok_den = p.token_count > 0 ? p.token_count : tokens;
   const double seq_den = p.sequence_count > 0 ? p.sequence_count : sequences;
@@ -312,8 +318,8 @@ __global__ void __launch_bounds__(kThreads) PolicyLossKernel(PolicyLossParams p,
       for (int64_t t = b + threadIdx.x; t < e; t += kThreads) {
         if (!masked(t)) continue;
         const float A = adv(i, t);
-        float w, o;
-        if (!KeepToken(p, q, t, A, norm, rollout, &w, &o)) continue;
+        float w, o, raw;
+        if (!KeepToken(p, q, t, A, norm, rollout, &w, &o, &raw)) continue;
         PolicyToken<float> tok{p.logprobs[t], p.old_logprobs[t], A, 0.f, false};
         tok.d = tok.logp - tok.old;
         // TwoSum: the exact rounding error of logp - old (adds only, so no FMA contraction).
@@ -323,8 +329,11 @@ __global__ void __launch_bounds__(kThreads) PolicyLossKernel(PolicyLossParams p,
         }
         // In float: DESIGN 4 keeps float64 out of the GPU's token loops (the H20
         // has little of it). vespo's phi amplifies the ~1e-7 this leaves on
-        // ln w_i by |k - lambda w_i| (README, numerics).
-        if (Mode::kFoldsIs) tok.lw = logf(w);
+        // ln w_i by |k - lambda w_i| (README, numerics). The normaliser enters
+        // as its log from double: ln(float(1 / mu)) put the same 6e-8 on every
+        // token, n_i times over the sequence's sum (seed 605204742: 2.3e-5 of
+        // the loss).
+        if (Mode::kFoldsIs) tok.lw = logf(raw) + ln_norm;
         if (Mode::kSeqSums > 0) {
           float v[S];
           Mode::SeqTerms(mc, tok, w, o, v);

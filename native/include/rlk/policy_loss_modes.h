@@ -200,13 +200,14 @@ RLK_TOKEN F ClampedRatio(const F& d, F* dr) {
 }
 
 // ---- token-local modes ------------------------------------------------------
-// SeqTerms / SeqFinal run once per token / sequence in the pre-pass, in
-// scalar F; Token runs in the token pass, also on lanes.
+// SeqTerms runs once per token in the pre-pass and Token once per token in
+// the token pass, both also on the CPU's lanes (select with Sel, no ?: on F);
+// SeqFinal runs once per sequence, in scalar F.
 
 // vanilla (+ ratioCap: TRL's delta, INTELLECT-2), verl compute_policy_loss_vanilla.
 struct VanillaMode {
   static constexpr int kSeqSums = 0, kCov = 0, kFoldsIs = 0;
-  template <class F> RLK_HD static void SeqTerms(const ModeConsts<F>&, const PolicyToken<F>&, F, F, F*) {}
+  template <class F> RLK_TOKEN static void SeqTerms(const ModeConsts<F>&, const PolicyToken<F>&, F, F, F*) {}
   template <class F> RLK_HD static void SeqFinal(const ModeConsts<F>&, const F*, F, bool, SeqState<F>*) {}
   template <class F>
   RLK_TOKEN static void Token(const ModeConsts<F>& c, const PolicyToken<F>& t, const SeqState<F>&, TokenTerm<F>* o) {
@@ -224,10 +225,14 @@ struct SapoMode : VanillaMode {
     F dr;
     const F r = ClampedRatio(t.d, &dr);
     const F tau = Sel(t.A > F(0), c.tau_pos, c.tau_neg);
-    const F sg = F(1) / (F(1) + Exp(-tau * (r - F(1))));
+    const F e = Exp(-tau * (r - F(1)));
+    const F sg = F(1) / (F(1) + e);
+    // 1 - sg as e sg where sg is near 1: float32's 1 - sg there keeps a few bits
+    // (7% off at sg = 1 - 1e-7, seed 237676829 on cuda); e may be inf where sg < 0.5.
+    const F sg1 = Sel(sg < F(0.5), F(1) - sg, e * sg);
     o->ratio = r;
     o->loss = -t.A * (F(4) / tau) * sg;
-    o->grad = -t.A * F(4) * sg * (F(1) - sg) * dr;
+    o->grad = -t.A * F(4) * sg * sg1 * dr;
   }
 };
 
@@ -347,7 +352,7 @@ struct KlCovMode : VanillaMode {
 struct GspoMode {
   static constexpr int kSeqSums = 1, kCov = 0, kFoldsIs = 0;
   template <class F>
-  RLK_HD static void SeqTerms(const ModeConsts<F>&, const PolicyToken<F>& t, F, F, F* out) { out[0] = t.d; }
+  RLK_TOKEN static void SeqTerms(const ModeConsts<F>&, const PolicyToken<F>& t, F, F, F* out) { out[0] = t.d; }
   template <class F>
   RLK_HD static void SeqFinal(const ModeConsts<F>&, const F* sums, F n, bool, SeqState<F>* q) {
     if (!(n > F(0))) return;
@@ -369,10 +374,12 @@ struct GspoMode {
 struct LuspoMode : GspoMode {
   static constexpr int kSeqSums = 3;
   template <class F>
-  RLK_HD static void SeqTerms(const ModeConsts<F>&, const PolicyToken<F>& t, F w, F o, F* out) {
+  RLK_TOKEN static void SeqTerms(const ModeConsts<F>&, const PolicyToken<F>& t, F w, F o, F* out) {
+    using namespace policy_detail;
+    const F woa = w * o * t.A;
     out[0] = t.d;
-    out[1] = t.A > F(0) ? w * o * t.A : F(0);
-    out[2] = t.A < F(0) ? w * o * t.A : F(0);
+    out[1] = Sel(t.A > F(0), woa, F(0));
+    out[2] = Sel(t.A < F(0), woa, F(0));
   }
   template <class F>
   RLK_HD static void SeqFinal(const ModeConsts<F>& c, const F* sums, F n, bool is, SeqState<F>* q) {
@@ -401,16 +408,16 @@ struct LuspoMode : GspoMode {
 struct GeoMeanMode {
   static constexpr int kSeqSums = 4, kCov = 0, kFoldsIs = 1;
   template <class F>
-  RLK_HD static F ClippedLog(const ModeConsts<F>& c, F A, F d) {
-    if (A > F(0)) return d < c.ch ? d : c.ch;
-    if (A < F(0)) return d > -c.cl ? d : -c.cl;
-    return F(0);
+  RLK_TOKEN static F ClippedLog(const ModeConsts<F>& c, const F& A, const F& d) {
+    using namespace policy_detail;
+    return Sel(A > F(0), Sel(d < c.ch, d, c.ch), Sel(A < F(0), Sel(d > -c.cl, d, -c.cl), F(0)));
   }
   template <class F>
-  RLK_HD static void SeqTerms(const ModeConsts<F>& c, const PolicyToken<F>& t, F w, F o, F* out) {
+  RLK_TOKEN static void SeqTerms(const ModeConsts<F>& c, const PolicyToken<F>& t, F w, F o, F* out) {
+    using namespace policy_detail;
     out[0] = ClippedLog(c, t.A, t.d);
     out[1] = t.A;
-    out[2] = policy_detail::Log(w + F(1e-10));
+    out[2] = Log(w + F(1e-10));
     out[3] = o;
   }
   template <class F>
@@ -452,10 +459,11 @@ struct GeoMeanMode {
 struct VespoMode {
   static constexpr int kSeqSums = 3, kCov = 0, kFoldsIs = 1;
   template <class F>
-  RLK_HD static void SeqTerms(const ModeConsts<F>&, const PolicyToken<F>& t, F, F, F* out) {
+  RLK_TOKEN static void SeqTerms(const ModeConsts<F>&, const PolicyToken<F>& t, F, F, F* out) {
+    using namespace policy_detail;
     out[0] = ClampLogRatio(t.d);
-    out[1] = policy_detail::Clamp(t.lw, F(-18.420680743952367), F(20));
-    out[2] = (t.d > F(-20) && t.d < F(20)) ? t.d_lo : F(0);
+    out[1] = Clamp(t.lw, F(-18.420680743952367), F(20));
+    out[2] = Sel((t.d > F(-20)) & (t.d < F(20)), t.d_lo, F(0));
   }
   template <class F>
   RLK_HD static void SeqFinal(const ModeConsts<F>& c, const F* sums, F n, bool is, SeqState<F>* q) {
