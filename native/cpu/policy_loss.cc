@@ -138,6 +138,18 @@ RLK_LANE ModeConsts<lanes::Lanes<N>> LaneConsts(const ModeConsts<double>& md) {
   return mc;
 }
 
+// Tokens t .. t + N - 1 on lanes (seq_a: the sequence's advantage when
+// advantages are per sequence).
+template <int N>
+RLK_LANE PolicyToken<lanes::Lanes<N>> LoadTokenLanes(const PolicyLossParams& p, int64_t t, const lanes::Lanes<N>& seq_a) {
+  PolicyToken<lanes::Lanes<N>> tok;
+  tok.logp = lanes::LoadF<N>(p.logprobs + t);
+  tok.old = lanes::LoadF<N>(p.old_logprobs + t);
+  tok.A = p.adv_per_sequence ? seq_a : lanes::LoadF<N>(p.advantages + t);
+  tok.d = tok.logp - tok.old;
+  return tok;
+}
+
 // Phase S on N double lanes, without a rollout option: every masked token
 // is kept with w = o = 1 (ln w = 0). A scalar pass here cost as much as the
 // token pass (geo-mean's sign-dependent clip was a branch a token, taken at
@@ -161,11 +173,7 @@ RLK_LANE void SeqBodyLanes(const Ctx& c, const ModeConsts<double>& md, const Til
       if (bytes == 0) continue;
     }
     const LM keep = p.mask ? lanes::LoadMask<N>(p.mask + t) : LM(true);
-    PolicyToken<L> tok;
-    tok.logp = lanes::LoadF<N>(p.logprobs + t);
-    tok.old = lanes::LoadF<N>(p.old_logprobs + t);
-    tok.A = p.adv_per_sequence ? seq_a : lanes::LoadF<N>(p.advantages + t);
-    tok.d = tok.logp - tok.old;
+    PolicyToken<L> tok = LoadTokenLanes<N>(p, t, seq_a);
     if (Mode::kSeqSums > 0) {
       L v[S];
       Mode::SeqTerms(mc, tok, one, one, v);
@@ -319,11 +327,7 @@ RLK_LANE void TokenBodyLanes(const Ctx& c, const ModeConsts<double>& md, const T
       }
     }
     const LM keep = p.mask ? lanes::LoadMask<N>(p.mask + t) : LM(true);
-    PolicyToken<L> tok;
-    tok.logp = lanes::LoadF<N>(p.logprobs + t);
-    tok.old = lanes::LoadF<N>(p.old_logprobs + t);
-    tok.A = p.adv_per_sequence ? seq_a : lanes::LoadF<N>(p.advantages + t);
-    tok.d = tok.logp - tok.old;
+    PolicyToken<L> tok = LoadTokenLanes<N>(p, t, seq_a);
     if (Mode::kCov && c.sel) tok.sel = lanes::LoadMask<N>(c.sel + t);
     TokenTerm<L> term;
     Mode::Token(mc, tok, st, &term);
