@@ -5,8 +5,10 @@
 // count (none without a mask) and the token pass.
 // Tiles depend only on the shapes, partial sums are kept per tile and
 // combined in tile order, so results are bitwise the same for any thread
-// count. Token math and every sum are in double (the loss is a sum whose
-// terms cancel, advantages having both signs); outputs are float. The token
+// count. Every sum is in double (the loss is a sum whose terms cancel,
+// advantages having both signs), and so are the sequence pre-pass and the
+// scalar passes; the vector token pass forms each token's terms in float32,
+// as CUDA does (DESIGN 4), on twice the lanes. Outputs are float. The token
 // pass is instantiated once per registry entry and per feature set, so its
 // inner loop carries no per-token switch.
 #include <algorithm>
@@ -127,10 +129,11 @@ void SeqPass(const Ctx& c, const ModeConsts<double>& mc, const Tile& tile, int64
   }
 }
 
-// The mode constants on lanes.
-template <int N>
-RLK_LANE ModeConsts<lanes::Lanes<N>> LaneConsts(const ModeConsts<double>& md) {
-  ModeConsts<lanes::Lanes<N>> mc;
+// The mode constants on lanes (double lanes of the sequence pre-pass, float
+// lanes of the token pass).
+template <class L>
+RLK_LANE ModeConsts<L> LaneConsts(const ModeConsts<double>& md) {
+  ModeConsts<L> mc;
   mc.lo = md.lo; mc.hi = md.hi; mc.cl = md.cl; mc.ch = md.ch; mc.dual_c = md.dual_c; mc.dual = md.dual;
   mc.cap = md.cap; mc.has_cap = md.has_cap; mc.tau_pos = md.tau_pos; mc.tau_neg = md.tau_neg; mc.beta = md.beta;
   mc.cov_lb = md.cov_lb; mc.cov_ub = md.cov_ub; mc.kappa = md.kappa;
@@ -138,14 +141,21 @@ RLK_LANE ModeConsts<lanes::Lanes<N>> LaneConsts(const ModeConsts<double>& md) {
   return mc;
 }
 
+// N floats as lanes of L: widened to double lanes, or float lanes as they are.
+template <class L>
+RLK_LANE L LoadLanes(const float* x) {
+  if constexpr (std::is_same_v<L, lanes::Lanes<L::kN>>) return lanes::LoadF<L::kN>(x);
+  else return lanes::LoadFl<L::kN>(x);
+}
+
 // Tokens t .. t + N - 1 on lanes (seq_a: the sequence's advantage when
 // advantages are per sequence).
-template <int N>
-RLK_LANE PolicyToken<lanes::Lanes<N>> LoadTokenLanes(const PolicyLossParams& p, int64_t t, const lanes::Lanes<N>& seq_a) {
-  PolicyToken<lanes::Lanes<N>> tok;
-  tok.logp = lanes::LoadF<N>(p.logprobs + t);
-  tok.old = lanes::LoadF<N>(p.old_logprobs + t);
-  tok.A = p.adv_per_sequence ? seq_a : lanes::LoadF<N>(p.advantages + t);
+template <class L>
+RLK_LANE PolicyToken<L> LoadTokenLanes(const PolicyLossParams& p, int64_t t, const L& seq_a) {
+  PolicyToken<L> tok;
+  tok.logp = LoadLanes<L>(p.logprobs + t);
+  tok.old = LoadLanes<L>(p.old_logprobs + t);
+  tok.A = p.adv_per_sequence ? seq_a : LoadLanes<L>(p.advantages + t);
   tok.d = tok.logp - tok.old;
   return tok;
 }
@@ -161,7 +171,7 @@ RLK_LANE void SeqBodyLanes(const Ctx& c, const ModeConsts<double>& md, const Til
   using lanes::Sel;
   const PolicyLossParams& p = c.p;
   constexpr int S = Mode::kSeqSums > 0 ? Mode::kSeqSums : 1;
-  const ModeConsts<L> mc = LaneConsts<N>(md);
+  const ModeConsts<L> mc = LaneConsts<L>(md);
   const L one(1.0), zero(0.0);
   const L seq_a(p.adv_per_sequence ? double(p.advantages[tile.seq]) : 0.0);
   L acc[S], cov_a, cov_l;
@@ -173,7 +183,7 @@ RLK_LANE void SeqBodyLanes(const Ctx& c, const ModeConsts<double>& md, const Til
       if (bytes == 0) continue;
     }
     const LM keep = p.mask ? lanes::LoadMask<N>(p.mask + t) : LM(true);
-    PolicyToken<L> tok = LoadTokenLanes<N>(p, t, seq_a);
+    PolicyToken<L> tok = LoadTokenLanes<L>(p, t, seq_a);
     if (Mode::kSeqSums > 0) {
       L v[S];
       Mode::SeqTerms(mc, tok, one, one, v);
@@ -269,16 +279,18 @@ void TokenPass(const Ctx& c, const ModeConsts<double>& mc, const Tile& tile, int
   *out = r;
 }
 
-// ---- phase T on N double lanes: the same entry and the same sums, for the
+// ---- phase T on N float lanes: the same entry and the same sums, for the
 // options whose tokens need no rollout decision (every mode, the KL and
 // entropy terms, any mask and aggregation). Kept tokens are the mask's.
+// Token terms are float32, as on CUDA (the sequence pre-pass, whose sums
+// feed exponentials, stays in double); each lane's sums are float over a
+// block of kBlock vectors, then double.
 
 // KlValueGrad (kl_penalty.h) on lanes, the same formulas and clamps, with
 // e^x - x - 1 from lanes::ExpMinusXMinus1 (one polynomial, exact reduction
 // near 0) and d/dlogp (e^x - x - 1) = -(e^x - 1) = -(x + (e^x - x - 1)).
-template <int N>
-RLK_LANE void KlLanes(int32_t est, const lanes::Lanes<N>& d, lanes::Lanes<N>* value, lanes::Lanes<N>* grad) {
-  using L = lanes::Lanes<N>;
+template <class L>
+RLK_LANE void KlLanes(int32_t est, const L& d, L* value, L* grad) {
   using lanes::Sel;
   switch (est) {
     case kKlK1: *value = d; *grad = L(1.0); return;
@@ -298,86 +310,96 @@ RLK_LANE void KlLanes(int32_t est, const lanes::Lanes<N>& d, lanes::Lanes<N>* va
 
 template <int N, class Mode, bool kHasKl, bool kHasEnt>
 RLK_LANE void TokenBodyLanes(const Ctx& c, const ModeConsts<double>& md, const Tile& tile, TileT* out) {
-  using L = lanes::Lanes<N>;
-  using LM = lanes::LaneMask<N>;
+  using L = lanes::FLanes<N>;
+  using LM = lanes::FMask<N>;
+  using D = lanes::Lanes<N / 2>;
   using lanes::Sel;
+  constexpr int kBlock = 16;  // 16 float terms a lane before a double sum: ~1e-6 of their sizes at most
   const PolicyLossParams& p = c.p;
   const Seq& q = c.seqs[size_t(tile.seq)];
-  const ModeConsts<L> mc = LaneConsts<N>(md);
+  const ModeConsts<L> mc = LaneConsts<L>(md);
   const SeqState<L> st = SeqStateAs<L>(q.st);
   const L coef(q.coef), klc(p.kl_coef), entc(p.entropy_coef), zero(0.0);
   const L seq_a(p.adv_per_sequence ? double(p.advantages[tile.seq]) : 0.0);
-  const L wstat(p.mode == kPolicyGeoMean ? q.st.w : 1.0);
   const L grad_ent(-q.coef * p.entropy_coef);
-  L obj, neg_lr, ratio, weight, kl, ent;
+  D obj, neg_lr, ratio, kl, ent;
   L rmin(INFINITY), rmax(-INFINITY);
-  lanes::LaneCount<N> nclip, nlow, nhigh, ndual;
+  lanes::FLaneCount<N> nclip, nlow, nhigh, ndual, nkept;
   const int64_t vend = tile.begin + (tile.end - tile.begin) / N * N;
-  for (int64_t t = tile.begin; t < vend; t += N) {
-    if (p.mask) {
-      // N dropped tokens (padding) add exactly nothing to the sums (every
-      // term is selected to +0 there): only their zero gradients are stored.
-      static_assert(N <= 8, "mask bytes as one integer");
-      uint64_t bytes = 0;
-      std::memcpy(&bytes, p.mask + t, N);
-      if (bytes == 0) {
-        lanes::StoreF<N>(p.grad + t, zero);
-        if (kHasEnt) lanes::StoreF<N>(p.grad_entropy + t, zero);
-        continue;
+  for (int64_t b = tile.begin; b < vend; b += int64_t(kBlock) * N) {
+    const int64_t bend = std::min(vend, b + int64_t(kBlock) * N);
+    L fobj, fneg, fratio, fkl, fent;
+    for (int64_t t = b; t < bend; t += N) {
+      if (p.mask) {
+        // N dropped tokens (padding) add exactly nothing to the sums (every
+        // term is selected to +0 there): only their zero gradients are stored.
+        uint64_t bytes[2] = {0, 0};
+        std::memcpy(bytes, p.mask + t, N);
+        if ((bytes[0] | bytes[1]) == 0) {
+          lanes::StoreFl<N>(p.grad + t, zero);
+          if (kHasEnt) lanes::StoreFl<N>(p.grad_entropy + t, zero);
+          continue;
+        }
       }
-    }
-    const LM keep = p.mask ? lanes::LoadMask<N>(p.mask + t) : LM(true);
-    PolicyToken<L> tok = LoadTokenLanes<N>(p, t, seq_a);
-    if (Mode::kCov && c.sel) tok.sel = lanes::LoadMask<N>(c.sel + t);
-    TokenTerm<L> term;
-    Mode::Token(mc, tok, st, &term);
-    L o = term.loss;
-    L g = term.grad + term.grad_seq;
-    if (kHasKl) {
-      L kv, kg;
-      KlLanes<N>(p.kl_estimator, tok.logp - lanes::LoadF<N>(p.ref_logprobs + t), &kv, &kg);
-      if (p.kl_bias_correction) {
-        L dr;
-        const L rt = ClampedRatio(tok.d, &dr);
-        kg = rt * kg + kv * dr;
-        kv = kv * rt;
+      const LM keep = p.mask ? lanes::LoadFMask<N>(p.mask + t) : LM(true);
+      PolicyToken<L> tok = LoadTokenLanes<L>(p, t, seq_a);
+      if (Mode::kCov && c.sel) tok.sel = lanes::LoadFMask<N>(c.sel + t);
+      TokenTerm<L> term;
+      Mode::Token(mc, tok, st, &term);
+      L o = term.loss;
+      L g = term.grad + term.grad_seq;
+      if (kHasKl) {
+        L kv, kg;
+        KlLanes<L>(p.kl_estimator, tok.logp - lanes::LoadFl<N>(p.ref_logprobs + t), &kv, &kg);
+        if (p.kl_bias_correction) {
+          L dr;
+          const L rt = ClampedRatio(tok.d, &dr);
+          kg = rt * kg + kv * dr;
+          kv = kv * rt;
+        }
+        o += klc * kv;
+        g += klc * kg;
+        fkl += Sel(keep, kv, zero);
       }
-      o += klc * kv;
-      g += klc * kg;
-      kl += Sel(keep, kv, zero);
+      if (kHasEnt) {
+        const L h = lanes::LoadFl<N>(p.entropy + t);
+        o -= entc * h;
+        fent += Sel(keep, h, zero);
+        lanes::StoreFl<N>(p.grad_entropy + t, Sel(keep, grad_ent, zero));
+      }
+      lanes::StoreFl<N>(p.grad + t, Sel(keep, coef * g, zero));
+      fobj += Sel(keep, o, zero);
+      nkept.Add(keep);
+      nclip.Add(keep & term.clip);
+      nlow.Add(keep & term.low);
+      nhigh.Add(keep & term.high);
+      ndual.Add(keep & term.dual);
+      fneg -= Sel(keep, ClampLogRatio(tok.d), zero);
+      fratio += Sel(keep, term.ratio, zero);
+      rmin = Sel(keep & (term.ratio < rmin), term.ratio, rmin);  // a NaN ratio is skipped, as std::min
+      rmax = Sel(keep & (term.ratio > rmax), term.ratio, rmax);
     }
-    if (kHasEnt) {
-      const L h = lanes::LoadF<N>(p.entropy + t);
-      o -= entc * h;
-      ent += Sel(keep, h, zero);
-      lanes::StoreF<N>(p.grad_entropy + t, Sel(keep, grad_ent, zero));
-    }
-    lanes::StoreF<N>(p.grad + t, Sel(keep, coef * g, zero));
-    obj += Sel(keep, o, zero);
-    nclip.Add(keep & term.clip);
-    nlow.Add(keep & term.low);
-    nhigh.Add(keep & term.high);
-    ndual.Add(keep & term.dual);
-    neg_lr -= Sel(keep, ClampLogRatio(tok.d), zero);
-    ratio += Sel(keep, term.ratio, zero);
-    rmin = Sel(keep & (term.ratio < rmin), term.ratio, rmin);  // a NaN ratio is skipped, as std::min
-    rmax = Sel(keep & (term.ratio > rmax), term.ratio, rmax);
-    weight += Sel(keep, wstat, zero);
+    lanes::AddWide(obj, fobj);
+    lanes::AddWide(neg_lr, fneg);
+    lanes::AddWide(ratio, fratio);
+    if (kHasKl) lanes::AddWide(kl, fkl);
+    if (kHasEnt) lanes::AddWide(ent, fent);
   }
   TileT r;
   r.obj = lanes::HSum(obj);
   r.neg_lr = lanes::HSum(neg_lr);
   r.ratio = lanes::HSum(ratio);
-  r.weight = lanes::HSum(weight);
   r.kl = lanes::HSum(kl);
   r.ent = lanes::HSum(ent);
   r.clip = double(nclip.Total());
   r.low = double(nlow.Total());
   r.high = double(nhigh.Total());
   r.dual = double(ndual.Total());
+  // Every kept token's stat weight is 1, or geo-mean's G_i (the same for the tile).
+  r.weight = double(nkept.Total()) * (p.mode == kPolicyGeoMean ? q.st.w : 1.0);
   for (int k = 0; k < N; ++k) {
-    r.rmin = std::min(r.rmin, rmin[k]);
-    r.rmax = std::max(r.rmax, rmax[k]);
+    r.rmin = std::min(r.rmin, double(rmin[k]));
+    r.rmax = std::max(r.rmax, double(rmax[k]));
   }
   if (vend < tile.end) {
     TileT tail;
@@ -392,16 +414,16 @@ RLK_LANE void TokenBodyLanes(const Ctx& c, const ModeConsts<double>& md, const T
 }
 
 // The ISA entry points: everything inlined (flatten) so the lanes compile to
-// that ISA's instructions, 4 lanes on AVX2, 8 on AVX-512 (its comparisons go
+// that ISA's instructions, 8 float lanes on AVX2, 16 on AVX-512 (its comparisons go
 // through cpu_lanes.h's CmpMask: GCC 12 lowered them lane by lane otherwise).
 template <class Mode, bool kHasKl, bool kHasEnt>
 RLK_AVX2 __attribute__((flatten)) void TokenPassAvx2(const Ctx& c, const ModeConsts<double>& md, const Tile& tile, TileT* out) {
-  TokenBodyLanes<4, Mode, kHasKl, kHasEnt>(c, md, tile, out);
+  TokenBodyLanes<8, Mode, kHasKl, kHasEnt>(c, md, tile, out);
 }
 
 template <class Mode, bool kHasKl, bool kHasEnt>
 RLK_AVX512 __attribute__((flatten, noinline)) void TokenPassAvx512(const Ctx& c, const ModeConsts<double>& md, const Tile& tile, TileT* out) {
-  TokenBodyLanes<8, Mode, kHasKl, kHasEnt>(c, md, tile, out);
+  TokenBodyLanes<16, Mode, kHasKl, kHasEnt>(c, md, tile, out);
 }
 
 template <class Mode, bool kHasKl, bool kHasEnt>

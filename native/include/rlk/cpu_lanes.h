@@ -1,9 +1,10 @@
-// Double-precision lanes for the CPU token passes: Lanes<4> (AVX2) and
-// Lanes<8> (AVX-512) with the operators and functions the policy-loss
-// registry (policy_loss_modes.h) calls on its F: arithmetic, comparisons
-// giving LaneMask, Sel, Exp, Log, Finite. So the same entry that CUDA runs on
-// float runs here on 4 or 8 tokens at once, in double (the loss is a sum of
-// terms that cancel; double lanes keep the CPU within rounding of float64).
+// Lanes for the CPU token passes. Double lanes, Lanes<4> (AVX2) and
+// Lanes<8> (AVX-512), for the policy loss's sequence pre-pass (its sums feed
+// exponentials); float lanes, FLanes<8> and FLanes<16>, for its token pass.
+// Both carry the operators and functions the policy-loss registry
+// (policy_loss_modes.h) calls on its F: arithmetic, comparisons giving a lane
+// mask, Sel, Exp, Log, Finite. So the same entry that CUDA runs on float runs
+// here on 4 to 16 tokens at once.
 //
 // Written with GCC vector extensions (and, for the 8-lane comparisons, two
 // AVX-512 builtins) without target attributes: every function is always_inline, and a pass that uses them
@@ -355,6 +356,304 @@ struct LaneCount {
     if constexpr (N == 8) {
       typedef long long Q __attribute__((vector_size(64)));
       c = (typename Lanes<8>::I)__builtin_ia32_paddq512_mask((Q)c, Q{} + 1, (Q)c, m.k);
+    } else {
+      c -= m.m;
+    }
+  }
+  RLK_LANE int64_t Total() const {
+    int64_t s = 0;
+    for (int k = 0; k < N; ++k) s += c[k];
+    return s;
+  }
+};
+
+// ---- float lanes: FLanes<8> (AVX2) and FLanes<16> (AVX-512) -----------------
+// The policy-loss token pass runs on these: twice the tokens of a double
+// vector per instruction, and that pass was bound by vector instructions
+// (~130 a vector of 8 doubles: the ratio's exp, the KL's, the clip selects).
+// Its per-token terms are float32 as on CUDA (DESIGN 4: <= 1e-6 relative to
+// float64), its sums go to double every block of vectors (FlushTo).
+
+template <int N> struct FVecTypes;
+template <> struct FVecTypes<8> {
+  typedef float F __attribute__((vector_size(32)));
+  typedef int32_t I __attribute__((vector_size(32)));
+  typedef float H __attribute__((vector_size(16)));  // half a vector
+  typedef char B16 __attribute__((vector_size(16)));
+};
+template <> struct FVecTypes<16> {
+  typedef float F __attribute__((vector_size(64)));
+  typedef int32_t I __attribute__((vector_size(64)));
+  typedef float H __attribute__((vector_size(32)));
+  typedef char B16 __attribute__((vector_size(16)));
+};
+
+template <int N>
+struct FLanes {
+  typedef typename FVecTypes<N>::F V;
+  typedef typename FVecTypes<N>::I I;
+  static constexpr int kN = N;
+  V v;
+  RLK_LANE FLanes() : v(V{} + 0.0f) {}
+  RLK_LANE FLanes(double x) : v(V{} + float(x)) {}
+  RLK_LANE static FLanes Of(const V& x) {
+    FLanes r;
+    r.v = x;
+    return r;
+  }
+  RLK_LANE float operator[](int k) const { return v[k]; }
+};
+
+// As LaneMask: all-ones / zero int32 lanes on 8 (AVX2), a 16-bit k-register mask on 16.
+template <int N>
+struct FMask {
+  typename FLanes<N>::I m;
+  RLK_LANE FMask() : m(typename FLanes<N>::I{} + 0) {}
+  RLK_LANE FMask(bool b) : m(typename FLanes<N>::I{} + (b ? -1 : 0)) {}
+  RLK_LANE static FMask Of(const typename FLanes<N>::I& x) {
+    FMask r;
+    r.m = x;
+    return r;
+  }
+};
+template <>
+struct FMask<16> {
+  unsigned short k;
+  RLK_LANE FMask() : k(0) {}
+  RLK_LANE FMask(bool b) : k(b ? 0xffff : 0) {}
+  RLK_LANE static FMask Bits(unsigned short x) {
+    FMask r;
+    r.k = x;
+    return r;
+  }
+};
+
+#define RLK_FLANE_BIN(op)                                                                                          \
+  template <int N> RLK_LANE FLanes<N> operator op(const FLanes<N>& a, const FLanes<N>& b) { return FLanes<N>::Of(a.v op b.v); } \
+  template <int N> RLK_LANE FLanes<N> operator op(const FLanes<N>& a, double b) { return FLanes<N>::Of(a.v op float(b)); } \
+  template <int N> RLK_LANE FLanes<N> operator op(double a, const FLanes<N>& b) { return FLanes<N>::Of(float(a) op b.v); }
+RLK_FLANE_BIN(+)
+RLK_FLANE_BIN(-)
+RLK_FLANE_BIN(*)
+RLK_FLANE_BIN(/)
+#undef RLK_FLANE_BIN
+template <int N> RLK_LANE FLanes<N> operator-(const FLanes<N>& a) { return FLanes<N>::Of(-a.v); }
+template <int N> RLK_LANE FLanes<N>& operator+=(FLanes<N>& a, const FLanes<N>& b) { a.v += b.v; return a; }
+template <int N> RLK_LANE FLanes<N>& operator-=(FLanes<N>& a, const FLanes<N>& b) { a.v -= b.v; return a; }
+
+// Ordered comparisons (false with a NaN), != unordered, as on double lanes.
+template <int N, int kPred>
+RLK_LANE FMask<N> FCmpMask(const typename FLanes<N>::V& a, const typename FLanes<N>::V& b) {
+  if constexpr (N == 16) {
+    return FMask<16>::Bits(__builtin_ia32_cmpps512_mask(a, b, kPred, (unsigned short)-1, 4));
+  } else {
+    typedef typename FLanes<N>::I I;
+    switch (kPred) {
+      case 0x11: return FMask<N>::Of((I)(a < b));
+      case 0x12: return FMask<N>::Of((I)(a <= b));
+      case 0x1e: return FMask<N>::Of((I)(a > b));
+      case 0x1d: return FMask<N>::Of((I)(a >= b));
+      case 0x00: return FMask<N>::Of((I)(a == b));
+      default: return FMask<N>::Of((I)(a != b));
+    }
+  }
+}
+#define RLK_FLANE_CMP(op, pred)                                                                                 \
+  template <int N> RLK_LANE FMask<N> operator op(const FLanes<N>& a, const FLanes<N>& b) {                      \
+    return FCmpMask<N, pred>(a.v, b.v);                                                                         \
+  }                                                                                                             \
+  template <int N> RLK_LANE FMask<N> operator op(const FLanes<N>& a, double b) { return a op FLanes<N>(b); }
+RLK_FLANE_CMP(<, 0x11)
+RLK_FLANE_CMP(<=, 0x12)
+RLK_FLANE_CMP(>, 0x1e)
+RLK_FLANE_CMP(>=, 0x1d)
+RLK_FLANE_CMP(==, 0x00)
+RLK_FLANE_CMP(!=, 0x04)
+#undef RLK_FLANE_CMP
+
+template <int N> RLK_LANE FMask<N> operator&(const FMask<N>& a, const FMask<N>& b) { return FMask<N>::Of(a.m & b.m); }
+template <int N> RLK_LANE FMask<N> operator|(const FMask<N>& a, const FMask<N>& b) { return FMask<N>::Of(a.m | b.m); }
+template <int N> RLK_LANE FMask<N> operator!(const FMask<N>& a) { return FMask<N>::Of(~a.m); }
+RLK_LANE FMask<16> operator&(const FMask<16>& a, const FMask<16>& b) { return FMask<16>::Bits(a.k & b.k); }
+RLK_LANE FMask<16> operator|(const FMask<16>& a, const FMask<16>& b) { return FMask<16>::Bits(a.k | b.k); }
+RLK_LANE FMask<16> operator!(const FMask<16>& a) { return FMask<16>::Bits((unsigned short)~a.k); }
+
+template <int N>
+RLK_LANE FLanes<N> Sel(const FMask<N>& m, const FLanes<N>& a, const FLanes<N>& b) {
+  typedef typename FLanes<N>::I I;
+  typedef typename FLanes<N>::V V;
+  if constexpr (N == 16) {
+    return FLanes<16>::Of(__builtin_ia32_blendmps_512_mask(b.v, a.v, m.k));
+  } else {
+    return FLanes<N>::Of((V)(((I)a.v & m.m) | ((I)b.v & ~m.m)));
+  }
+}
+
+// minps / maxps: b when either is NaN.
+template <int N>
+RLK_LANE FLanes<N> MinPs(const FLanes<N>& a, const FLanes<N>& b) {
+  if constexpr (N == 16) return FLanes<16>::Of(__builtin_ia32_minps512_mask(a.v, b.v, a.v, (unsigned short)-1, 4));
+  else return FLanes<8>::Of(__builtin_ia32_minps256(a.v, b.v));
+}
+template <int N>
+RLK_LANE FLanes<N> MaxPs(const FLanes<N>& a, const FLanes<N>& b) {
+  if constexpr (N == 16) return FLanes<16>::Of(__builtin_ia32_maxps512_mask(a.v, b.v, a.v, (unsigned short)-1, 4));
+  else return FLanes<8>::Of(__builtin_ia32_maxps256(a.v, b.v));
+}
+template <int N> RLK_LANE FLanes<N> Min(const FLanes<N>& v, const FLanes<N>& hi) { return MinPs(hi, v); }
+template <int N> RLK_LANE FLanes<N> Max(const FLanes<N>& v, const FLanes<N>& lo) { return MaxPs(lo, v); }
+template <int N>
+RLK_LANE FLanes<N> Clamp(const FLanes<N>& v, const FLanes<N>& lo, const FLanes<N>& hi) {
+  return Sel(v < lo, lo, MinPs(hi, v));
+}
+template <int N>
+RLK_LANE FMask<N> Finite(const FLanes<N>& x) {
+  return (x - x) == 0.0;
+}
+
+// Estrin's scheme on float lanes (see the double one).
+template <int N, int K>
+RLK_LANE typename FLanes<N>::V FEstrin(const typename FLanes<N>::V& r, const float (&c)[K]) {
+  typedef typename FLanes<N>::V V;
+  static_assert(K >= 1 && K <= 16, "FEstrin: up to degree 15");
+  V t[16];
+  int n = 0;
+  for (int k = 0; k < K; k += 2) t[n++] = k + 1 < K ? (V{} + c[k + 1]) * r + c[k] : V{} + c[k];
+  V x = r * r;
+  while (n > 1) {
+    int m = 0;
+    for (int k = 0; k < n; k += 2) t[m++] = k + 1 < n ? t[k + 1] * x + t[k] : t[k];
+    n = m;
+    if (n > 1) x = x * x;
+  }
+  return t[0];
+}
+
+// e^x in float: cpu_simd.h's Cephes expf (x = n ln2 + r, 1 + r + r^2 p(r),
+// ~1.2e-7 relative), n rounded by the 1.5 * 2^23 trick and 2^n built in the
+// exponent bits. x is clamped to [-87.3, 88.3] first (NaN kept), so the
+// result is a normal float or NaN: e^x below e^-87.3 reads 1.2e-38 and above
+// e^88.3 reads 2.1e38 instead of 0 and inf (the policy modes' arguments lie
+// within [-20, 20] or give a sigmoid that is 0 or 1 either way).
+template <int N>
+RLK_LANE FLanes<N> Exp(const FLanes<N>& x) {
+  typedef typename FLanes<N>::I I;
+  typedef typename FLanes<N>::V V;
+  const V xv = MinPs(FLanes<N>(88.3), MaxPs(FLanes<N>(-87.3), x)).v;
+  const float kShift = 12582912.0f;  // 1.5 * 2^23
+  const V t = xv * 1.44269504088896341f + kShift;
+  const V n = t - kShift;
+  V r = xv - n * 0.693359375f;
+  r = r - n * -2.12194440e-4f;
+  static constexpr float kP[6] = {5.0000001201e-1f, 1.6666665459e-1f, 4.1665795894e-2f,
+                                  8.3334519073e-3f, 1.3981999507e-3f, 1.9875691500e-4f};
+  const V p = FEstrin<N>(r, kP);
+  const V y = (p * (r * r) + r) + 1.0f;
+  const I ni = (I)t - (I)(V{} + kShift);
+  return FLanes<N>::Of(y * (V)((ni + 127) << 23));
+}
+
+// e^x - x - 1 for finite x in [-20, 20] (NaN stays NaN), as ExpMinusXMinus1
+// on doubles: where n = 0 (|x| <= ln2 / 2) r^2 q(r) without cancellation,
+// elsewhere 2^n e^r - x - 1 (at most ~20 float ulps of the value, at |x|
+// just past ln2 / 2).
+template <int N>
+RLK_LANE FLanes<N> ExpMinusXMinus1(const FLanes<N>& x) {
+  typedef typename FLanes<N>::I I;
+  typedef typename FLanes<N>::V V;
+  const V xv = x.v;
+  const float kShift = 12582912.0f;
+  const V t = xv * 1.44269504088896341f + kShift;
+  const V n = t - kShift;
+  V r = xv - n * 0.693359375f;
+  r = r - n * -2.12194440e-4f;
+  static constexpr float kInvFact[7] = {0.5f, 1.0f / 6, 1.0f / 24, 1.0f / 120, 1.0f / 720, 1.0f / 5040, 1.0f / 40320};  // 1 / (k + 2)!
+  const V tail = r * r * FEstrin<N>(r, kInvFact);
+  const I ni = (I)t - (I)(V{} + kShift);
+  const V direct = ((tail + r) + 1.0f) * (V)((ni + 127) << 23) - xv - 1.0f;
+  return Sel(FLanes<N>::Of(n) == 0.0, FLanes<N>::Of(tail), FLanes<N>::Of(direct));
+}
+
+template <int N>
+RLK_LANE bool All(const FMask<N>& m) {
+  if constexpr (N == 16) {
+    return m.k == 0xffff;
+  } else {
+    int32_t a = -1;
+    for (int k = 0; k < N; ++k) a &= m.m[k];
+    return a != 0;
+  }
+}
+
+// ln x in float, as Log on doubles: x = 2^e m, m in [sqrt(1/2), sqrt(2)),
+// ln m = 2 atanh s, s = (m - 1) / (m + 1), |s| <= 0.172 (5 terms leave
+// < 2e-9); lanes that are not positive normal finite take std::log.
+template <int N>
+RLK_LANE FLanes<N> Log(const FLanes<N>& x) {
+  typedef typename FLanes<N>::I I;
+  typedef typename FLanes<N>::V V;
+  const I bits = (I)x.v;
+  V m = (V)((bits & (I{} + 0x007fffff)) | (I{} + 0x3f800000));  // [1, 2)
+  const V e0 = __builtin_convertvector((bits >> 23) - 127, V);
+  const FMask<N> big = FLanes<N>::Of(m) > 1.41421356237309505;
+  m = Sel(big, FLanes<N>::Of(m * 0.5f), FLanes<N>::Of(m)).v;
+  const V e = Sel(big, FLanes<N>::Of(e0 + 1.0f), FLanes<N>::Of(e0)).v;
+  const V sv = (m - 1.0f) / (m + 1.0f);
+  static constexpr float kC[5] = {2.0f, 2.0f / 3, 2.0f / 5, 2.0f / 7, 2.0f / 9};
+  const V lnm = sv * FEstrin<N>(sv * sv, kC);
+  FLanes<N> r = FLanes<N>::Of(e * 0.693359375f + (lnm + e * -2.12194440e-4f));
+  if (!All((x >= 1.17549435e-38) & (x <= 3.40282347e38)))
+    for (int k = 0; k < N; ++k)
+      if (!(x.v[k] >= 1.17549435e-38f && x.v[k] <= 3.40282347e38f)) r.v[k] = std::log(x.v[k]);
+  return r;
+}
+
+template <int N>
+RLK_LANE FLanes<N> LoadFl(const float* p) {
+  typename FLanes<N>::V f;
+  std::memcpy(&f, p, sizeof(f));
+  return FLanes<N>::Of(f);
+}
+template <int N>
+RLK_LANE void StoreFl(float* p, const FLanes<N>& x) {
+  std::memcpy(p, &x.v, sizeof(x.v));
+}
+
+// N mask bytes, nonzero -> true: one byte test into a k register on 16; on
+// 8, the bytes zero-extended to int32 lanes and compared with 0.
+template <int N>
+RLK_LANE FMask<N> LoadFMask(const uint8_t* p) {
+  typedef typename FVecTypes<N>::B16 B16;
+  B16 b{};
+  std::memcpy(&b, p, N);
+  if constexpr (N == 16) {
+    return FMask<16>::Bits((unsigned short)__builtin_ia32_ptestmb128(b, b, (unsigned short)0xffff));
+  } else {
+    typedef typename FLanes<N>::I I;
+    const I v = (I)__builtin_ia32_pmovzxbd256(b);
+    return FMask<N>::Of((I)(v != 0));
+  }
+}
+
+// The two halves of x widened to double and added to acc (N / 2 double lanes).
+template <int N>
+RLK_LANE void AddWide(Lanes<N / 2>& acc, const FLanes<N>& x) {
+  typedef typename FVecTypes<N>::H H;
+  typedef typename Lanes<N / 2>::D D;
+  H lo, hi;
+  std::memcpy(&lo, &x.v, sizeof(H));
+  std::memcpy(&hi, reinterpret_cast<const char*>(&x.v) + sizeof(H), sizeof(H));
+  acc.v += __builtin_convertvector(lo, D) + __builtin_convertvector(hi, D);
+}
+
+// Counts of true lanes per int32 lane (a tile has at most 2^31 tokens).
+template <int N>
+struct FLaneCount {
+  typename FLanes<N>::I c = typename FLanes<N>::I{} + 0;
+  RLK_LANE void Add(const FMask<N>& m) {
+    if constexpr (N == 16) {
+      typedef int V16 __attribute__((vector_size(64)));
+      c = (typename FLanes<16>::I)__builtin_ia32_paddd512_mask((V16)c, V16{} + 1, (V16)c, m.k);
     } else {
       c -= m.m;
     }

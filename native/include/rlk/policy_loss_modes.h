@@ -1,6 +1,7 @@
 // The policy-loss registry (LOSSES.md section 2; verl's POLICY_LOSS_REGISTRY
 // on the Python side): one small entry per mode, shared by the CPU (F =
-// double) and CUDA (F = float) machinery, which owns everything else
+// double, double lanes in its sequence pre-pass, float lanes in its token
+// pass) and CUDA (F = float) machinery, which owns everything else
 // (rollout correction, rejection, off-policy mask, aggregation, the KL and
 // entropy terms, stats, reductions). Adding a mode is one entry here, one
 // line in PolicyModeDispatch below, its option names in src/policy_loss.ts
