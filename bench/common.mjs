@@ -266,6 +266,11 @@ export function rowsTable(rows, { family = false } = {}) {
       `${family ? `| ${r.family} ` : ''}| ${r.op} | ${r.shape} | ${r.dtype} | ${fmtMs(r.ms)} | ${fmtMs(r.eager)} | ${fmtMs(r.compile)} | ${fmtRatio(r.eager, r.ms)} | ${fmtRatio(r.compile, r.ms)} |`,
     );
   }
+  // Compile cases the PyTorch side refused (an error, or a result that disagreed with eager's).
+  const refused = rows.filter((r) => r.compileError ?? r.note?.startsWith('compile: '));
+  if (refused.length) {
+    lines.push('', `torch.compile, no time counted: ${refused.map((r) => `${r.op} ${r.shape} ${r.dtype}: ${r.compileError ?? r.note.slice(9)}`).join('; ')}`);
+  }
   return lines.join('\n');
 }
 

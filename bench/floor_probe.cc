@@ -1,7 +1,9 @@
 // The machine's floors for the CPU kernels (bench/RESULTS.md, "Where the
 // time goes"): read bandwidth (an AVX-512 sum over 512 MB a thread, larger
 // than the L3, 1 or N threads at once) and the throughput of the kernels'
-// vector exp (simd::avx512::Exp, simd::avx2::Exp, on registers).
+// vector exp (simd::avx512::Exp, simd::avx2::Exp, on registers), and the
+// bytes of the policy loss's token pass (64 x 32768 tokens: read logp, old,
+// A, ref and the mask, write the gradient; 21 bytes a token), 1 and N threads.
 //   g++ -O2 -std=c++17 -Inative/include bench/floor_probe.cc -o /tmp/floor_probe -lpthread && /tmp/floor_probe 2
 #include <immintrin.h>
 #include <pthread.h>
@@ -9,6 +11,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <algorithm>
 #include <vector>
 #include <thread>
 #include "rlk/cpu_simd.h"
@@ -43,6 +46,20 @@ RLK_AVX2 float ExpLoop2(size_t n) {
   }
   return avx2::ReduceAdd(_mm256_add_ps(_mm256_add_ps(s0, s1), _mm256_add_ps(s2, s3)));
 }
+// The policy loss's bytes with next to no arithmetic (AVX2: 8 tokens a step).
+RLK_AVX2 float PolicyBytes(const float* a, const float* b, const float* c, const float* d, const unsigned char* m, float* g,
+                           size_t lo, size_t hi) {
+  size_t i = lo;
+  for (; i + 8 <= hi; i += 8) {
+    const __m256 v = _mm256_sub_ps(_mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(c + i), _mm256_loadu_ps(b + i)),
+                                   _mm256_loadu_ps(d + i));
+    const __m256i k = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(m + i)));
+    const __m256 keep = _mm256_castsi256_ps(_mm256_cmpgt_epi32(k, _mm256_setzero_si256()));
+    _mm256_storeu_ps(g + i, _mm256_and_ps(v, keep));
+  }
+  for (; i < hi; ++i) g[i] = m[i] ? a[i] * c[i] + b[i] - d[i] : 0.f;
+  return hi > lo ? g[lo] : 0.f;
+}
 int main(int argc, char** argv) {
   const size_t n = size_t(1) << 27;  // 512 MB a thread
   int threads = argc > 1 ? atoi(argv[1]) : 1;
@@ -59,6 +76,25 @@ int main(int argc, char** argv) {
     printf("read %d thr: total %.1f GB/s wall; per thread GB/s:", threads, threads * n * 4 / w / 1e9);
     for (int t = 0; t < threads; ++t) printf(" %.1f (cpu %.3f s)", gbs[t], cpu[t]);
     printf("\n");
+  }
+  {
+    const size_t nt = size_t(64) * 32768;
+    std::vector<float> a(nt, -1.f), b(nt, -1.1f), c(nt, 0.5f), d(nt, -0.9f), g(nt);
+    std::vector<unsigned char> m(nt, 1);
+    for (int thr : {1, threads}) {
+      std::vector<double> ts;
+      for (int rep = 0; rep < 21; ++rep) {
+        double w0 = wall_now();
+        std::vector<std::thread> th;
+        for (int t = 0; t < thr; ++t) th.emplace_back([&, t] {
+          sink = PolicyBytes(a.data(), b.data(), c.data(), d.data(), m.data(), g.data(), nt * t / thr, nt * (t + 1) / thr);
+        });
+        for (auto& x : th) x.join();
+        ts.push_back(wall_now() - w0);
+      }
+      std::sort(ts.begin(), ts.end());
+      printf("policy-loss bytes, 64 x 32768, %d thr: median %.2f ms (%.1f GB/s)\n", thr, ts[10] * 1e3, nt * 21.0 / ts[10] / 1e9);
+    }
   }
   const size_t ne = size_t(1) << 30;
   for (int rep = 0; rep < 2; ++rep) {

@@ -96,12 +96,14 @@ const load = existsSync('/proc/loadavg') ? readFileSync('/proc/loadavg', 'utf8')
 console.log(`\ngroupAdvantages, CPU, fp32 rewards, groups of ${GS}, ${THREADS} threads (${rlk.buildInfo().cpu.simd}); median of ${ITERS} calls; load average ${load}\n`);
 console.log('| case | rlkernels (ms) | PyTorch eager (ms) | torch.compile (ms) | vs eager | vs compile |');
 console.log('|---|---:|---:|---:|---:|---:|');
-const fmt = (x) => (x === undefined ? 'n/a' : x.toFixed(4));
-const ratio = (t, ms) => (t === undefined ? 'n/a' : `${(t / ms).toFixed(1)}x`);
+const fmt = (x) => (x == null ? 'n/a' : x.toFixed(4));
+const ratio = (t, ms) => (t == null ? 'n/a' : `${(t / ms).toFixed(1)}x`);
 const rows = {};
 for (const [name, ms] of Object.entries(ours)) {
   const t = torch[name] ?? {};
   rows[name] = { rlkernels: ms, eager: t.eager ?? null, compile: t.compile ?? null };
   console.log(`| ${name} | ${fmt(ms)} | ${fmt(t.eager)} | ${fmt(t.compile)} | ${ratio(t.eager, ms)} | ${ratio(t.compile, ms)} |`);
 }
+const refused = Object.entries(torch).filter(([name, t]) => ours[name] !== undefined && t.compile_error);
+if (refused.length) console.log(`\ntorch.compile, no time counted: ${refused.map(([name, t]) => `${name}: ${t.compile_error}`).join('; ')}`);
 console.log(JSON.stringify({ bench: 'group_advantages', threads: THREADS, simd: rlk.buildInfo().cpu.simd, medians_ms: rows }));

@@ -48,6 +48,7 @@ for (const n of SIZES) {
 const torch = torchCompare('torch_kl_penalty.py', cases, cfg);
 for (const r of rows) {
   const x = torch.results[r.key] ?? {};
+  if (torch.errors?.[`${r.key}:compile`]) r.compileError = torch.errors[`${r.key}:compile`];
   r.eager = x.eager;
   r.compile = x.compile;
   delete r.key;

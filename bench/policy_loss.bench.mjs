@@ -80,7 +80,7 @@ if (flag('json')) {
   console.log(JSON.stringify({ threads: THREADS, isa: rlk.buildInfo().cpu.simd, python: PYTHON, torch: version, note: torchNote, rows }));
 } else {
   const isa = rlk.buildInfo().cpu.simd;
-  const lanesNote = isa === 'baseline' ? 'scalar token pass' : isa === 'avx512' ? 'token pass on 8 double lanes (AVX-512)' : 'token pass on 4 double lanes (AVX2)';
+  const lanesNote = isa === 'baseline' ? 'scalar token pass' : isa === 'avx512' ? 'token pass on 16 float lanes (AVX-512)' : 'token pass on 8 float lanes (AVX2)';
   console.log(`\npolicyLoss whole objective, CPU fp32, ${THREADS} threads (ISA path ${isa}: ${lanesNote}); median of ${ITERS} runs; forward + gradient + stats`);
   console.log(`PyTorch ${version || 'n/a'} (${PYTHON ?? 'none'}), same thread count${torchNote ? '; ' + torchNote : ''}\n`);
   console.log('| mode | B x T | rlkernels (ms) | GB/s | eager (ms) | compile (ms) | vs eager | vs compile |');
@@ -91,4 +91,6 @@ if (flag('json')) {
     const vc = r.compile ? `${(r.compile / r.ms).toFixed(2)}x` : r.compileError ? 'error' : 'n/a';
     console.log(`| ${r.mode} | ${r.shape} | ${f(r.ms)} | ${f(r.gbps, 1)} | ${f(r.eager, 1)} | ${f(r.compile, 1)} | ${ve} | ${vc} |`);
   }
+  const errors = rows.filter((r) => r.compileError);
+  if (errors.length) console.log(`\ntorch.compile errors (no time counted): ${errors.map((r) => `${r.mode} ${r.shape}: ${r.compileError}`).join('; ')}`);
 }

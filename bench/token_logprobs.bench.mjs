@@ -49,6 +49,7 @@ for (const [N, V, dtype] of SHAPES) {
 const torch = torchCompare('torch_token_logprobs.py', cases, cfg);
 for (const r of rows) {
   const t = torch.results[r.key] ?? {};
+  if (torch.errors?.[`${r.key}:compile`]) r.compileError = torch.errors[`${r.key}:compile`];
   r.eager = t.eager;
   r.compile = t.compile;
   delete r.key;

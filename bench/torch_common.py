@@ -10,6 +10,8 @@ one JSON line on stdout:
 Medians in milliseconds, after warm-up calls (torch.compile compiles during
 the warm-up, which is not timed). `compile` is false where torch.compile is
 unavailable (PyTorch < 2, or no C++ compiler); the compile column then says so.
+A compiled time is kept only where the compiled result agrees with eager's
+(`disagreement`); otherwise the case's compile entry is an error.
 """
 import argparse
 import json
@@ -58,6 +60,36 @@ def maybe_compile(fn, mode):
     return torch.compile(fn, dynamic=False)
 
 
+def _flat(x):
+    """The tensors of a callable's result (a tensor, or tuples / lists of them), as float64."""
+    if isinstance(x, torch.Tensor):
+        return [x.detach().double()]
+    if isinstance(x, (tuple, list)):
+        return [t for y in x for t in _flat(y)]
+    return []
+
+
+def disagreement(got, want):
+    """Why a compiled result is not eager's (max |difference| above 1e-3 of eager's largest
+    entry, NaN where eager has none, another shape), or None. Seen: torch 2.13.0+cpu's inductor
+    under ATEN_CPU_CAPABILITY=avx2 on 2 threads returned a policy loss 3% off eager's in a tenth
+    of the time (bench/torch_policy_loss.py), so a compiled time only counts when it agrees."""
+    a, b = _flat(got), _flat(want)
+    if len(a) != len(b):
+        return f"{len(a)} outputs, eager {len(b)}"
+    for x, y in zip(a, b):
+        if x.shape != y.shape:
+            return f"shape {list(x.shape)}, eager {list(y.shape)}"
+        if torch.isnan(x).ne(torch.isnan(y)).any():
+            return "NaN where eager has none (or the reverse)"
+        ok = ~torch.isnan(y)
+        diff = (x[ok] - y[ok]).abs().max().item() if ok.any() else 0.0
+        scale = y[ok].abs().max().item() if ok.any() else 0.0
+        if diff > 1e-3 * max(scale, 1e-12):
+            return f"max |difference| {diff:.3g} against eager's largest entry {scale:.3g}"
+    return None
+
+
 def run(args, make_case):
     """make_case(case, mode) returns a zero-argument callable to time (mode: eager | compile)."""
     out = {"torch": torch.__version__, "threads": torch.get_num_threads(), "compile": has_compile(),
@@ -75,7 +107,12 @@ def run(args, make_case):
                     # kinds, grad mode) it silently runs it eagerly.
                     torch._dynamo.reset()
                 fn = make_case(case, mode)
-                res[mode] = median_ms(fn, args.iters, max(args.warmup, 2 if mode == "compile" else 1))
+                ms = median_ms(fn, args.iters, max(args.warmup, 2 if mode == "compile" else 1))
+                if mode == "compile":
+                    bad = disagreement(fn(), make_case(case, "eager")())
+                    if bad:
+                        raise RuntimeError(f"wrong result: {bad}")
+                res[mode] = ms
             except Exception as e:  # a failing mode leaves the others
                 out["errors"][f"{case['name']}:{mode}"] = f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"
             print(f"RLK_PROGRESS torch {case['name']} {mode}", file=sys.stderr, flush=True)

@@ -18,6 +18,8 @@ import time
 
 import torch
 
+from torch_common import disagreement
+
 THREADS = int(sys.argv[1]) if len(sys.argv) > 1 else 2
 ITERS = int(sys.argv[2]) if len(sys.argv) > 2 else 50
 SIZES = [int(s) for s in sys.argv[3].split(",")] if len(sys.argv) > 3 else [4096, 65536]
@@ -163,7 +165,12 @@ def main():
                 continue
             torch._dynamo.reset()  # each case compiled afresh (dynamo's recompile limit would run later ones eagerly)
             compiled = torch.compile(fn, dynamic=False)
-            out[name] = {"eager": timed(lambda: fn(*args)), "compile": timed(lambda: compiled(*args))}
+            row = {"eager": timed(lambda: fn(*args)), "compile": timed(lambda: compiled(*args))}
+            bad = disagreement(compiled(*args), fn(*args))  # a compiled time counts only where it agrees
+            if bad:
+                row["compile"] = None
+                row["compile_error"] = f"wrong result: {bad}"
+            out[name] = row
     print(json.dumps(out))
 
 

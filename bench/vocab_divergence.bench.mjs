@@ -43,6 +43,7 @@ for (const [N, V] of SHAPES) {
 const torch = torchCompare('torch_vocab_divergence.py', cases, cfg);
 for (const r of rows) {
   const x = torch.results[r.key] ?? {};
+  if (torch.errors?.[`${r.key}:compile`]) r.compileError = torch.errors[`${r.key}:compile`];
   r.eager = x.eager;
   r.compile = x.compile;
   delete r.key;

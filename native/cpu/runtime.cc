@@ -1,6 +1,7 @@
 // Host side of the runtime: the thread pool, aligned host memory, casts.
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <cstdlib>
 #include <limits>
@@ -19,6 +20,38 @@ namespace {
 
 thread_local bool tls_in_pool = false;
 
+// Workers wait for a parallel region by spinning for up to kSpinNs after
+// their last one, then on a condition variable; the caller waits for them
+// the same way. A wake-up through the condition variable (a futex, then the
+// scheduler) took ~20-25 us on this project's VMs: as long as a whole
+// groupAdvantages call at B = 65536 on one thread, so two threads were no
+// faster than one. OpenMP runtimes spin the same way between regions
+// (libgomp's GOMP_SPINCOUNT); back-to-back calls of a training step then hand
+// off in well under a microsecond.
+constexpr int64_t kSpinNs = 100000;
+
+inline void CpuRelax() {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#endif
+}
+
+// Spins until done() or kSpinNs have passed; whether done() became true.
+// Every 64 turns it yields, so that with more threads than cores a spinning
+// worker gives its core to a thread that has work.
+template <class F>
+bool SpinFor(F done) {
+  const auto t0 = std::chrono::steady_clock::now();
+  for (int i = 1;; ++i) {
+    if (done()) return true;
+    CpuRelax();
+    if ((i & 63) == 0) {
+      if (std::chrono::steady_clock::now() - t0 > std::chrono::nanoseconds(kSpinNs)) return done();
+      std::this_thread::yield();
+    }
+  }
+}
+
 class ThreadPool {
  public:
   explicit ThreadPool(int threads) : threads_(std::max(1, threads)) {
@@ -27,7 +60,7 @@ class ThreadPool {
   ~ThreadPool() {
     {
       std::lock_guard<std::mutex> lock(mu_);
-      stop_ = true;
+      stop_.store(true);
     }
     cv_.notify_all();
     for (auto& t : workers_) t.join();
@@ -48,15 +81,17 @@ class ThreadPool {
       n_ = n;
       chunks_ = chunks;
       next_.store(0);
-      active_ = int(workers_.size());
-      ++generation_;
+      active_.store(int(workers_.size()));
+      generation_.store(generation_.load() + 1, std::memory_order_release);  // publishes the fields above
     }
     cv_.notify_all();
     tls_in_pool = true;
     Work();
     tls_in_pool = false;
-    std::unique_lock<std::mutex> lock(mu_);
-    done_cv_.wait(lock, [this] { return active_ == 0; });
+    if (!SpinFor([this] { return active_.load(std::memory_order_acquire) == 0; })) {
+      std::unique_lock<std::mutex> lock(mu_);
+      done_cv_.wait(lock, [this] { return active_.load() == 0; });
+    }
     fn_ = nullptr;
   }
 
@@ -73,16 +108,17 @@ class ThreadPool {
     tls_in_pool = true;
     uint64_t seen = 0;
     for (;;) {
-      {
+      auto fresh = [&] { return stop_.load(std::memory_order_acquire) || generation_.load(std::memory_order_acquire) != seen; };
+      if (!SpinFor(fresh)) {
         std::unique_lock<std::mutex> lock(mu_);
-        cv_.wait(lock, [&] { return stop_ || generation_ != seen; });
-        if (stop_) return;
-        seen = generation_;
+        cv_.wait(lock, fresh);
       }
+      if (stop_.load()) return;
+      seen = generation_.load(std::memory_order_acquire);
       Work();
       {
         std::lock_guard<std::mutex> lock(mu_);
-        --active_;
+        active_.fetch_sub(1, std::memory_order_release);
       }
       done_cv_.notify_one();
     }
@@ -95,9 +131,9 @@ class ThreadPool {
   const std::function<void(int64_t, int64_t)>* fn_ = nullptr;
   int64_t n_ = 0, chunks_ = 0;
   std::atomic<int64_t> next_{0};
-  int active_ = 0;
-  uint64_t generation_ = 0;
-  bool stop_ = false;
+  std::atomic<int> active_{0};
+  std::atomic<uint64_t> generation_{0};
+  std::atomic<bool> stop_{false};
 };
 
 int DefaultThreads() {
