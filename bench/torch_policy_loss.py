@@ -182,13 +182,19 @@ def wrong_result(compiled, mode, args):
     """Why the compiled objective disagrees with eager's, or None. Seen: torch 2.13.0+cpu's
     inductor under ATEN_CPU_CAPABILITY=avx2 on 2 threads returned a vanilla loss 3% off eager's
     (0.029895 against 0.030786, 64 x 32768) in a tenth of the time; on 1 thread it agreed.
-    clip-cov draws its random selection anew each call, so only its gradient's scale is compared."""
+    clip-cov draws its random selection anew each call, so it is not compared. vespo's phi
+    multiplies the float32 rounding of each sequence's log-weight sum (32768 terms, in an order
+    that inductor chooses) by |k - lambda w|: compile and eager differ by 0.2 % there (22:48 UTC,
+    64 x 32768), neither being the float64 value, so vespo is held to 1e-2."""
+    if mode == "clip-cov":
+        return None
+    tol = 1e-2 if mode == "vespo" else 1e-4
     le, ge, _ = step(objective, mode, *args)
     lc, gc, _ = step(compiled, mode, *args)
     scale = ge.abs().max().item()
-    if mode != "clip-cov" and abs(lc - le) > 1e-4 * max(abs(le), 1e-6):
+    if abs(lc - le) > tol * max(abs(le), 1e-6):
         return f"wrong result: compiled loss {lc:.6g}, eager {le:.6g}"
-    if mode != "clip-cov" and (gc - ge).abs().max().item() > 1e-4 * max(scale, 1e-12):
+    if (gc - ge).abs().max().item() > tol * max(scale, 1e-12):
         return f"wrong result: compiled gradient off by {(gc - ge).abs().max().item():.3g} (largest entry {scale:.3g})"
     return None
 
