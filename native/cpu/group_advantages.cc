@@ -566,6 +566,7 @@ struct GaArgs {
   const float* rewards;     // [B]
   const float* baseline;    // [B] (remax) or null
   const double* counts;     // [B] token weights of opo's records, or null
+  const int32_t* counts32;  // [B] the same from int32 tokenCounts as given (then counts is null)
   const double* tokens;     // [B] tokens per row (reinforce++'s whitening), or null
   const int32_t* tokens32;  // [B] the same from int32 tokenCounts as given (then tokens is null)
   int64_t gs, groups;       // group size, G = B / gs
@@ -716,7 +717,10 @@ void TrimScratch() {
 Status GaFwd(GroupAdvantagesParams p, InformativeAlloc alloc, void* ctx, Scratch& w) {
   const int64_t G = p.batch / p.group_size;
   if (p.num_groups >= 0 && p.num_groups != G) return Error("numGroups must be B / groupSize");
-  const int32_t* tokens32 = p.method == AdvantageMethod::kReinforcePP && p.token_counts && p.token_counts_dtype == DType::kInt32
+  // int32 tokenCounts are read as they are (reinforce++'s whitening, opo's
+  // weights), not copied into a [B] double array first (15 % of an opo call).
+  const int32_t* tokens32 = (p.method == AdvantageMethod::kReinforcePP || p.method == AdvantageMethod::kOpo) && p.token_counts &&
+                                    p.token_counts_dtype == DType::kInt32
                                 ? static_cast<const int32_t*>(p.token_counts)
                                 : nullptr;
   if (tokens32) {
@@ -743,9 +747,10 @@ Status GaFwd(GroupAdvantagesParams p, InformativeAlloc alloc, void* ctx, Scratch
                       (p.method == AdvantageMethod::kGrpo && p.scale == AdvantageScale::kBatch);
   w.means.resize(global ? size_t(G) : 0);
   w.partials.assign(global ? size_t((G + kGaChunkGroups - 1) / kGaChunkGroups) : 0, GaPartial{});
-  GaArgs a{p.rewards, p.baseline, p.method == AdvantageMethod::kOpo ? w.counts.data() : nullptr,
-           p.method == AdvantageMethod::kReinforcePP && !tokens32 ? w.counts.data() : nullptr, tokens32, p.group_size, G,
-           p.method, p.scale, global, p.eps, p.advantages, p.informative, w.means.data(), w.partials.data()};
+  const bool opo = p.method == AdvantageMethod::kOpo;
+  GaArgs a{p.rewards, p.baseline, opo && !tokens32 ? w.counts.data() : nullptr, opo ? tokens32 : nullptr,
+           p.method == AdvantageMethod::kReinforcePP && !tokens32 ? w.counts.data() : nullptr, opo ? nullptr : tokens32,
+           p.group_size, G, p.method, p.scale, global, p.eps, p.advantages, p.informative, w.means.data(), w.partials.data()};
   switch (simd::Isa()) {
     case simd::IsaKind::kAvx512: ga_avx512::GaForward(a); break;
     case simd::IsaKind::kAvx2: ga_avx2::GaForward(a); break;
