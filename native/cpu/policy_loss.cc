@@ -247,12 +247,7 @@ void TokenPass(const Ctx& c, const ModeConsts<double>& mc, const Tile& tile, int
     if (kHasKl) {
       double kv, kg;
       KlValueGrad<double>(p.kl_estimator, tok.logp - double(p.ref_logprobs[t]), &kv, &kg);
-      if (p.kl_bias_correction) {
-        double dr;
-        const double rt = ClampedRatio(tok.d, &dr);
-        kg = rt * kg + kv * dr;
-        kv = kv * rt;
-      }
+      if (p.kl_bias_correction) KlBiasCorrection(tok.d, &kv, &kg);
       obj += klc * kv;
       g += klc * kg;
       r.kl += kv;
@@ -351,12 +346,7 @@ RLK_LANE void TokenBodyLanes(const Ctx& c, const ModeConsts<double>& md, const T
       if (kHasKl) {
         L kv, kg;
         KlLanes<L>(p.kl_estimator, tok.logp - lanes::LoadFl<N>(p.ref_logprobs + t), &kv, &kg);
-        if (p.kl_bias_correction) {
-          L dr;
-          const L rt = ClampedRatio(tok.d, &dr);
-          kg = rt * kg + kv * dr;
-          kv = kv * rt;
-        }
+        if (p.kl_bias_correction) KlBiasCorrection(tok.d, &kv, &kg);
         o += klc * kv;
         g += klc * kg;
         fkl += Sel(keep, kv, zero);

@@ -471,12 +471,7 @@ __global__ void __launch_bounds__(kThreads) PolicyLossKernel(PolicyLossParams p,
     if (has_kl) {
       float kv, kg;
       KlValueGrad<float>(p.kl_estimator, tok.logp - p.ref_logprobs[t], &kv, &kg);
-      if (p.kl_bias_correction) {
-        float dr;
-        const float rt = ClampedRatio(tok.d, &dr);
-        kg = rt * kg + kv * dr;
-        kv = kv * rt;
-      }
+      if (p.kl_bias_correction) KlBiasCorrection(tok.d, &kv, &kg);
       obj += klc * kv;
       g += klc * kg;
       kl_sum.Add(kv);

@@ -89,18 +89,21 @@ struct LaneMask<8> {
   }
 };
 
-#define RLK_LANE_BIN(op)                                                                                       \
-  template <int N> RLK_LANE Lanes<N> operator op(const Lanes<N>& a, const Lanes<N>& b) { return Lanes<N>::Of(a.v op b.v); } \
-  template <int N> RLK_LANE Lanes<N> operator op(const Lanes<N>& a, double b) { return Lanes<N>::Of(a.v op b); }     \
-  template <int N> RLK_LANE Lanes<N> operator op(double a, const Lanes<N>& b) { return Lanes<N>::Of(a op b.v); }
-RLK_LANE_BIN(+)
-RLK_LANE_BIN(-)
-RLK_LANE_BIN(*)
-RLK_LANE_BIN(/)
-#undef RLK_LANE_BIN
-template <int N> RLK_LANE Lanes<N> operator-(const Lanes<N>& a) { return Lanes<N>::Of(-a.v); }
-template <int N> RLK_LANE Lanes<N>& operator+=(Lanes<N>& a, const Lanes<N>& b) { a.v += b.v; return a; }
-template <int N> RLK_LANE Lanes<N>& operator-=(Lanes<N>& a, const Lanes<N>& b) { a.v -= b.v; return a; }
+// The arithmetic of a lane type LT (Lanes here, FLanes below), scalars
+// converted to its element type S first.
+#define RLK_LANE_BIN(LT, S, op)                                                                                \
+  template <int N> RLK_LANE LT<N> operator op(const LT<N>& a, const LT<N>& b) { return LT<N>::Of(a.v op b.v); } \
+  template <int N> RLK_LANE LT<N> operator op(const LT<N>& a, double b) { return LT<N>::Of(a.v op S(b)); }     \
+  template <int N> RLK_LANE LT<N> operator op(double a, const LT<N>& b) { return LT<N>::Of(S(a) op b.v); }
+#define RLK_LANE_ARITH(LT, S)                                                                          \
+  RLK_LANE_BIN(LT, S, +)                                                                               \
+  RLK_LANE_BIN(LT, S, -)                                                                               \
+  RLK_LANE_BIN(LT, S, *)                                                                               \
+  RLK_LANE_BIN(LT, S, /)                                                                               \
+  template <int N> RLK_LANE LT<N> operator-(const LT<N>& a) { return LT<N>::Of(-a.v); }                \
+  template <int N> RLK_LANE LT<N>& operator+=(LT<N>& a, const LT<N>& b) { a.v += b.v; return a; }      \
+  template <int N> RLK_LANE LT<N>& operator-=(LT<N>& a, const LT<N>& b) { a.v -= b.v; return a; }
+RLK_LANE_ARITH(Lanes, double)
 
 // Comparisons are ordered (false with a NaN), as the scalar ones; != is unordered.
 // On 8 lanes GCC 12 lowered a vector comparison (and a vector ?:) lane by lane
@@ -125,19 +128,19 @@ RLK_LANE LaneMask<N> CmpMask(const typename Lanes<N>::D& a, const typename Lanes
     return LaneMask<N>::Of(m);
   }
 }
+// The comparisons of a lane type LT giving its mask type MT through CMP:
 // _CMP_LT_OQ, _CMP_LE_OQ, _CMP_GT_OQ, _CMP_GE_OQ, _CMP_EQ_OQ, _CMP_NEQ_UQ.
-#define RLK_LANE_CMP(op, pred)                                                                                  \
-  template <int N> RLK_LANE LaneMask<N> operator op(const Lanes<N>& a, const Lanes<N>& b) {                     \
-    return CmpMask<N, pred>(a.v, b.v);                                                                          \
-  }                                                                                                             \
-  template <int N> RLK_LANE LaneMask<N> operator op(const Lanes<N>& a, double b) { return a op Lanes<N>(b); }
-RLK_LANE_CMP(<, 0x11)
-RLK_LANE_CMP(<=, 0x12)
-RLK_LANE_CMP(>, 0x1e)
-RLK_LANE_CMP(>=, 0x1d)
-RLK_LANE_CMP(==, 0x00)
-RLK_LANE_CMP(!=, 0x04)
-#undef RLK_LANE_CMP
+#define RLK_LANE_CMP(LT, MT, CMP, op, pred)                                                            \
+  template <int N> RLK_LANE MT<N> operator op(const LT<N>& a, const LT<N>& b) { return CMP<N, pred>(a.v, b.v); } \
+  template <int N> RLK_LANE MT<N> operator op(const LT<N>& a, double b) { return a op LT<N>(b); }
+#define RLK_LANE_CMPS(LT, MT, CMP)      \
+  RLK_LANE_CMP(LT, MT, CMP, <, 0x11)    \
+  RLK_LANE_CMP(LT, MT, CMP, <=, 0x12)   \
+  RLK_LANE_CMP(LT, MT, CMP, >, 0x1e)    \
+  RLK_LANE_CMP(LT, MT, CMP, >=, 0x1d)   \
+  RLK_LANE_CMP(LT, MT, CMP, ==, 0x00)   \
+  RLK_LANE_CMP(LT, MT, CMP, !=, 0x04)
+RLK_LANE_CMPS(Lanes, LaneMask, CmpMask)
 
 template <int N> RLK_LANE LaneMask<N> operator&(const LaneMask<N>& a, const LaneMask<N>& b) { return LaneMask<N>::Of(a.m & b.m); }
 template <int N> RLK_LANE LaneMask<N> operator|(const LaneMask<N>& a, const LaneMask<N>& b) { return LaneMask<N>::Of(a.m | b.m); }
@@ -189,15 +192,15 @@ RLK_LANE LaneMask<N> Finite(const Lanes<N>& x) {
 // sum_{k < K} c[k] r^k by Estrin's scheme: pairs c[k] + c[k+1] r, then
 // pairs of those with r^2, r^4, r^8. The dependent chain is ~log2 K
 // multiply-adds instead of Horner's K, which had bounded the token passes
-// (two 13-deep chains a vector, too long for out-of-order overlap).
-template <int N, int K>
-RLK_LANE typename Lanes<N>::D Estrin(const typename Lanes<N>::D& r, const double (&c)[K]) {
-  typedef typename Lanes<N>::D D;
+// (two 13-deep chains a vector, too long for out-of-order overlap). V: a
+// vector of doubles or of floats, C its element type.
+template <class V, class C, int K>
+RLK_LANE V Estrin(const V& r, const C (&c)[K]) {
   static_assert(K >= 1 && K <= 16, "Estrin: up to degree 15");
-  D t[16];
+  V t[16];
   int n = 0;
-  for (int k = 0; k < K; k += 2) t[n++] = k + 1 < K ? (D{} + c[k + 1]) * r + c[k] : D{} + c[k];
-  D x = r * r;
+  for (int k = 0; k < K; k += 2) t[n++] = k + 1 < K ? (V{} + c[k + 1]) * r + c[k] : V{} + c[k];
+  V x = r * r;
   while (n > 1) {
     int m = 0;
     for (int k = 0; k < n; k += 2) t[m++] = k + 1 < n ? t[k + 1] * x + t[k] : t[k];
@@ -230,7 +233,7 @@ RLK_LANE Lanes<N> Exp(const Lanes<N>& x) {
                                           1.0 / 24.0,   1.0 / 120.0,   1.0 / 720.0,    1.0 / 5040.0,
                                           1.0 / 40320.0, 1.0 / 362880.0, 1.0 / 3628800.0, 1.0 / 39916800.0,
                                           1.0 / 479001600.0, 1.0 / 6227020800.0};  // 1 / k!
-  const D p = Estrin<N>(r, kInvFact);
+  const D p = Estrin(r, kInvFact);
   const I ni = (I)t - (I)(D{} + kShift);
   const D scale = (D)((ni + 1023) << 52);
   return Lanes<N>::Of(p * scale);
@@ -255,7 +258,7 @@ RLK_LANE Lanes<N> ExpMinusXMinus1(const Lanes<N>& x) {
   static constexpr double kInvFact[12] = {0.5,           1.0 / 6.0,      1.0 / 24.0,      1.0 / 120.0,
                                           1.0 / 720.0,   1.0 / 5040.0,   1.0 / 40320.0,   1.0 / 362880.0,
                                           1.0 / 3628800.0, 1.0 / 39916800.0, 1.0 / 479001600.0, 1.0 / 6227020800.0};  // 1 / (k + 2)!
-  const D q = Estrin<N>(r, kInvFact);
+  const D q = Estrin(r, kInvFact);
   const D tail = r * r * q;
   const I ni = (I)t - (I)(D{} + kShift);
   const D scale = (D)((ni + 1023) << 52);
@@ -295,7 +298,7 @@ RLK_LANE Lanes<N> Log(const Lanes<N>& x) {
   const D sv = (m - 1.0) / (m + 1.0);
   static constexpr double kC[12] = {2.0,        2.0 / 3.0,  2.0 / 5.0,  2.0 / 7.0,  2.0 / 9.0,  2.0 / 11.0,
                                     2.0 / 13.0, 2.0 / 15.0, 2.0 / 17.0, 2.0 / 19.0, 2.0 / 21.0, 2.0 / 23.0};
-  const D lnm = sv * Estrin<N>(sv * sv, kC);
+  const D lnm = sv * Estrin(sv * sv, kC);
   Lanes<N> r = Lanes<N>::Of(e * 6.93147180369123816490e-01 + (lnm + e * 1.90821492927058770002e-10));
   if (!All((x >= 2.2250738585072014e-308) & (x <= 1.7976931348623157e308)))
     for (int k = 0; k < N; ++k)
@@ -428,18 +431,7 @@ struct FMask<16> {
   }
 };
 
-#define RLK_FLANE_BIN(op)                                                                                          \
-  template <int N> RLK_LANE FLanes<N> operator op(const FLanes<N>& a, const FLanes<N>& b) { return FLanes<N>::Of(a.v op b.v); } \
-  template <int N> RLK_LANE FLanes<N> operator op(const FLanes<N>& a, double b) { return FLanes<N>::Of(a.v op float(b)); } \
-  template <int N> RLK_LANE FLanes<N> operator op(double a, const FLanes<N>& b) { return FLanes<N>::Of(float(a) op b.v); }
-RLK_FLANE_BIN(+)
-RLK_FLANE_BIN(-)
-RLK_FLANE_BIN(*)
-RLK_FLANE_BIN(/)
-#undef RLK_FLANE_BIN
-template <int N> RLK_LANE FLanes<N> operator-(const FLanes<N>& a) { return FLanes<N>::Of(-a.v); }
-template <int N> RLK_LANE FLanes<N>& operator+=(FLanes<N>& a, const FLanes<N>& b) { a.v += b.v; return a; }
-template <int N> RLK_LANE FLanes<N>& operator-=(FLanes<N>& a, const FLanes<N>& b) { a.v -= b.v; return a; }
+RLK_LANE_ARITH(FLanes, float)
 
 // Ordered comparisons (false with a NaN), != unordered, as on double lanes.
 template <int N, int kPred>
@@ -458,18 +450,11 @@ RLK_LANE FMask<N> FCmpMask(const typename FLanes<N>::V& a, const typename FLanes
     }
   }
 }
-#define RLK_FLANE_CMP(op, pred)                                                                                 \
-  template <int N> RLK_LANE FMask<N> operator op(const FLanes<N>& a, const FLanes<N>& b) {                      \
-    return FCmpMask<N, pred>(a.v, b.v);                                                                         \
-  }                                                                                                             \
-  template <int N> RLK_LANE FMask<N> operator op(const FLanes<N>& a, double b) { return a op FLanes<N>(b); }
-RLK_FLANE_CMP(<, 0x11)
-RLK_FLANE_CMP(<=, 0x12)
-RLK_FLANE_CMP(>, 0x1e)
-RLK_FLANE_CMP(>=, 0x1d)
-RLK_FLANE_CMP(==, 0x00)
-RLK_FLANE_CMP(!=, 0x04)
-#undef RLK_FLANE_CMP
+RLK_LANE_CMPS(FLanes, FMask, FCmpMask)
+#undef RLK_LANE_CMPS
+#undef RLK_LANE_CMP
+#undef RLK_LANE_ARITH
+#undef RLK_LANE_BIN
 
 template <int N> RLK_LANE FMask<N> operator&(const FMask<N>& a, const FMask<N>& b) { return FMask<N>::Of(a.m & b.m); }
 template <int N> RLK_LANE FMask<N> operator|(const FMask<N>& a, const FMask<N>& b) { return FMask<N>::Of(a.m | b.m); }
@@ -511,24 +496,6 @@ RLK_LANE FMask<N> Finite(const FLanes<N>& x) {
   return (x - x) == 0.0;
 }
 
-// Estrin's scheme on float lanes (see the double one).
-template <int N, int K>
-RLK_LANE typename FLanes<N>::V FEstrin(const typename FLanes<N>::V& r, const float (&c)[K]) {
-  typedef typename FLanes<N>::V V;
-  static_assert(K >= 1 && K <= 16, "FEstrin: up to degree 15");
-  V t[16];
-  int n = 0;
-  for (int k = 0; k < K; k += 2) t[n++] = k + 1 < K ? (V{} + c[k + 1]) * r + c[k] : V{} + c[k];
-  V x = r * r;
-  while (n > 1) {
-    int m = 0;
-    for (int k = 0; k < n; k += 2) t[m++] = k + 1 < n ? t[k + 1] * x + t[k] : t[k];
-    n = m;
-    if (n > 1) x = x * x;
-  }
-  return t[0];
-}
-
 // e^x in float: cpu_simd.h's Cephes expf (x = n ln2 + r, 1 + r + r^2 p(r),
 // ~1.2e-7 relative), n rounded by the 1.5 * 2^23 trick and 2^n built in the
 // exponent bits. x is clamped to [-87.3, 88.3] first (NaN kept), so the
@@ -547,7 +514,7 @@ RLK_LANE FLanes<N> Exp(const FLanes<N>& x) {
   r = r - n * -2.12194440e-4f;
   static constexpr float kP[6] = {5.0000001201e-1f, 1.6666665459e-1f, 4.1665795894e-2f,
                                   8.3334519073e-3f, 1.3981999507e-3f, 1.9875691500e-4f};
-  const V p = FEstrin<N>(r, kP);
+  const V p = Estrin(r, kP);
   const V y = (p * (r * r) + r) + 1.0f;
   const I ni = (I)t - (I)(V{} + kShift);
   return FLanes<N>::Of(y * (V)((ni + 127) << 23));
@@ -568,7 +535,7 @@ RLK_LANE FLanes<N> ExpMinusXMinus1(const FLanes<N>& x) {
   V r = xv - n * 0.693359375f;
   r = r - n * -2.12194440e-4f;
   static constexpr float kInvFact[7] = {0.5f, 1.0f / 6, 1.0f / 24, 1.0f / 120, 1.0f / 720, 1.0f / 5040, 1.0f / 40320};  // 1 / (k + 2)!
-  const V tail = r * r * FEstrin<N>(r, kInvFact);
+  const V tail = r * r * Estrin(r, kInvFact);
   const I ni = (I)t - (I)(V{} + kShift);
   const V direct = ((tail + r) + 1.0f) * (V)((ni + 127) << 23) - xv - 1.0f;
   return Sel(FLanes<N>::Of(n) == 0.0, FLanes<N>::Of(tail), FLanes<N>::Of(direct));
@@ -600,7 +567,7 @@ RLK_LANE FLanes<N> Log(const FLanes<N>& x) {
   const V e = Sel(big, FLanes<N>::Of(e0 + 1.0f), FLanes<N>::Of(e0)).v;
   const V sv = (m - 1.0f) / (m + 1.0f);
   static constexpr float kC[5] = {2.0f, 2.0f / 3, 2.0f / 5, 2.0f / 7, 2.0f / 9};
-  const V lnm = sv * FEstrin<N>(sv * sv, kC);
+  const V lnm = sv * Estrin(sv * sv, kC);
   FLanes<N> r = FLanes<N>::Of(e * 0.693359375f + (lnm + e * -2.12194440e-4f));
   if (!All((x >= 1.17549435e-38) & (x <= 3.40282347e38)))
     for (int k = 0; k < N; ++k)

@@ -200,6 +200,16 @@ RLK_TOKEN F ClampedRatio(const F& d, F* dr) {
   return r;
 }
 
+// TRL's KL bias correction (use_bias_correction_kl): a token's KL value k and
+// its derivative dk become k r and r dk + k dr, r the token's clamped ratio.
+template <class F>
+RLK_TOKEN void KlBiasCorrection(const F& d, F* k, F* dk) {
+  F dr;
+  const F r = ClampedRatio(d, &dr);
+  *dk = r * *dk + *k * dr;
+  *k = *k * r;
+}
+
 // ---- token-local modes ------------------------------------------------------
 // SeqTerms runs once per token in the pre-pass and Token once per token in
 // the token pass, both also on the CPU's lanes (select with Sel, no ?: on F);
