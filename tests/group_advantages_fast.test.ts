@@ -1,6 +1,6 @@
 // The vectorised CPU path of groupAdvantages (consecutive groups of at most 256 rows, one reward
-// column; methods grpo with every scale, drgrpo, rloo, opo, remax, gpg, reinforce++, tmn-reweight
-// with and without taskIds and reweight): blocks of 2 x 8 (AVX-512),
+// column; methods grpo with every scale, drgrpo, rloo, opo, remax, gpg, reinforce++, grpo-passk
+// (groups of 2 or more), tmn-reweight with and without taskIds and reweight): blocks of 2 x 8 (AVX-512),
 // 2 x 4 (AVX2) or 2 x 2 (baseline) groups at once, tails of blocks, chunks of 512 groups for the
 // batch-wide sums. Checked against the float64 reference of tests/reference/group_advantages.ts on
 // shapes that hit each edge (one group, odd B, G not a multiple of any lane count, group sizes 1,
@@ -38,6 +38,8 @@ const VARIANTS: Variant[] = [
   { method: 'gpg' },
   { method: 'reinforce++', tokens: 'counts' },
   { method: 'reinforce++', tokens: 'mask' },
+  { method: 'grpo-passk' },
+  { method: 'grpo-passk', scale: 'none' },
   { method: 'tmn-reweight' },
   { method: 'tmn-reweight', tasks: 'int32' },
   { method: 'tmn-reweight', tasks: 'int64', reweight: false },
@@ -100,6 +102,10 @@ describe('groupAdvantages (cpu), consecutive groups: the vectorised path', () =>
     for (const [B, gs] of SHAPES) {
       for (const kind of [0, 1, 2]) {
         const c = makeCase(r, B, kind);
+        if (v.method === 'grpo-passk' && gs < 2) {
+          expect(() => run(c, v, gs), `${label(v)} gs=${gs}`).toThrow(/groups of at least 2 rows/);
+          continue;
+        }
         const groupOf = Int32Array.from({ length: B }, (_, i) => Math.floor(i / gs));
         const ref = refGroupAdvantages(Float64Array.from(c.rewards), {
           method: v.method,

@@ -593,6 +593,10 @@ bool GaEligible(const GroupAdvantagesParams& p) {
     case AdvantageMethod::kGpg:
     case AdvantageMethod::kReinforcePP:
       return true;
+    case AdvantageMethod::kGrpoPassk:
+      // A group of one is the generic path's error; another rank's call
+      // owns no top row (RowValue's owner == rank).
+      return p.group_size >= 2 && p.rank == 0;
     default:
       return false;
   }
