@@ -3,9 +3,11 @@
 // eager and torch.compile (bench/torch_group_advantages.py) on the same
 // thread count, run from here. Medians of ITERS calls, each call including
 // the output allocations and their disposal.
-// Usage: node bench/group_advantages.bench.mjs [--threads=N] [--iters=N] [--sizes=4096,65536] [--only=substring] [--no-torch]
-//   PyTorch from RLK_BENCH_PYTHON, else .venv/bin/python, else /usr/bin/python3.
-// Prints a markdown table and, last, one JSON line of the medians.
+// Usage: node bench/group_advantages.bench.mjs [--threads=N] [--iters=N] [--sizes=4096,65536] [--only=a,b] [--quick] [--json] [--no-torch]
+//   --only: cases whose name holds any of these substrings; --quick: B = 4096 and four methods
+//   (what bench/run.mjs --quick and `rlkernels bench --quick` run); --json: the last line is
+//   bench/run.mjs's { rows } form. PyTorch from RLK_BENCH_PYTHON, else .venv/bin/python, else
+//   /usr/bin/python3. Prints a markdown table and, last, one JSON line of the medians.
 import { spawnSync } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
@@ -20,8 +22,10 @@ const arg = (name, dflt) => {
 };
 const THREADS = Number(arg('threads', '2'));
 const ITERS = Number(arg('iters', '50'));
-const SIZES = arg('sizes', '4096,65536').split(',').map(Number);
-const ONLY = arg('only', '');
+const QUICK = process.argv.includes('--quick');
+const SIZES = arg('sizes', QUICK ? '4096' : '4096,65536').split(',').map(Number);
+const ONLY = arg('only', QUICK ? 'grpo B,rloo,reinforce++,grpo-passk' : '');
+const ONLY_ANY = ONLY.split(',').filter(Boolean);
 const GS = 16;
 const TASKS = 8;
 const K = 3;
@@ -69,7 +73,7 @@ for (const B of SIZES) {
     [`gpg B=${B}`]: [rewards, { groupSize: GS, method: 'gpg' }],
   };
   for (const [name, [x, opts]] of Object.entries(cases)) {
-    if (ONLY && !name.includes(ONLY)) continue;
+    if (ONLY_ANY.length && !ONLY_ANY.some((o) => name.includes(o))) continue;
     ours[name] = median(() => {
       const out = rlk.groupAdvantages(x, opts);
       out.advantages.dispose();
@@ -92,6 +96,16 @@ function runTorch() {
 }
 const torch = runTorch();
 
+if (process.argv.includes('--json')) {
+  // bench/run.mjs's rows: op = the case without its batch size, shape = B.
+  const rows = Object.entries(ours).map(([name, ms]) => {
+    const t = torch[name] ?? {};
+    const [, op, b] = /^(.*) (B=\d+)$/.exec(name);
+    return { op, shape: b, ms, eager: t.eager ?? undefined, compile: t.compile ?? undefined, compileError: t.compile_error ?? undefined };
+  });
+  console.log(JSON.stringify({ threads: THREADS, isa: rlk.buildInfo().cpu.simd, rows }));
+  process.exit(0);
+}
 const load = existsSync('/proc/loadavg') ? readFileSync('/proc/loadavg', 'utf8').split(' ').slice(0, 3).join(' ') : 'n/a';
 console.log(`\ngroupAdvantages, CPU, fp32 rewards, groups of ${GS}, ${THREADS} threads (${rlk.buildInfo().cpu.simd}); median of ${ITERS} calls; load average ${load}\n`);
 console.log('| case | rlkernels (ms) | PyTorch eager (ms) | torch.compile (ms) | vs eager | vs compile |');

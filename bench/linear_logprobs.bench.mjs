@@ -3,7 +3,8 @@
 // torch.compile) and against the matrix products alone, same thread count;
 // and peak extra memory against the materialising paths.
 // Run: npx tsc -p tsconfig.json && node bench/linear_logprobs.bench.mjs
-//   RLK_BENCH_QUICK=1   smaller shapes (proves the script works in a minute)
+//   RLK_BENCH_QUICK=1   smaller shapes (proves the script works in a minute; bench/run.mjs's
+//                       quick mode skips this script: half a minute of matmuls)
 //   RLK_BENCH_ITERS=n   samples per timing (default 3)
 //   --memory-full       the memory shape, N = 32768, H = 4096, V = 151936
 //                       (the materialising side needs ~40 GB: run where that fits)

@@ -10,7 +10,7 @@
 //
 // A family script speaks the protocol of common.mjs (rows to RLK_BENCH_JSON,
 // progress on stderr), or prints one JSON line with `rows` under --json
-// (policy_loss), or only a markdown table: the table is then kept as it
+// (policy_loss, group_advantages), or only a markdown table: the table is then kept as it
 // printed it. Scripts that do not know --quick are skipped in quick runs
 // (named in the output) so that the quick run stays short.
 import { spawn } from 'node:child_process';
@@ -147,7 +147,7 @@ export async function runBenchmarks(opts = {}) {
   const results = [];
   for (let i = 0; i < families.length; i++) {
     const family = families[i];
-    if (cfg.quick && !scriptKnows(family, 'quick')) {
+    if (cfg.quick && !scriptKnows(family, '--quick')) {
       results.push({ family, rows: [], skipped: 'no quick mode in its script: run the full bench for it' });
       opts.onProgress?.((i + 1) / families.length, `${family} skipped`);
       continue;

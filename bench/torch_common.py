@@ -15,11 +15,31 @@ A compiled time is kept only where the compiled result agrees with eager's
 """
 import argparse
 import json
+import os
 import statistics
 import sys
+import tempfile
 import time
 
 import torch
+
+# Whether the user chose inductor's cache directory (then it is left alone).
+_USER_CACHE_DIR = "TORCHINDUCTOR_CACHE_DIR" in os.environ
+
+
+def set_threads(threads):
+    """torch.set_num_threads, and inductor's on-disk cache in a directory of its own for this
+    ISA (ATEN_CPU_CAPABILITY) and thread count, before anything is compiled. Seen with torch
+    2.13.0+cpu (2026-12-01): the cache's key leaves out ATEN_CPU_CAPABILITY, so a run under
+    ATEN_CPU_CAPABILITY=avx2 left AVX2 kernels that a later default (AVX-512) run of the same
+    formulas loaded: it died with "double free or corruption" (16 x 4096 policy loss, 2 threads),
+    and the reverse had returned a policy loss 3 % off eager's. With a directory per
+    configuration both runs agree with eager."""
+    torch.set_num_threads(threads)
+    if not _USER_CACHE_DIR:
+        isa = os.environ.get("ATEN_CPU_CAPABILITY") or "native"
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = os.path.join(
+            tempfile.gettempdir(), f"rlk-inductor-{os.getuid()}-{isa}-t{threads}")
 
 
 def parse_args(extra=None):
@@ -32,7 +52,7 @@ def parse_args(extra=None):
     if extra:
         extra(ap)
     args = ap.parse_args()
-    torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     args.cases = json.loads(args.cases)
     args.modes = [m for m in args.modes.split(",") if m]
     return args
@@ -71,9 +91,10 @@ def _flat(x):
 
 def disagreement(got, want):
     """Why a compiled result is not eager's (max |difference| above 1e-3 of eager's largest
-    entry, NaN where eager has none, another shape), or None. Seen: torch 2.13.0+cpu's inductor
-    under ATEN_CPU_CAPABILITY=avx2 on 2 threads returned a policy loss 3% off eager's in a tenth
-    of the time (bench/torch_policy_loss.py), so a compiled time only counts when it agrees."""
+    entry, NaN where eager has none, another shape), or None. Seen: torch 2.13.0+cpu's inductor,
+    loading kernels that a run with another ATEN_CPU_CAPABILITY had cached (see set_threads),
+    returned a policy loss 3% off eager's in a tenth of the time, so a compiled time only counts
+    when it agrees."""
     a, b = _flat(got), _flat(want)
     if len(a) != len(b):
         return f"{len(a)} outputs, eager {len(b)}"

@@ -18,6 +18,7 @@ THREADS = int(sys.argv[1]) if len(sys.argv) > 1 else 1
 ONLY = sys.argv[2] if len(sys.argv) > 2 else ""
 sys.argv = sys.argv[:1]
 import torch_group_advantages as ga  # noqa: E402
+from torch_common import set_threads  # noqa: E402
 
 
 def per_call(fn, calls):
@@ -36,7 +37,7 @@ def k3(logp, ref):
 
 
 def main():
-    torch.set_num_threads(THREADS)
+    set_threads(THREADS)
     print(f"CPU time per call, {THREADS} thread(s), torch {torch.__version__}")
     cases = ga.cases(65536, torch.Generator().manual_seed(0))
     for name in ["grpo", "grpo batch", "grpo none", "rloo", "reinforce++", "opo", "remax", "gpg", "tmn-reweight"]:

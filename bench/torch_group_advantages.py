@@ -18,12 +18,13 @@ import time
 
 import torch
 
-from torch_common import disagreement
+from torch_common import disagreement, set_threads
 
 THREADS = int(sys.argv[1]) if len(sys.argv) > 1 else 2
 ITERS = int(sys.argv[2]) if len(sys.argv) > 2 else 50
 SIZES = [int(s) for s in sys.argv[3].split(",")] if len(sys.argv) > 3 else [4096, 65536]
-ONLY = sys.argv[4] if len(sys.argv) > 4 else ""
+# Case filter: names containing any of these comma-separated substrings ("" = every case).
+ONLY = [o for o in (sys.argv[4] if len(sys.argv) > 4 else "").split(",") if o]
 GS, TASKS, K = 16, 8, 3
 EPS, ALPHA, GAMMA = 1e-6, 0.8, 1.0
 
@@ -156,12 +157,12 @@ def cases(B, g):
 
 
 def main():
-    torch.set_num_threads(THREADS)
+    set_threads(THREADS)
     g = torch.Generator().manual_seed(0)
     out = {}
     for B in SIZES:
         for name, (fn, args) in cases(B, g).items():
-            if ONLY and ONLY not in name:
+            if ONLY and not any(o in name for o in ONLY):
                 continue
             torch._dynamo.reset()  # each case compiled afresh (dynamo's recompile limit would run later ones eagerly)
             compiled = torch.compile(fn, dynamic=False)

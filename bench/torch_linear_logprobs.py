@@ -16,6 +16,8 @@ import time
 
 import torch
 
+from torch_common import set_threads
+
 
 def median_ms(fn, iters):
     fn()  # warm-up (and compilation)
@@ -47,7 +49,7 @@ def main():
     ap.add_argument("--mode", default="time")
     ap.add_argument("--compile", type=int, default=1)
     args = ap.parse_args()
-    torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     T = args.temperature
     dt = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[args.dtype]
     g = torch.Generator().manual_seed(0)

@@ -15,6 +15,8 @@ import time
 
 import torch
 
+from torch_common import set_threads
+
 CLIP_LOW, CLIP_HIGH, DUAL_CLIP, KL_COEF = 0.2, 0.28, 3.0, 0.001
 
 
@@ -180,8 +182,9 @@ def timed(fn, mode, args, iters):
 
 def wrong_result(compiled, mode, args):
     """Why the compiled objective disagrees with eager's, or None. Seen: torch 2.13.0+cpu's
-    inductor under ATEN_CPU_CAPABILITY=avx2 on 2 threads returned a vanilla loss 3% off eager's
-    (0.029895 against 0.030786, 64 x 32768) in a tenth of the time; on 1 thread it agreed.
+    inductor, under ATEN_CPU_CAPABILITY=avx2 on 2 threads, returned a vanilla loss 3% off eager's
+    (0.029895 against 0.030786, 64 x 32768) in a tenth of the time: it had loaded kernels that
+    a run with the other ISA had cached (set_threads now keeps a cache per configuration).
     clip-cov draws its random selection anew each call, so it is not compared. vespo's phi
     multiplies the float32 rounding of each sequence's log-weight sum (32768 terms, in an order
     that inductor chooses) by |k - lambda w|: compile and eager differ by 0.2 % there (22:48 UTC,
@@ -205,7 +208,7 @@ def main():
     shapes = json.loads(sys.argv[3])
     modes = sys.argv[4].split(",")
     use_compile = "--no-compile" not in sys.argv
-    torch.set_num_threads(threads)
+    set_threads(threads)
     out = {}
     for mode in modes:
         out[mode] = {}

@@ -17,6 +17,7 @@ ONLY = sys.argv[2] if len(sys.argv) > 2 else ""
 CALLS = int(sys.argv[3]) if len(sys.argv) > 3 else 10
 sys.argv = sys.argv[:1]
 import torch_vocab_divergence as vd  # noqa: E402
+from torch_common import set_threads  # noqa: E402
 
 
 def per_call(fn, calls):
@@ -29,7 +30,7 @@ def per_call(fn, calls):
 
 
 def main():
-    torch.set_num_threads(THREADS)
+    set_threads(THREADS)
     print(f"CPU time per call, {THREADS} thread(s), torch {torch.__version__}")
     for rows, vocab in ((256, 32000), (64, 151936)):
         for kind, beta in (("forward-kl", None), ("reverse-kl", None), ("jsd", 0.5)):

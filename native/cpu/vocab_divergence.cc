@@ -87,6 +87,8 @@ struct ScalarOps {
   static M Gt(V a, V b) { return a > b; }
   static M Eq(V a, V b) { return a == b; }
   static V Select(M m, V t, V f) { return m ? t : f; }
+  static V AddWhere(M m, V acc, V x) { return m ? acc + x : acc; }
+  static V AddUnless(M m, V acc, V x) { return m ? acc : acc + x; }
   static unsigned MaskBits(M m) { return m ? 1u : 0u; }
   static V Exp(V a) { return simd::Exp(a); }
   static V ExpNeg(V a) { return simd::ExpNeg(a); }
@@ -118,6 +120,9 @@ struct Avx512Ops {
   RLK_AVX512 static M Gt(V a, V b) { return _mm512_cmp_ps_mask(a, b, _CMP_GT_OQ); }
   RLK_AVX512 static M Eq(V a, V b) { return _mm512_cmp_ps_mask(a, b, _CMP_EQ_OQ); }
   RLK_AVX512 static V Select(M m, V t, V f) { return _mm512_mask_blend_ps(m, f, t); }
+  // acc + x in the lanes of m (AddWhere) or of not m (AddUnless), acc elsewhere: one masked add.
+  RLK_AVX512 static V AddWhere(M m, V acc, V x) { return _mm512_mask_add_ps(acc, m, acc, x); }
+  RLK_AVX512 static V AddUnless(M m, V acc, V x) { return _mm512_mask_add_ps(acc, M(~m), acc, x); }
   RLK_AVX512 static unsigned MaskBits(M m) { return unsigned(m); }
   RLK_AVX512 static V Exp(V a) { return simd::avx512::Exp(a); }
   RLK_AVX512 static V ExpNeg(V a) {
@@ -156,6 +161,9 @@ struct Avx2Ops {
   RLK_AVX2 static M Gt(V a, V b) { return _mm256_cmp_ps(a, b, _CMP_GT_OQ); }
   RLK_AVX2 static M Eq(V a, V b) { return _mm256_cmp_ps(a, b, _CMP_EQ_OQ); }
   RLK_AVX2 static V Select(M m, V t, V f) { return _mm256_blendv_ps(f, t, m); }
+  // acc + (x or +0): adding +0 leaves acc's bits as they are (acc is never -0 here).
+  RLK_AVX2 static V AddWhere(M m, V acc, V x) { return _mm256_add_ps(acc, _mm256_and_ps(m, x)); }
+  RLK_AVX2 static V AddUnless(M m, V acc, V x) { return _mm256_add_ps(acc, _mm256_andnot_ps(m, x)); }
   RLK_AVX2 static unsigned MaskBits(M m) { return unsigned(_mm256_movemask_ps(m)); }
   RLK_AVX2 static V Exp(V a) { return simd::avx2::Exp(a); }
   RLK_AVX2 static V ExpNeg(V a) {
@@ -409,13 +417,6 @@ RLK_VDIV_INLINE int64_t FirstEqual(const T* x, int64_t b, int64_t e, float v) {
   return b;
 }
 
-template <class T>
-int64_t FindFirst(const T* x, int64_t b, int64_t e, float v) {
-  for (int64_t j = b; j < e; ++j)
-    if (ToFloat(x[j]) == v) return j;
-  return b;
-}
-
 template <class Ops, class T>
 RLK_VDIV_INLINE void StoreAt(T* p, const typename Ops::V& v, int64_t rem) {
   if (rem >= Ops::kLanes) Ops::Store(p, v);
@@ -488,11 +489,11 @@ RLK_VDIV_INLINE RowNorm Normalisers(const TS* s, const TT* t, int64_t nv, float 
     // acc += ex where ex < 1, ones += ex elsewhere (the 1s, and NaN). A macro,
     // not a lambda: a lambda does not inherit the ISA's target attribute, so
     // the compares and blends in it were out-of-line calls.
-#define RLK_VDIV_ADD_SPLIT(acc, ones, ex)                      \
-  do {                                                         \
-    const auto small_ = Ops::Lt(ex, one);                      \
-    acc = Ops::Add(acc, Ops::Select(small_, ex, zero));        \
-    ones = Ops::Add(ones, Ops::Select(small_, zero, ex));      \
+#define RLK_VDIV_ADD_SPLIT(acc, ones, ex)     \
+  do {                                        \
+    const auto small_ = Ops::Lt(ex, one);     \
+    acc = Ops::AddWhere(small_, acc, ex);     \
+    ones = Ops::AddUnless(small_, ones, ex);  \
   } while (0)
     // ra += e_w ((t - t_q) - (s - s_q)), 0 where e_w = 0 (a -inf logit would
     // give 0 * inf).
@@ -560,17 +561,17 @@ RLK_VDIV_INLINE RowNorm Normalisers(const TS* s, const TT* t, int64_t nv, float 
       keep[2 * nv + 2 * (b / kBlock) + 1] = bms;
     }
     if constexpr (kRef == RefSide::kNone) {
-      if (MergeBlock(&n.tmax, &n.tsum, bmt, bst, inv_t)) n.targ = FindFirst(t, b, e, bmt);
-      if (MergeBlock(&n.smax, &n.ssum, bms, bss, inv_t)) n.sarg = FindFirst(s, b, e, bms);
+      if (MergeBlock(&n.tmax, &n.tsum, bmt, bst, inv_t)) n.targ = FirstEqual<Ops>(t, b, e, bmt);
+      if (MergeBlock(&n.smax, &n.ssum, bms, bss, inv_t)) n.sarg = FirstEqual<Ops>(s, b, e, bms);
     } else {
       // D_q E_b; an all -inf block (E_b 0 or NaN) adds only its A_b.
       const double ba = double(Ops::ReduceAdd(ra));
       const double dq = double(qt) - double(qs);
       if constexpr (kRef == RefSide::kTeacher) {
         if (MergeBlock(&n.tmax, &n.tsum, bmt, bst, inv_t, &n.ra, ba, &n.rd, dq * bst)) n.targ = q;
-        if (MergeBlock(&n.smax, &n.ssum, bms, bss, inv_t)) n.sarg = FindFirst(s, b, e, bms);
+        if (MergeBlock(&n.smax, &n.ssum, bms, bss, inv_t)) n.sarg = FirstEqual<Ops>(s, b, e, bms);
       } else {
-        if (MergeBlock(&n.tmax, &n.tsum, bmt, bst, inv_t)) n.targ = FindFirst(t, b, e, bmt);
+        if (MergeBlock(&n.tmax, &n.tsum, bmt, bst, inv_t)) n.targ = FirstEqual<Ops>(t, b, e, bmt);
         if (MergeBlock(&n.smax, &n.ssum, bms, bss, inv_t, &n.ra, ba, &n.rd, dq * bss)) n.sarg = q;
       }
     }
