@@ -3,7 +3,7 @@
 // eager and torch.compile (bench/torch_group_advantages.py) on the same
 // thread count, run from here. Medians of ITERS calls, each call including
 // the output allocations and their disposal.
-// Usage: node bench/group_advantages.bench.mjs [--threads=N] [--iters=N] [--sizes=4096,65536] [--only=a,b] [--quick] [--json] [--no-torch]
+// Usage: node bench/group_advantages.bench.mjs [--threads=N] [--iters=N] [--sizes=4096,65536] [--only=a,b] [--quick] [--json] [--no-compile] [--no-torch]
 //   --only: cases whose name holds any of these substrings; --quick: B = 4096 and four methods
 //   (what bench/run.mjs --quick and `rlkernels bench --quick` run); --json: the last line is
 //   bench/run.mjs's { rows } form. PyTorch from RLK_BENCH_PYTHON, else .venv/bin/python, else
@@ -89,7 +89,9 @@ function runTorch() {
     console.error('PyTorch comparison unavailable: no python (set RLK_BENCH_PYTHON)');
     return {};
   }
-  const r = spawnSync(python, [join(here, 'torch_group_advantages.py'), String(THREADS), String(ITERS), SIZES.join(','), ONLY], { encoding: 'utf8' });
+  const pyArgs = [join(here, 'torch_group_advantages.py'), String(THREADS), String(ITERS), SIZES.join(','), ONLY];
+  if (process.argv.includes('--no-compile')) pyArgs.push('--no-compile');
+  const r = spawnSync(python, pyArgs, { encoding: 'utf8' });
   if (r.status === 0) return JSON.parse(r.stdout.trim().split('\n').pop());
   console.error(`PyTorch comparison unavailable: ${(r.stderr || '').trim().split('\n').pop()}`);
   return {};

@@ -25,6 +25,7 @@ ITERS = int(sys.argv[2]) if len(sys.argv) > 2 else 50
 SIZES = [int(s) for s in sys.argv[3].split(",")] if len(sys.argv) > 3 else [4096, 65536]
 # Case filter: names containing any of these comma-separated substrings ("" = every case).
 ONLY = [o for o in (sys.argv[4] if len(sys.argv) > 4 else "").split(",") if o]
+USE_COMPILE = "--no-compile" not in sys.argv
 GS, TASKS, K = 16, 8, 3
 EPS, ALPHA, GAMMA = 1e-6, 0.8, 1.0
 
@@ -164,13 +165,15 @@ def main():
         for name, (fn, args) in cases(B, g).items():
             if ONLY and not any(o in name for o in ONLY):
                 continue
-            torch._dynamo.reset()  # each case compiled afresh (dynamo's recompile limit would run later ones eagerly)
-            compiled = torch.compile(fn, dynamic=False)
-            row = {"eager": timed(lambda: fn(*args)), "compile": timed(lambda: compiled(*args))}
-            bad = disagreement(compiled(*args), fn(*args))  # a compiled time counts only where it agrees
-            if bad:
-                row["compile"] = None
-                row["compile_error"] = f"wrong result: {bad}"
+            row = {"eager": timed(lambda: fn(*args))}
+            if USE_COMPILE:
+                torch._dynamo.reset()  # each case compiled afresh (dynamo's recompile limit would run later ones eagerly)
+                compiled = torch.compile(fn, dynamic=False)
+                row["compile"] = timed(lambda: compiled(*args))
+                bad = disagreement(compiled(*args), fn(*args))  # a compiled time counts only where it agrees
+                if bad:
+                    row["compile"] = None
+                    row["compile_error"] = f"wrong result: {bad}"
             out[name] = row
     print(json.dumps(out))
 
