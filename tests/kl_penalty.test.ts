@@ -1,10 +1,13 @@
-// klPenalty against the float64 reference of DESIGN 3.4 (tests/reference/kl_penalty.ts).
+// klPenalty against the float64 reference of DESIGN 3.4 (tests/reference/kl_penalty.ts), on
+// every CPU ISA path (the AVX2 and baseline ones in child processes) and the devices found.
+import { spawnSync } from 'node:child_process';
 import { describe, expect, it } from 'vitest';
 import * as rlk from '../src/index.js';
 import { DEVICES, TOLERANCE, describeCuda, expectClose, freshSeed, randn, rng } from './helpers.js';
 import { klPenaltyRef, type KlRefEstimator } from './reference/kl_penalty.js';
 
 const ESTIMATORS: KlRefEstimator[] = ['k1', 'abs', 'k2', 'k3', 'k1+', 'k3+'];
+const IS_CHILD = process.env.RLK_KL_CHILD === '1';
 
 function f32(a: ArrayLike<number>): Float32Array {
   return Float32Array.from(a);
@@ -124,7 +127,27 @@ function suite(device: rlk.Device): void {
   });
 }
 
-describe('klPenalty (cpu)', () => suite('cpu'));
+describe('klPenalty (cpu)', () => {
+  it('runs on the ISA path RLK_SIMD asks for', () => {
+    const want = process.env.RLK_SIMD;
+    if (want === 'avx2' || want === 'baseline') expect(rlk.buildInfo().cpu.simd).toBe(want);
+  });
+  suite('cpu');
+  // k3 has its own AVX-512 and AVX2 vector code (native/cpu/kl_penalty.cc); the baseline path is
+  // the double-precision scalar one. Each runs the same checks in a child process.
+  it.skipIf(IS_CHILD)('every ISA path (avx2, baseline) agrees with the reference', () => {
+    for (const isa of ['avx2', 'baseline'] as const) {
+      const child = spawnSync(process.execPath, ['node_modules/vitest/vitest.mjs', 'run', 'tests/kl_penalty.test.ts', '-t', 'klPenalty \\(cpu\\)'], {
+        env: { ...process.env, RLK_SIMD: isa, RLK_KL_CHILD: '1' },
+        encoding: 'utf8',
+        timeout: 180_000,
+      });
+      if (child.status !== 0) throw new Error(`RLK_SIMD=${isa} run failed:\n${child.stdout}\n${child.stderr}`);
+      expect(child.stdout + child.stderr).toMatch(/passed/);
+      expect(child.stdout + child.stderr).not.toMatch(/failed/);
+    }
+  });
+});
 describeCuda('klPenalty (cuda)', () => suite('cuda'));
 
 describe('klPenalty bad input', () => {

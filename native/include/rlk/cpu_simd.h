@@ -134,7 +134,10 @@ RLK_AVX2 inline V Exp(V x) {
   V tiny = _mm256_cmp_ps(x, lo, _CMP_LT_OQ);
   V big = _mm256_cmp_ps(x, hi, _CMP_GT_OQ);
   V xc = _mm256_min_ps(_mm256_max_ps(x, lo), hi);
-  V n = _mm256_round_ps(_mm256_mul_ps(xc, _mm256_set1_ps(kLog2e)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  // n = round(xc log2e) as ExpNeg below computes it (1.5 2^23 added in one fma).
+  const V magic = _mm256_set1_ps(12582912.0f);
+  const V nm = _mm256_fmadd_ps(xc, _mm256_set1_ps(kLog2e), magic);
+  V n = _mm256_sub_ps(nm, magic);
   V r = _mm256_fmadd_ps(n, _mm256_set1_ps(-kLn2Hi), xc);
   r = _mm256_fmadd_ps(n, _mm256_set1_ps(-kLn2Lo), r);
   V p = _mm256_fmadd_ps(_mm256_set1_ps(kP0), r, _mm256_set1_ps(kP1));
@@ -145,7 +148,7 @@ RLK_AVX2 inline V Exp(V x) {
   V y = _mm256_add_ps(_mm256_fmadd_ps(p, _mm256_mul_ps(r, r), r), _mm256_set1_ps(1.0f));
   // 2^(n-1) built in the exponent field (n is in [-125, 128] after the
   // clamp, and 2^128 itself is not a float), then doubled exactly.
-  __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(126)), 23);
+  __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_castps_si256(nm), _mm256_set1_epi32(126)), 23);
   y = _mm256_mul_ps(y, _mm256_castsi256_ps(e));
   y = _mm256_add_ps(y, y);
   y = _mm256_blendv_ps(y, _mm256_set1_ps(INFINITY), big);
