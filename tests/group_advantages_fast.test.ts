@@ -6,12 +6,9 @@
 // shapes that hit each edge (one group, odd B, G not a multiple of any lane count, group sizes 1,
 // 256 (the largest the path takes) and 257 (the generic path), several chunks), bitwise equal across
 // thread counts, and once more in child processes on the AVX2 and baseline paths.
-import { spawnSync } from 'node:child_process';
-import { dirname, join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { describe, expect, it, test } from 'vitest';
 import * as rlk from '../src/index.js';
-import { expectClose, freshSeed, normal, rng, tensorKeeper, TOLERANCE } from './helpers.js';
+import { expectClose, freshSeed, normal, rng, runOnIsaPath, tensorKeeper, TOLERANCE } from './helpers.js';
 import { refGroupAdvantages, type RefMethod } from './reference/group_advantages.js';
 
 const keep = tensorKeeper();
@@ -198,17 +195,9 @@ describe('groupAdvantages (cpu), consecutive groups: the vectorised path', () =>
 
 // The ISA is chosen at load time: run this file again in child processes on the narrower paths.
 describe('groupAdvantages (cpu), consecutive groups: other ISA paths', () => {
-  for (const isa of ['avx2', 'baseline']) {
+  for (const isa of ['avx2', 'baseline'] as const) {
     it.skipIf(process.env.RLK_SIMD !== undefined)(`passes with RLK_SIMD=${isa}`, () => {
-      const root = join(dirname(fileURLToPath(import.meta.url)), '..');
-      const vitest = join(root, 'node_modules', 'vitest', 'vitest.mjs');
-      const r = spawnSync(process.execPath, [vitest, 'run', 'tests/group_advantages_fast.test.ts', '-t', 'the vectorised path'], {
-        env: { ...process.env, RLK_SIMD: isa },
-        encoding: 'utf8',
-        cwd: root,
-      });
-      const out = (r.stdout + r.stderr).replace(/\x1b\[[0-9;]*m/g, '');
-      if (r.status !== 0) throw new Error(`RLK_SIMD=${isa} run failed:\n${out.slice(-4000)}`);
+      const out = runOnIsaPath('tests/group_advantages_fast.test.ts', 'the vectorised path', isa);
       expect(out).toMatch(/\b[1-9]\d* passed/);
     });
   }

@@ -1,8 +1,35 @@
 // Shared test utilities: seeded random inputs (seed in every failure
 // message), relative error against float64 references, poisoning, and the
 // visible CUDA skip.
+import { spawnSync } from 'node:child_process';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { afterAll, describe } from 'vitest';
 import * as rlk from '../src/index.js';
+
+const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..');
+
+/**
+ * Runs the tests of `file` whose names match `filter` in a child vitest on the CPU ISA path `isa`
+ * (the addon reads RLK_SIMD once, when it loads, so another path needs another process), with `env`
+ * added. Throws with the child's first failure (or the end of its output) unless it exits 0, and
+ * returns its output without colour codes for the caller's own checks.
+ */
+export function runOnIsaPath(file: string, filter: string, isa: 'avx2' | 'baseline', env: Record<string, string> = {}, timeout = 300_000): string {
+  const r = spawnSync(process.execPath, [join(ROOT, 'node_modules', 'vitest', 'vitest.mjs'), 'run', file, '-t', filter], {
+    env: { ...process.env, RLK_SIMD: isa, ...env },
+    encoding: 'utf8',
+    cwd: ROOT,
+    timeout,
+  });
+  const out = `${r.stdout ?? ''}${r.stderr ?? ''}`.replace(/\x1b\[[0-9;]*m/g, '');
+  if (r.status !== 0) {
+    // The first failure with its message: the output's end is the summary of skipped tests.
+    const at = out.search(/ FAIL |Error:/);
+    throw new Error(`RLK_SIMD=${isa} run of ${file} failed (exit ${r.status}):\n${at >= 0 ? out.slice(at, at + 4000) : out.slice(-4000)}`);
+  }
+  return out;
+}
 
 /** A `keep(t)` that holds tensors a test file makes once (shared inputs) and disposes them after all its tests. */
 export function tensorKeeper(): <T extends rlk.Tensor>(t: T) => T {

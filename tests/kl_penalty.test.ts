@@ -1,9 +1,8 @@
 // klPenalty against the float64 reference of DESIGN 3.4 (tests/reference/kl_penalty.ts), on
 // every CPU ISA path (the AVX2 and baseline ones in child processes) and the devices found.
-import { spawnSync } from 'node:child_process';
 import { describe, expect, it } from 'vitest';
 import * as rlk from '../src/index.js';
-import { DEVICES, TOLERANCE, describeCuda, expectClose, freshSeed, randn, rng } from './helpers.js';
+import { DEVICES, TOLERANCE, describeCuda, expectClose, freshSeed, randn, rng, runOnIsaPath } from './helpers.js';
 import { klPenaltyRef, type KlRefEstimator } from './reference/kl_penalty.js';
 
 const ESTIMATORS: KlRefEstimator[] = ['k1', 'abs', 'k2', 'k3', 'k1+', 'k3+'];
@@ -137,14 +136,9 @@ describe('klPenalty (cpu)', () => {
   // the double-precision scalar one. Each runs the same checks in a child process.
   it.skipIf(IS_CHILD)('every ISA path (avx2, baseline) agrees with the reference', () => {
     for (const isa of ['avx2', 'baseline'] as const) {
-      const child = spawnSync(process.execPath, ['node_modules/vitest/vitest.mjs', 'run', 'tests/kl_penalty.test.ts', '-t', 'klPenalty \\(cpu\\)'], {
-        env: { ...process.env, RLK_SIMD: isa, RLK_KL_CHILD: '1' },
-        encoding: 'utf8',
-        timeout: 180_000,
-      });
-      if (child.status !== 0) throw new Error(`RLK_SIMD=${isa} run failed:\n${child.stdout}\n${child.stderr}`);
-      expect(child.stdout + child.stderr).toMatch(/passed/);
-      expect(child.stdout + child.stderr).not.toMatch(/failed/);
+      const out = runOnIsaPath('tests/kl_penalty.test.ts', 'klPenalty \\(cpu\\)', isa, { RLK_KL_CHILD: '1' }, 180_000);
+      expect(out).toMatch(/passed/);
+      expect(out).not.toMatch(/failed/);
     }
   });
 });

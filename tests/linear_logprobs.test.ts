@@ -4,10 +4,9 @@
 // vocabulary-parallel form, numerics edges, every ISA path, determinism
 // across runs and thread counts, and bad input. CUDA variants run under
 // describeCuda.
-import { spawnSync } from 'node:child_process';
 import { describe, expect, it } from 'vitest';
 import * as rlk from '../src/index.js';
-import { TOLERANCE, cudaShape, describeCuda, expectClose, freshSeed, randn, rng } from './helpers.js';
+import { TOLERANCE, cudaShape, describeCuda, expectClose, freshSeed, randn, rng, runOnIsaPath } from './helpers.js';
 import { roundArray } from './reference/dtype.js';
 import { refLinearBackward, refLinearForward, refLinearObjective, refLogitsRow, type LinearRefInput } from './reference/linear_logprobs.js';
 
@@ -388,14 +387,9 @@ describe('linearLogprobs (CPU)', () => {
 
   it.skipIf(IS_CHILD)('every ISA path (avx2, baseline) agrees with the reference', () => {
     for (const isa of ['avx2', 'baseline'] as const) {
-      const child = spawnSync(process.execPath, ['node_modules/vitest/vitest.mjs', 'run', 'tests/linear_logprobs.test.ts', '-t', 'core'], {
-        env: { ...process.env, RLK_SIMD: isa, RLK_LIN_CHILD: '1' },
-        encoding: 'utf8',
-        timeout: 300_000,
-      });
-      if (child.status !== 0) throw new Error(`RLK_SIMD=${isa} run failed:\n${child.stdout}\n${child.stderr}`);
-      expect(child.stdout + child.stderr).toMatch(/passed/);
-      expect(child.stdout + child.stderr).not.toMatch(/failed/);
+      const out = runOnIsaPath('tests/linear_logprobs.test.ts', 'core', isa, { RLK_LIN_CHILD: '1' });
+      expect(out).toMatch(/passed/);
+      expect(out).not.toMatch(/failed/);
     }
   });
 });

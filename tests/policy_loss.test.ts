@@ -2,12 +2,9 @@
 // loss, gradient (also against central finite differences of the reference loss), gradEntropy,
 // stats, every mode / aggregation / rollout-correction level and mode / veto, KL and entropy
 // terms, dpSize and explicit counts, padded and packed layouts, edge cases, determinism, bad input.
-import { spawnSync } from 'node:child_process';
-import { dirname, join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { describe, expect, it } from 'vitest';
 import * as rlk from '../src/index.js';
-import { TOLERANCE, cudaShape, describeCuda, expectClose, freshSeed, normal, rng } from './helpers.js';
+import { TOLERANCE, cudaShape, describeCuda, expectClose, freshSeed, normal, rng, runOnIsaPath } from './helpers.js';
 import type { KlRefEstimator } from './reference/kl_penalty.js';
 import { policyLossRef, policyLossValueRef, type PolicyLossRefInputs, type PolicyLossRefOptions } from './reference/policy_loss.js';
 
@@ -519,23 +516,13 @@ function suite(device: rlk.Device): void {
 
 describe('policyLoss (cpu)', () => suite('cpu'));
 
-// The pass is chosen at load time (4 double lanes on AVX2 and AVX-512 CPUs); run this file's CPU
+// The pass is chosen at load time (16 or 8 float lanes on AVX-512 or AVX2 CPUs); run this file's CPU
 // suite once more in child processes with RLK_SIMD=avx2 and with the scalar double pass (CPUs
 // without AVX2, and every rollout option everywhere) forced.
 describe('policyLoss (cpu, other ISA paths)', () => {
-  for (const isa of ['avx2', 'baseline']) {
+  for (const isa of ['avx2', 'baseline'] as const) {
     it.skipIf(process.env.RLK_SIMD !== undefined)(`passes the CPU suite with RLK_SIMD=${isa}`, () => {
-      const root = join(dirname(fileURLToPath(import.meta.url)), '..');
-      const vitest = join(root, 'node_modules', 'vitest', 'vitest.mjs');
-      const r = spawnSync(process.execPath, [vitest, 'run', 'tests/policy_loss.test.ts', '-t', 'policyLoss \\(cpu\\)'], {
-        env: { ...process.env, RLK_SIMD: isa },
-        encoding: 'utf8',
-        cwd: root,
-      });
-      const out = (r.stdout + r.stderr).replace(/\x1b\[[0-9;]*m/g, '');
-      // The child's first failure with its message (its end is the summary of skipped tests).
-      const at = out.search(/ FAIL |Error:/);
-      if (r.status !== 0) throw new Error(`RLK_SIMD=${isa} run failed:\n${at >= 0 ? out.slice(at, at + 4000) : out.slice(-4000)}`);
+      const out = runOnIsaPath('tests/policy_loss.test.ts', 'policyLoss \\(cpu\\)', isa);
       expect(out).toMatch(/\b[1-9]\d+ passed/);
     });
   }

@@ -2,12 +2,9 @@
 // against the float64 reference of tests/reference/policy_loss_modes.ts: loss and stats at the
 // inputs, the gradient against central differences of the reference objective (stop-gradients
 // held at the inputs), dropped tokens exactly 0, edge cases per mode, determinism, bad input.
-import { spawnSync } from 'node:child_process';
-import { dirname, join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { describe, expect, it } from 'vitest';
 import * as rlk from '../src/index.js';
-import { cudaShape, describeCuda, freshSeed, normal, rng } from './helpers.js';
+import { cudaShape, describeCuda, freshSeed, normal, rng, runOnIsaPath } from './helpers.js';
 import { clipCovKey, modeGradFd, modeLossRef, type AggName, type ModeName, type ModeRefInputs, type ModeRefOptions } from './reference/policy_loss_modes.js';
 
 interface Spec {
@@ -525,19 +522,11 @@ describe('clip-cov key', () => {
 
 describe('policyLoss modes (cpu)', () => suite('cpu'));
 
-// AVX2 and AVX-512 CPUs run the token pass on 4 double lanes; CPUs without AVX2 (and every rollout
+// AVX2 and AVX-512 CPUs run the token pass on float lanes; CPUs without AVX2 (and every rollout
 // option) the scalar pass: run the mode and aggregation checks once more with it forced.
 describe('policyLoss modes (cpu, scalar pass)', () => {
   it.skipIf(process.env.RLK_SIMD !== undefined)('passes the modes and aggregations with RLK_SIMD=baseline', () => {
-    const root = join(dirname(fileURLToPath(import.meta.url)), '..');
-    const vitest = join(root, 'node_modules', 'vitest', 'vitest.mjs');
-    const r = spawnSync(process.execPath, [vitest, 'run', 'tests/policy_loss_modes.test.ts', '-t', 'policyLoss modes \\(cpu\\) (every mode|aggregations|edge)'], {
-      env: { ...process.env, RLK_SIMD: 'baseline' },
-      encoding: 'utf8',
-      cwd: root,
-    });
-    const out = (r.stdout + r.stderr).replace(/\x1b\[[0-9;]*m/g, '');
-    if (r.status !== 0) throw new Error(`RLK_SIMD=baseline run failed:\n${out.slice(-4000)}`);
+    const out = runOnIsaPath('tests/policy_loss_modes.test.ts', 'policyLoss modes \\(cpu\\) (every mode|aggregations|edge)', 'baseline');
     expect(out).toMatch(/\b[1-9]\d+ passed/);
   });
 });

@@ -2,10 +2,9 @@
 // float64 references on fresh random inputs, finite differences, the
 // vocabulary-parallel form, numerics edge cases, every ISA path, determinism
 // and bad input. CUDA variants run under describeCuda.
-import { spawnSync } from 'node:child_process';
 import { describe, expect, it } from 'vitest';
 import * as rlk from '../src/index.js';
-import { cudaShape, TOLERANCE, describeCuda, expectClose, freshSeed, randn, rng } from './helpers.js';
+import { cudaShape, TOLERANCE, describeCuda, expectClose, freshSeed, randn, rng, runOnIsaPath } from './helpers.js';
 import { native } from '../src/native.js';
 import { roundArray, roundTo } from './reference/dtype.js';
 import { refBackward, refForward, refObjective, type RefInput } from './reference/token_logprobs.js';
@@ -626,15 +625,10 @@ describe('tokenLogprobs (cpu)', () => {
 
   it.skipIf(IS_CHILD)('every ISA path (avx2, baseline) agrees with the reference', () => {
     for (const isa of ['avx2', 'baseline'] as const) {
-      const child = spawnSync(process.execPath, ['node_modules/vitest/vitest.mjs', 'run', 'tests/token_logprobs.test.ts', '-t', 'core'], {
-        env: { ...process.env, RLK_SIMD: isa, RLK_TLP_CHILD: '1' },
-        encoding: 'utf8',
-        timeout: 180_000,
-      });
-      if (child.status !== 0) throw new Error(`RLK_SIMD=${isa} run failed:\n${child.stdout}\n${child.stderr}`);
+      const out = runOnIsaPath('tests/token_logprobs.test.ts', 'core', isa, { RLK_TLP_CHILD: '1' }, 180_000);
       // The child checks that it ran on that path ('runs on the ISA path RLK_SIMD asks for').
-      expect(child.stdout + child.stderr).toMatch(/passed/);
-      expect(child.stdout + child.stderr).not.toMatch(/failed/);
+      expect(out).toMatch(/passed/);
+      expect(out).not.toMatch(/failed/);
     }
   });
 });
