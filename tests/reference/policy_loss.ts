@@ -5,6 +5,7 @@
 // and also available by finite differences of `policyLossValueRef`) and the
 // stats.
 import { klRef, type KlRefEstimator } from './kl_penalty.js';
+import { CompensatedSum } from './sum.js';
 
 export interface PolicyLossRefInputs {
   logprobs: ArrayLike<number>;
@@ -152,12 +153,10 @@ export function policyLossRef(inp: PolicyLossRefInputs, o: PolicyLossRefOptions)
   const hi = 1 + o.clipHigh;
   const grad = new Float64Array(N);
   const gradEntropy = new Float64Array(N);
-  // The loss is summed with Neumaier's compensation: finite differences of it divide its rounding
-  // by 2h, and a plain sum's rounding (about sqrt(N) ulps of the sum of |terms|) swamped a gspo
+  // Compensated: a plain sum's rounding, divided by 2h in finite differences, swamped a gspo
   // gradient of 4e-5 whose sequence was the only unclipped one (seed 855544298: 1.09e-5 relative
   // at h = 1e-6, with the analytic gradient right to 3e-8 at h = 1e-4).
-  let loss = 0;
-  let lossComp = 0;
+  const loss = new CompensatedSum();
   let lossAbs = 0;
   const st = { clip: 0, low: 0, high: 0, dual: 0, negLr: 0, ratio: 0, rmin: Infinity, rmax: -Infinity, weight: 0, kl: 0, ent: 0 };
   for (let t = 0; t < N; t++) {
@@ -206,9 +205,7 @@ export function policyLossRef(inp: PolicyLossRefInputs, o: PolicyLossRefOptions)
       st.ent += inp.entropy[t];
     }
     const term = a * obj;
-    const sum = loss + term;
-    lossComp += Math.abs(loss) >= Math.abs(term) ? loss - sum + term : term - sum + loss;
-    loss = sum;
+    loss.add(term);
     lossAbs += Math.abs(term);
     grad[t] = a * g;
     if (L2 > L1) st.clip++;
@@ -236,7 +233,7 @@ export function policyLossRef(inp: PolicyLossRefInputs, o: PolicyLossRefOptions)
   };
   if (o.kl) stats.klMean = mean(st.kl);
   if (inp.entropy) stats.entropyMean = mean(st.ent);
-  return { loss: loss + lossComp, lossAbs, grad, gradEntropy, kept, stats };
+  return { loss: loss.value, lossAbs, grad, gradEntropy, kept, stats };
 }
 
 /**

@@ -9,6 +9,7 @@
 // log rho, decisions) taken at `base`. Central differences of it in `logp`
 // at `logp = base` are then the surrogate's gradient, what the kernel returns.
 import { klRef, type KlRefEstimator } from './kl_penalty.js';
+import { CompensatedSum } from './sum.js';
 
 export type ModeName =
   | 'vanilla' | 'gspo' | 'sapo' | 'gpg' | 'cispo' | 'geo-mean' | 'dppo-tv' | 'dppo-kl' | 'dro' | 'clip-cov' | 'kl-cov' | 'reinforce' | 'luspo' | 'vespo';
@@ -437,7 +438,7 @@ export function modeLossRef(inp: ModeRefInputs, o: ModeRefOptions, logp: ArrayLi
   }
 
   // ---- the objective.
-  let loss = 0;
+  const loss = new CompensatedSum();  // differentiated by finite differences (sum.ts says why)
   let lossAbs = 0;
   const st = { clip: 0, low: 0, high: 0, dual: 0, negLr: 0, ratio: 0, rmin: Infinity, rmax: -Infinity, weight: 0, kl: 0, ent: 0, off: 0 };
   for (let t = 0; t < N; t++) {
@@ -458,7 +459,7 @@ export function modeLossRef(inp: ModeRefInputs, o: ModeRefOptions, logp: ArrayLi
       st.ent += inp.entropy![t];
     }
     // geo-mean: the sequence's term carried by each of its tokens counts once per token (P = sum_i C_i L_i).
-    loss += ai * term;
+    loss.add(ai * term);
     lossAbs += Math.abs(ai * term);
     st.clip += flags.clip[t];
     st.low += flags.low[t];
@@ -493,7 +494,7 @@ export function modeLossRef(inp: ModeRefInputs, o: ModeRefOptions, logp: ArrayLi
   if (o.offPolicy !== undefined) stats.offPolicyMaskedFraction = mean(st.off);
   const kept = new Uint8Array(N);
   for (let t = 0; t < N; t++) kept[t] = M[t] ? 1 : 0;
-  return { loss, lossAbs, stats, kept };
+  return { loss: loss.value, lossAbs, stats, kept };
 }
 
 /** Central differences of the objective at `base`, every token (sg quantities fixed at base). */
