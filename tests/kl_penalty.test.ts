@@ -78,18 +78,21 @@ function suite(device: rlk.Device): void {
   });
 
   it('k3 clamps: |ref - logp| > 20 and values above 10 give value 10 and gradient 0', () => {
-    // x = -25, 29, -3.5, 3, 0, 0, repeated 11 times: the vector paths (16 or 8 a step) see them too.
+    // x = -25, 29, -3.5, 3, 0, 0, -20, 20 (on the bounds: value 10, gradient 0 whichever side of
+    // the x clamp they fall), repeated 11 times: the vector paths (16 or 8 a step) see them too.
     const rep = <T,>(a: T[]) => Array.from({ length: 11 }, () => a).flat();
-    const logpAll = f32(rep([-1, -30, -1, -5, -1, -2]));
-    const refAll = f32(rep([-26, -1, -4.5, -2, -1, -2]));
+    const logpAll = f32(rep([-1, -30, -1, -5, -1, -2, -1, -21]));
+    const refAll = f32(rep([-26, -1, -4.5, -2, -1, -2, -21, -1]));
     const outAll = rlk.klPenalty(rlk.tensor(logpAll, { device }), rlk.tensor(refAll, { device }), { estimator: 'k3' });
     const vAll = outAll.values.toArraySync();
     const gAll = outAll.grad.toArraySync();
     for (let b = 0; b < 11; b++) {
-      const v = vAll.slice(6 * b, 6 * b + 6);
-      const g = gAll.slice(6 * b, 6 * b + 6);
+      const v = vAll.slice(8 * b, 8 * b + 8);
+      const g = gAll.slice(8 * b, 8 * b + 8);
     expect(Array.from(v.slice(0, 2))).toEqual([10, 10]);
     expect(Array.from(g.slice(0, 2))).toEqual([0, 0]);
+    expect(Array.from(v.slice(6, 8))).toEqual([10, 10]);
+    expect(Array.from(g.slice(6, 8), (x) => x + 0)).toEqual([0, 0]);
     expect(v[2]).toBeCloseTo(Math.exp(-3.5) + 3.5 - 1, 6);
     expect(g[2]).toBeCloseTo(1 - Math.exp(-3.5), 6);
     expect(v[3]).toBe(10); // e^3 - 4 = 16.09 > 10

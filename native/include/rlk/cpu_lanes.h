@@ -552,6 +552,12 @@ RLK_LANE bool All(const FMask<N>& m) {
   }
 }
 
+template <int N>
+RLK_LANE FLanes<N> Abs(const FLanes<N>& x) {
+  typedef typename FLanes<N>::I I;
+  return FLanes<N>::Of((typename FLanes<N>::V)((I)x.v & 0x7fffffff));
+}
+
 // ln x in float, as Log on doubles: x = 2^e m, m in [sqrt(1/2), sqrt(2)),
 // ln m = 2 atanh s, s = (m - 1) / (m + 1), |s| <= 0.172 (5 terms leave
 // < 2e-9); lanes that are not positive normal finite take std::log.
