@@ -222,6 +222,27 @@ export async function timeMedian(fn, { iters = 7, warmup = 1 } = {}) {
   return ts[Math.floor(ts.length / 2)];
 }
 
+/**
+ * Time per call of fn over `windows` stretches of 60 ms of back-to-back calls: the minimum, first
+ * quartile and median in microseconds. On a shared VM the minimum and quartile move far less than
+ * one long mean; the A/B loop scripts (bench/*_loop.mjs) print these.
+ */
+export function timeWindows(fn, windows = 30) {
+  const per = [];
+  for (let w = 0; w < windows; w++) {
+    const t0 = performance.now();
+    let calls = 0;
+    while (performance.now() - t0 < 60) {
+      fn();
+      calls++;
+    }
+    per.push(((performance.now() - t0) / calls) * 1000);
+  }
+  per.sort((x, y) => x - y);
+  const q = (f) => per[Math.floor(f * (per.length - 1))].toFixed(1);
+  return `min ${q(0)} p25 ${q(0.25)} median ${q(0.5)} us/call (${windows} windows of 60 ms)`;
+}
+
 let progressDone = 0;
 /** Announces the number of steps of this script (for the harness's progress bar). */
 export function progressTotal(n) {

@@ -251,7 +251,7 @@ function forwardSuite(device: rlk.Device): void {
     }
   });
 
-  it('numerics: all-negative rows, |logits| up to 1e4 (fp32) and the fp16 range, V = 1', () => {
+  it('numerics: all-negative rows, |logits| up to 1e4 (fp32) and the fp16 range, rows spanning 90-190 / T, V = 1', () => {
     const seed = freshSeed();
     const r = rng(seed);
     const V = 301;
@@ -262,6 +262,10 @@ function forwardSuite(device: rlk.Device): void {
       ['float16', () => (r() * 2 - 1) * 65000],
       ['float16', () => -60000 + r() * 8],
       ['bfloat16', () => (r() * 2 - 1) * 3e4],
+      // (x - max) / T down to -186 but finite: the rows whose exps take their bottom clamp (below
+      // -87) though pass 1's minimum could have let a wrong threshold skip it.
+      ['float32', () => -r() * 130],
+      ['bfloat16', () => -r() * 100],
     ];
     for (const [dtype, gen] of cases) {
       const xs = Float64Array.from({ length: 4 * V }, (_, i) => gen(i));

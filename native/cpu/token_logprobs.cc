@@ -74,6 +74,7 @@ RLK_AVX512 inline V Add(V a, V b) { return _mm512_add_ps(a, b); }
 RLK_AVX512 inline V Sub(V a, V b) { return _mm512_sub_ps(a, b); }
 RLK_AVX512 inline V Mul(V a, V b) { return _mm512_mul_ps(a, b); }
 RLK_AVX512 inline V Max(V a, V b) { return _mm512_max_ps(a, b); }
+RLK_AVX512 inline V Min(V a, V b) { return _mm512_min_ps(a, b); }
 RLK_AVX512 inline bool AnyGreater(V a, V b) { return _mm512_cmp_ps_mask(a, b, _CMP_GT_OQ) != 0; }
 // a * b where a != 0 (or NaN), else 0.
 RLK_AVX512 inline V MulNonZero(V a, V b) {
@@ -108,6 +109,7 @@ RLK_AVX2 inline V Add(V a, V b) { return _mm256_add_ps(a, b); }
 RLK_AVX2 inline V Sub(V a, V b) { return _mm256_sub_ps(a, b); }
 RLK_AVX2 inline V Mul(V a, V b) { return _mm256_mul_ps(a, b); }
 RLK_AVX2 inline V Max(V a, V b) { return _mm256_max_ps(a, b); }
+RLK_AVX2 inline V Min(V a, V b) { return _mm256_min_ps(a, b); }
 RLK_AVX2 inline bool AnyGreater(V a, V b) { return _mm256_movemask_ps(_mm256_cmp_ps(a, b, _CMP_GT_OQ)) != 0; }
 RLK_AVX2 inline V MulNonZero(V a, V b) {
   return _mm256_and_ps(_mm256_cmp_ps(a, _mm256_setzero_ps(), _CMP_NEQ_UQ), _mm256_mul_ps(a, b));
