@@ -15,8 +15,8 @@
 // value clamp zeroes the gradient there too and a rounding of x onto a bound
 // changes no output. The double difference, its clamp and the conversions
 // back had been a quarter of the AVX2 loop's instructions, and Cephes' exp
-// beside a degree-11 series another third: 2 M tokens, 1 thread, 5.4 -> 2.7
-// ms on AVX2, 2.7 -> 1.5 ms on AVX-512 (bench/op_loop.mjs k3).
+// beside a degree-11 series another third: 2 M tokens, 1 thread, 5.4 -> 2.3
+// ms on AVX2, 2.7 -> 1.45 ms on AVX-512 (bench/op_loop.mjs k3).
 #pragma GCC diagnostic ignored "-Wpsabi"
 #pragma GCC diagnostic ignored "-Wuninitialized"
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
