@@ -1,37 +1,102 @@
 // Time per call of one op over back-to-back calls (outputs disposed each
-// call, as in a training loop): the quick A/B check of a kernel change, run
-// alternately against another build with RLK_NATIVE_PATH (or another ISA
-// path with RLK_SIMD). Inputs as the op's bench script makes them.
+// call, as in a training loop): the quick check of a kernel change. Inputs
+// as the op's bench script makes them.
 // Usage: node bench/op_loop.mjs OP [threads=1] [size] [windows=30]
+//        node bench/op_loop.mjs --ab A.node B.node OP [threads=1] [size] [pairs=20]
 //   OP: k3 (size: tokens, 2097152), token-forward (size: rows x vocab, 512x151936),
-//       forward-kl, reverse-kl (values only; size 256x32000)
-import * as rlk from '../dist/index.js';
+//       forward-kl, reverse-kl, jsd (values only; size 256x32000), and
+//       forward-kl+grad, reverse-kl+grad, jsd+grad (value and student gradient)
+// --ab loads two builds into one process and alternates 100 ms windows of
+// each, A then B, reporting the median of the per-pair ratios B / A: this
+// VM's slow phases (another tenant on the core; times move 20-50 % from
+// minute to minute) then fall on both builds alike, where two processes run
+// one after the other could differ by more than the change measured.
+// RLK_SIMD picks the ISA path of both.
+import { cpSync, mkdirSync, mkdtempSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { randomFloats, timeWindows } from './common.mjs';
 
-const [op, threads = '1', size, windows = '30'] = process.argv.slice(2);
-rlk.setNumThreads(Number(threads));
-const dims = (dflt) => (size ?? dflt).split('x').map(Number);
-let fn;
-if (op === 'k3') {
-  const [n] = dims('2097152');
-  const lp = rlk.tensor(randomFloats(n, 3, 1).map((v) => -Math.abs(v)));
-  const ref = rlk.tensor(randomFloats(n, 4, 1).map((v) => -Math.abs(v)));
-  fn = () => {
-    const r = rlk.klPenalty(lp, ref, { estimator: 'k3' });
-    r.values.dispose();
-    r.grad.dispose();
-  };
-} else if (op === 'token-forward') {
-  const [N, V] = dims('512x151936');
-  const logits = rlk.tensor(randomFloats(N * V), { shape: [N, V] });
-  const targets = rlk.tensor(Int32Array.from({ length: N }, (_, i) => (i * 7919) % V));
-  fn = () => rlk.tokenLogprobs(logits, targets, { temperature: 0.7 }).logprobs.dispose();  // the bench's T
-} else if (op === 'forward-kl' || op === 'reverse-kl') {
-  const [N, V] = dims('256x32000');
-  const s = rlk.tensor(randomFloats(N * V, 1), { shape: [N, V] });
-  const t = rlk.tensor(randomFloats(N * V, 2), { shape: [N, V] });
-  fn = () => rlk.vocabDivergence(s, t, { kind: op, grad: false }).values.dispose();
-} else {
-  throw new Error(`op_loop: unknown op ${op} (k3, token-forward, forward-kl, reverse-kl)`);
+const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..');
+
+function makeOp(rlk, op, size) {
+  const dims = (dflt) => (size ?? dflt).split('x').map(Number);
+  if (op === 'k3') {
+    const [n] = dims('2097152');
+    const lp = rlk.tensor(randomFloats(n, 3, 1).map((v) => -Math.abs(v)));
+    const ref = rlk.tensor(randomFloats(n, 4, 1).map((v) => -Math.abs(v)));
+    return () => {
+      const r = rlk.klPenalty(lp, ref, { estimator: 'k3' });
+      r.values.dispose();
+      r.grad.dispose();
+    };
+  }
+  if (op === 'token-forward') {
+    const [N, V] = dims('512x151936');
+    const logits = rlk.tensor(randomFloats(N * V), { shape: [N, V] });
+    const targets = rlk.tensor(Int32Array.from({ length: N }, (_, i) => (i * 7919) % V));
+    return () => rlk.tokenLogprobs(logits, targets, { temperature: 0.7 }).logprobs.dispose();  // the bench's T
+  }
+  if (/^(forward-kl|reverse-kl|jsd)(\+grad)?$/.test(op)) {
+    const [N, V] = dims('256x32000');
+    const s = rlk.tensor(randomFloats(N * V, 1), { shape: [N, V] });
+    const t = rlk.tensor(randomFloats(N * V, 2), { shape: [N, V] });
+    const [kind, grad] = [op.replace('+grad', ''), op.endsWith('+grad')];
+    return () => {
+      const r = rlk.vocabDivergence(s, t, { kind, grad });
+      r.values.dispose();
+      r.gradStudent?.dispose();
+    };
+  }
+  throw new Error(`op_loop: unknown op ${op} (k3, token-forward, forward-kl, reverse-kl, jsd, each divergence with +grad)`);
 }
-console.log(`${op}${size ? ` ${size}` : ''} threads=${threads}${process.env.RLK_SIMD ? ` RLK_SIMD=${process.env.RLK_SIMD}` : ''}: ${timeWindows(fn, Number(windows))}`);
+
+// A private copy of the package's dist per build: the loader reads
+// RLK_NATIVE_PATH when its module is first evaluated.
+async function loadBuild(path) {
+  const dir = mkdtempSync(join(tmpdir(), 'rlk-ab-'));
+  mkdirSync(join(dir, 'dist'));
+  cpSync(join(ROOT, 'dist'), join(dir, 'dist'), { recursive: true });
+  cpSync(join(ROOT, 'package.json'), join(dir, 'package.json'));
+  process.env.RLK_NATIVE_PATH = resolve(path);
+  return import(join(dir, 'dist', 'index.js'));
+}
+
+const args = process.argv.slice(2);
+const simd = process.env.RLK_SIMD ? ` RLK_SIMD=${process.env.RLK_SIMD}` : '';
+if (args[0] === '--ab') {
+  const [, a, b, op, threads = '1', size, pairs = '20'] = args;
+  const fns = [];
+  for (const path of [a, b]) {
+    const rlk = await loadBuild(path);
+    rlk.setNumThreads(Number(threads));
+    fns.push(makeOp(rlk, op, size));
+  }
+  const window = (fn) => {
+    const t0 = performance.now();
+    let calls = 0;
+    while (performance.now() - t0 < 100) {
+      fn();
+      calls++;
+    }
+    return ((performance.now() - t0) / calls) * 1000;
+  };
+  fns.forEach(window);  // warm both (scratch buffers, pages)
+  const ta = [], tb = [], ratio = [];
+  for (let p = 0; p < Number(pairs); p++) {
+    ta.push(window(fns[0]));
+    tb.push(window(fns[1]));
+    ratio.push(tb[p] / ta[p]);
+  }
+  const med = (v) => [...v].sort((x, y) => x - y)[Math.floor((v.length - 1) / 2)];
+  console.log(
+    `${op}${size ? ` ${size}` : ''} threads=${threads}${simd}: A min ${Math.min(...ta).toFixed(0)} median ${med(ta).toFixed(0)} us, ` +
+      `B min ${Math.min(...tb).toFixed(0)} median ${med(tb).toFixed(0)} us; B / A median of ${pairs} pairs ${med(ratio).toFixed(3)}`,
+  );
+} else {
+  const [op, threads = '1', size, windows = '30'] = args;
+  const rlk = await import('../dist/index.js');
+  rlk.setNumThreads(Number(threads));
+  console.log(`${op}${size ? ` ${size}` : ''} threads=${threads}${simd}: ${timeWindows(makeOp(rlk, op, size), Number(windows))}`);
+}

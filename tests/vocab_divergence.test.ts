@@ -357,6 +357,37 @@ describe('vocabDivergence (cpu)', () => {
     }
   });
 
+  test('wide rows: -inf logits and spans beyond 87 / T inside full vector groups (the exps\' clamp choice)', async () => {
+    // Pass 1 drops the exps' bottom clamp in a block whose (min - max) / T is
+    // >= -87 and keeps it elsewhere; these rows put each case inside blocks of
+    // 1024 (V = 2500: two full blocks and a short one).
+    const seed = freshSeed();
+    const r = rng(seed);
+    const V = 2500;
+    const rows = 5;
+    const s = randn(r, rows * V, 2);
+    const t = randn(r, rows * V, 2);
+    for (let j = 100; j < 900; j += 7) t[j] = -Infinity; // row 0: a masked teacher vocabulary in block 0
+    for (let j = 1100; j < 1900; j += 11) s[V + j] = -Infinity; // row 1: masked student tokens in block 1
+    for (let j = 0; j < V; j += 13) s[2 * V + j] -= 150; // row 2: finite logits 150 below the rest
+    for (let j = 5; j < V; j += 17) t[3 * V + j] -= 60; // row 3: 60 below, beyond 87 at T = 0.5 only
+    for (const T of [1, 0.5]) {
+      for (const { kind, beta } of KIND_CASES) {
+        const out = await run(s, t, [rows, V], 'float32', 'float32', { kind, beta, temperature: T, teacherGrad: true });
+        const ref = vocabDivergenceRef(out.sIn, out.tIn, rows, V, { kind, beta, temperature: T });
+        const eff = kind === 'jsd' && beta === 0 ? 'forward-kl' : kind === 'jsd' && beta === 1 ? 'reverse-kl' : kind;
+        // Student-only -inf under forward KL: +inf (row 1); teacher-only under reverse KL (row 0).
+        const infRow = eff === 'forward-kl' ? 1 : eff === 'reverse-kl' ? 0 : -1;
+        for (let i = 0; i < rows; i++) {
+          if (i === infRow) expect(out.values[i]).toBe(Infinity);
+          else expect(Number.isFinite(out.values[i])).toBe(true);
+        }
+        checkAgainstRef(`wide ${kind} ${beta} T=${T}`, out, rows, V, 'float32', 'float32', kind, beta, T, seed);
+        await expectValuesOnly(`wide ${kind} ${beta} T=${T}`, s, t, [rows, V], 'float32', 'float32', { kind, beta, temperature: T }, out.values, ref.values, seed);
+      }
+    }
+  });
+
   test('NaN in a row gives NaN for that row only; an all -inf row is NaN', async () => {
     const seed = freshSeed();
     const r = rng(seed);

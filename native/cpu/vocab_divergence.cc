@@ -48,6 +48,7 @@
 #include "rlk/vocab_divergence.h"
 
 #include <algorithm>
+#include <cfloat>
 #include <cmath>
 #include <cstring>
 #include <vector>
@@ -93,9 +94,11 @@ struct ScalarOps {
   static V Exp(V a) { return simd::Exp(a); }
   static V ExpNeg(V a) { return simd::ExpNeg(a); }
   static V ExpLow(V a) { return simd::Exp(a); }
+  static V ExpNegNoLow(V a) { return simd::ExpNeg(a); }
   static V Log(V a) { return simd::Log(a); }
   static float ReduceAdd(V a) { return a; }
   static float ReduceMax(V a) { return a; }
+  static float ReduceMin(V a) { return a; }
 };
 
 struct Avx512Ops {
@@ -134,9 +137,15 @@ struct Avx512Ops {
     V dc;
     return simd::avx512::ExpNeg<true>(a, &dc);
   }
+  // ExpNeg without its bottom clamp: every argument >= kExpNegLow, or NaN.
+  RLK_AVX512 static V ExpNegNoLow(V a) {
+    V dc;
+    return simd::avx512::ExpNeg<false, false>(a, &dc);
+  }
   RLK_AVX512 static V Log(V a) { return simd::avx512::Log(a); }
   RLK_AVX512 static float ReduceAdd(V a) { return simd::avx512::ReduceAdd(a); }
   RLK_AVX512 static float ReduceMax(V a) { return simd::avx512::ReduceMax(a); }
+  RLK_AVX512 static float ReduceMin(V a) { return _mm512_reduce_min_ps(a); }
 };
 
 struct Avx2Ops {
@@ -174,9 +183,18 @@ struct Avx2Ops {
     V dc;
     return simd::avx2::ExpNeg<true>(a, &dc);
   }
+  RLK_AVX2 static V ExpNegNoLow(V a) {
+    V dc;
+    return simd::avx2::ExpNeg<false, false>(a, &dc);
+  }
   RLK_AVX2 static V Log(V a) { return simd::avx2::Log(a); }
   RLK_AVX2 static float ReduceAdd(V a) { return simd::avx2::ReduceAdd(a); }
   RLK_AVX2 static float ReduceMax(V a) { return simd::avx2::ReduceMax(a); }
+  RLK_AVX2 static float ReduceMin(V a) {
+    __m128 m = _mm_min_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+    m = _mm_min_ps(m, _mm_movehl_ps(m, m));
+    return _mm_cvtss_f32(_mm_min_ss(m, _mm_movehdup_ps(m)));
+  }
 };
 
 // ---- element math (generic) ------------------------------------------------------
@@ -210,14 +228,17 @@ RLK_VDIV_INLINE typename Ops::V Log1p(const typename Ops::V& w) {
 }
 
 // p phi(y) with q = p e^-y given (see the file comment); p = 0 gives q.
+// y = -inf comes only with p = 0 (a -inf logit): y is raised to -1e30 so that
+// p y is 0 rather than NaN, one max in place of a compare and a blend. A NaN
+// y becomes -1e30 too; it comes only with a NaN p or q (which the sum keeps)
+// or with p = q = 0 (two -inf logits: 0, as it should).
 template <class Ops>
-RLK_VDIV_INLINE typename Ops::V PhiW(const typename Ops::V& p, const typename Ops::V& y, const typename Ops::V& q) {
-  auto zero = Ops::Set(0.0f);
-  auto r = Ops::Sub(zero, y);
+RLK_VDIV_INLINE typename Ops::V PhiW(const typename Ops::V& p, const typename Ops::V& y0, const typename Ops::V& q) {
+  auto y = Ops::Max(y0, Ops::Set(-1e30f));  // maxps: the second operand where y0 is NaN
+  auto r = Ops::Sub(Ops::Set(0.0f), y);
   auto small = Ops::Mul(p, Ops::Mul(Ops::Mul(r, r), ExpPoly<Ops>(r)));
   auto big = Ops::Fma(p, y, Ops::Sub(q, p));
-  auto v = Ops::Select(Ops::Lt(Ops::Abs(y), Ops::Set(kSmall)), small, big);
-  return Ops::Select(Ops::Eq(p, zero), q, v);
+  return Ops::Select(Ops::Lt(Ops::Abs(y), Ops::Set(kSmall)), small, big);
 }
 
 template <class Ops>
@@ -246,9 +267,12 @@ struct Probs {
 // x = (t - s) / T + xoff as VdivLogRatio: t - s, one fma, and the residuals
 // of xoff and 1 / T, rather than going through dt and ds.
 // The low part takes d clamped to +-1e30 (an infinite d would make it NaN).
-template <class Ops>
+// kExactInvT: 1 / T is a float (T = 1, or a power of two), inv_t_lo is 0 and
+// the low part is xoff_lo: the same bits without the clamp and the fma.
+template <class Ops, bool kExactInvT = false>
 RLK_VDIV_INLINE typename Ops::V LogRatio(const typename Ops::V& t, const typename Ops::V& s, const RowConsts<Ops>& k) {
   auto d = Ops::Sub(t, s);
+  if constexpr (kExactInvT) return Ops::Add(Ops::Fma(d, k.inv_t, k.xoff), k.xoff_lo);
   auto dl = Ops::Min(Ops::Max(d, Ops::Set(-1e30f)), Ops::Set(1e30f));
   return Ops::Add(Ops::Fma(d, k.inv_t, k.xoff), Ops::Fma(dl, k.inv_t_lo, k.xoff_lo));
 }
@@ -582,6 +606,113 @@ RLK_VDIV_INLINE RowNorm Normalisers(const TS* s, const TT* t, int64_t nv, float 
   return n;
 }
 
+// Pass 1 of the values-only KLs: Normalisers<Ops, true> with plain block sums
+// (no split of the block maximum's 1s: the value needs no accurate
+// normalisers, see Row) and, in a block whose exp arguments all lie at or
+// above kExpNegLow, exps without their bottom clamp (a max, a compare and an
+// and-not each on AVX2). A separate function, not a mode of Normalisers:
+// folded into it as template switches, Normalisers' own uses came out
+// slower with the same instruction count (callgrind), e.g. values-only jsd
+// +10 % on AVX-512 (`bench/op_loop.mjs --ab`).
+template <class Ops, bool kClampLow, class TS, class TT>
+RLK_VDIV_INLINE void PlainBlockSums(const TS* s, const TT* t, int64_t b, int64_t e, int64_t nv, float* keep,
+                                    const typename Ops::V& rt, const typename Ops::V& rs, const typename Ops::V& vinv,
+                                    double* bst, double* bss) {
+  using V = typename Ops::V;
+  constexpr int L = Ops::kLanes;
+  constexpr int K = kSumParts / L;  // the same partial sums as Normalisers
+  const float ninf = -INFINITY;
+  V at[K], as[K];
+  for (int u = 0; u < K; ++u) at[u] = as[u] = Ops::Set(0.0f);
+  int64_t i = b;
+  for (; i + K * L <= e; i += K * L) {
+    const uintptr_t nt = reinterpret_cast<uintptr_t>(t) + uintptr_t(i + kBlock) * sizeof(TT);
+    const uintptr_t ns = reinterpret_cast<uintptr_t>(s) + uintptr_t(i + kBlock) * sizeof(TS);
+    for (uintptr_t o = 0; o < K * L * sizeof(TT); o += 64) __builtin_prefetch(reinterpret_cast<const void*>(nt + o), 0, 3);
+    for (uintptr_t o = 0; o < K * L * sizeof(TS); o += 64) __builtin_prefetch(reinterpret_cast<const void*>(ns + o), 0, 3);
+    for (int u = 0; u < K; ++u) {
+      const V tv = Ops::Load(t + i + u * L), sv = Ops::Load(s + i + u * L);
+      V et, es;
+      if constexpr (kClampLow) {
+        et = Ops::ExpNeg(Ops::Mul(Ops::Sub(tv, rt), vinv));
+        es = Ops::ExpNeg(Ops::Mul(Ops::Sub(sv, rs), vinv));
+      } else {
+        et = Ops::ExpNegNoLow(Ops::Mul(Ops::Sub(tv, rt), vinv));
+        es = Ops::ExpNegNoLow(Ops::Mul(Ops::Sub(sv, rs), vinv));
+      }
+      Ops::Store(keep + i + u * L, et);
+      Ops::Store(keep + nv + i + u * L, es);
+      at[u] = Ops::Add(at[u], et);
+      as[u] = Ops::Add(as[u], es);
+    }
+  }
+  // The rest (fewer than K vectors, a partial one filled with -inf) clamps.
+  for (int u = 0; i < e; i += L, u = (u + 1) % K) {
+    const int64_t rem = e - i;
+    const V tv = rem >= L ? Ops::Load(t + i) : Ops::LoadTail(t + i, rem, ninf);
+    const V sv = rem >= L ? Ops::Load(s + i) : Ops::LoadTail(s + i, rem, ninf);
+    const V et = Ops::ExpNeg(Ops::Mul(Ops::Sub(tv, rt), vinv));
+    const V es = Ops::ExpNeg(Ops::Mul(Ops::Sub(sv, rs), vinv));
+    StoreAt<Ops>(keep + i, et, rem);
+    StoreAt<Ops>(keep + nv + i, es, rem);
+    at[u] = Ops::Add(at[u], et);
+    as[u] = Ops::Add(as[u], es);
+  }
+  for (int w = K / 2; w >= 1; w /= 2) {
+    for (int u = 0; u < w; ++u) {
+      at[u] = Ops::Add(at[u], at[u + w]);
+      as[u] = Ops::Add(as[u], as[u + w]);
+    }
+  }
+  *bst = double(Ops::ReduceAdd(at[0]));
+  *bss = double(Ops::ReduceAdd(as[0]));
+}
+
+template <class Ops, class TS, class TT>
+RLK_VDIV_INLINE RowNorm PlainNormalisers(const TS* s, const TT* t, int64_t nv, float inv_t, float* keep) {
+  using V = typename Ops::V;
+  constexpr int L = Ops::kLanes;
+  const float ninf = -INFINITY;
+  RowNorm n;
+  const V vinv = Ops::Set(inv_t);
+  for (int64_t b = 0; b < nv; b += kBlock) {
+    const int64_t e = std::min(nv, b + kBlock);
+    // Min(x, mn) returns mn where x is NaN, so a NaN never enters the minima
+    // (it reaches the sums through its exp); a partial vector's -inf fill
+    // does, and makes the row's last block clamp.
+    V mt = Ops::Set(ninf), ms = Ops::Set(ninf);
+    V lt = Ops::Set(FLT_MAX), ls = Ops::Set(FLT_MAX);
+    for (int64_t i = b; i < e; i += L) {
+      const int64_t rem = e - i;
+      const V tv = rem >= L ? Ops::Load(t + i) : Ops::LoadTail(t + i, rem, ninf);
+      const V sv = rem >= L ? Ops::Load(s + i) : Ops::LoadTail(s + i, rem, ninf);
+      mt = Ops::Max(mt, tv);
+      ms = Ops::Max(ms, sv);
+      lt = Ops::Min(tv, lt);
+      ls = Ops::Min(sv, ls);
+    }
+    const float bmt = Ops::ReduceMax(mt), bms = Ops::ReduceMax(ms);
+    // An all -inf block is summed against 0: its terms are 0, a NaN stays NaN.
+    const V rt = Ops::Set(bmt == ninf ? 0.0f : bmt), rs = Ops::Set(bms == ninf ? 0.0f : bms);
+    // Every exp argument (x - max) * (1 / T) is formed in float, monotone in
+    // x, so it is at least the minimum's. A block with a -inf logit clamps.
+    const float dt = (Ops::ReduceMin(lt) - bmt) * inv_t, ds = (Ops::ReduceMin(ls) - bms) * inv_t;
+    double bst, bss;
+    if (dt >= simd::detail::kExpNegLow && ds >= simd::detail::kExpNegLow)
+      PlainBlockSums<Ops, false>(s, t, b, e, nv, keep, rt, rs, vinv, &bst, &bss);
+    else
+      PlainBlockSums<Ops, true>(s, t, b, e, nv, keep, rt, rs, vinv, &bst, &bss);
+    keep[2 * nv + 2 * (b / kBlock)] = bmt;
+    keep[2 * nv + 2 * (b / kBlock) + 1] = bms;
+    if (MergeBlock(&n.tmax, &n.tsum, bmt, bst, inv_t)) n.targ = FirstEqual<Ops>(t, b, e, bmt);
+    if (MergeBlock(&n.smax, &n.ssum, bms, bss, inv_t)) n.sarg = FirstEqual<Ops>(s, b, e, bms);
+  }
+  // A row with no finite logit has no distribution.
+  if (n.tmax == ninf) n.tsum = NAN;
+  if (n.smax == ninf) n.ssum = NAN;
+  return n;
+}
+
 // Pass 2: the value's sums: for the KLs sums[0] = the KL, sums[1] = sum_j w_j
 // d_j (RefDiff); for jsd sums[0] = KL(p_t || M), sums[1] = KL(p_s || M),
 // sums[2] = sum p_t a_t, sums[3] = sum p_s a_s.
@@ -603,7 +734,7 @@ constexpr int kScratchRows = 6;
 
 // kValueOnly: scratch is pass 1's keep (p = kept exp * the block's factor
 // e^{(block max - row max) / T} / S, formed in double).
-template <class Ops, DivergenceKind kKind, PassMode kMode, class TS, class TT>
+template <class Ops, DivergenceKind kKind, PassMode kMode, bool kExactInvT = false, class TS, class TT>
 RLK_VDIV_INLINE void ValuePass(const TS* s, const TT* t, int64_t nv, const RowConsts<Ops>& k, double sums[4], TS* gs,
                                TT* gt, float* scratch, const RowNorm& n, float inv_t) {
   using V = typename Ops::V;
@@ -628,7 +759,7 @@ RLK_VDIV_INLINE void ValuePass(const TS* s, const TT* t, int64_t nv, const RowCo
       if constexpr (kMode == PassMode::kValueOnly) {
         q.pt = Ops::Mul(LoadAt<Ops>(scratch + i, rem), ct);
         q.ps = Ops::Mul(LoadAt<Ops>(scratch + nv + i, rem), cs);
-        q.x = LogRatio<Ops>(tv, sv, k);
+        q.x = LogRatio<Ops, kExactInvT>(tv, sv, k);
       } else {
         q = Prep<Ops>(tv, sv, k);
       }
@@ -752,7 +883,14 @@ RLK_VDIV_INLINE void Row(const VocabDivergenceParams& p, DivergenceKind kind, in
   // (teacher-weighted for forward KL's teacher gradient, student-weighted
   // for reverse KL's student gradient).
   RowNorm n;
-  if (!gs) n = Normalisers<Ops, true>(s, t, nv, p.inv_temperature, keep);
+  // The values-only KLs take plain block sums (PlainNormalisers): their
+  // value needs no accurate normalisers. Relative errors e_t, e_s of S_t, S_s
+  // scale p_t by (1 - e_t) and shift every x by d = e_s - e_t, and since
+  // sum_j p_t e^-x_j = 1, sum_j p_t phi(x_j + d) = KL + e^-d - 1 + d: the
+  // value moves by e_t relative and d^2 / 2 absolute (~1e-13), where the
+  // gradients move by d / |x| (Normalisers). jsd's terms lack that identity.
+  if (!gs && kind == DivergenceKind::kJsd) n = Normalisers<Ops, true>(s, t, nv, p.inv_temperature, keep);
+  else if (!gs) n = PlainNormalisers<Ops>(s, t, nv, p.inv_temperature, keep);
   else if (kind == DivergenceKind::kReverseKl) n = Normalisers<Ops, false, RefSide::kStudent>(s, t, nv, p.inv_temperature, keep);
   else if (kind == DivergenceKind::kForwardKl && gt) n = Normalisers<Ops, false, RefSide::kTeacher>(s, t, nv, p.inv_temperature, keep);
   else n = Normalisers<Ops, false>(s, t, nv, p.inv_temperature, keep);
@@ -788,9 +926,19 @@ RLK_VDIV_INLINE void Row(const VocabDivergenceParams& p, DivergenceKind kind, in
   }
   double sums[4];
   if (!gs) {
+    // The KLs' value pass is short enough for the log-ratio's low-part fma
+    // and clamp to show (a tenth of it on AVX2): without them where 1 / T is
+    // exact. jsd's pass is dominated by its exp and log.
+    const bool exact = p.inv_temperature_lo == 0.0f;
     switch (kind) {
-      case DivergenceKind::kForwardKl: ValuePass<Ops, DivergenceKind::kForwardKl, PassMode::kValueOnly>(s, t, nv, k, sums, gs, gt, keep, n, p.inv_temperature); break;
-      case DivergenceKind::kReverseKl: ValuePass<Ops, DivergenceKind::kReverseKl, PassMode::kValueOnly>(s, t, nv, k, sums, gs, gt, keep, n, p.inv_temperature); break;
+      case DivergenceKind::kForwardKl:
+        if (exact) ValuePass<Ops, DivergenceKind::kForwardKl, PassMode::kValueOnly, true>(s, t, nv, k, sums, gs, gt, keep, n, p.inv_temperature);
+        else ValuePass<Ops, DivergenceKind::kForwardKl, PassMode::kValueOnly>(s, t, nv, k, sums, gs, gt, keep, n, p.inv_temperature);
+        break;
+      case DivergenceKind::kReverseKl:
+        if (exact) ValuePass<Ops, DivergenceKind::kReverseKl, PassMode::kValueOnly, true>(s, t, nv, k, sums, gs, gt, keep, n, p.inv_temperature);
+        else ValuePass<Ops, DivergenceKind::kReverseKl, PassMode::kValueOnly>(s, t, nv, k, sums, gs, gt, keep, n, p.inv_temperature);
+        break;
       case DivergenceKind::kJsd: ValuePass<Ops, DivergenceKind::kJsd, PassMode::kValueOnly>(s, t, nv, k, sums, gs, gt, keep, n, p.inv_temperature); break;
     }
     p.values[r] = VdivRowValue(kind, p.beta, sums);
