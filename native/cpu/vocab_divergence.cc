@@ -228,17 +228,18 @@ RLK_VDIV_INLINE typename Ops::V Log1p(const typename Ops::V& w) {
 }
 
 // p phi(y) with q = p e^-y given (see the file comment); p = 0 gives q.
-// y = -inf comes only with p = 0 (a -inf logit): y is raised to -1e30 so that
-// p y is 0 rather than NaN, one max in place of a compare and a blend. A NaN
-// y becomes -1e30 too; it comes only with a NaN p or q (which the sum keeps)
-// or with p = q = 0 (two -inf logits: 0, as it should).
+// The p = 0 select stays a select: p = 0 comes with y = -inf (a -inf logit)
+// and with y = +inf (p underflowed to 0 at the lowest float, the other side
+// -inf), and p y is NaN in both; clamping y at -1e30 would save a compare and
+// a blend but leave the second NaN (the wide-rows test's row 5).
 template <class Ops>
-RLK_VDIV_INLINE typename Ops::V PhiW(const typename Ops::V& p, const typename Ops::V& y0, const typename Ops::V& q) {
-  auto y = Ops::Max(y0, Ops::Set(-1e30f));  // maxps: the second operand where y0 is NaN
-  auto r = Ops::Sub(Ops::Set(0.0f), y);
+RLK_VDIV_INLINE typename Ops::V PhiW(const typename Ops::V& p, const typename Ops::V& y, const typename Ops::V& q) {
+  auto zero = Ops::Set(0.0f);
+  auto r = Ops::Sub(zero, y);
   auto small = Ops::Mul(p, Ops::Mul(Ops::Mul(r, r), ExpPoly<Ops>(r)));
   auto big = Ops::Fma(p, y, Ops::Sub(q, p));
-  return Ops::Select(Ops::Lt(Ops::Abs(y), Ops::Set(kSmall)), small, big);
+  auto v = Ops::Select(Ops::Lt(Ops::Abs(y), Ops::Set(kSmall)), small, big);
+  return Ops::Select(Ops::Eq(p, zero), q, v);
 }
 
 template <class Ops>
