@@ -12,7 +12,7 @@
 // minute to minute) then fall on both builds alike, where two processes run
 // one after the other could differ by more than the change measured.
 // RLK_SIMD picks the ISA path of both.
-import { cpSync, mkdirSync, mkdtempSync } from 'node:fs';
+import { cpSync, mkdirSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -56,6 +56,7 @@ function makeOp(rlk, op, size) {
 // RLK_NATIVE_PATH when its module is first evaluated.
 async function loadBuild(path) {
   const dir = mkdtempSync(join(tmpdir(), 'rlk-ab-'));
+  process.on('exit', () => rmSync(dir, { recursive: true, force: true }));
   mkdirSync(join(dir, 'dist'));
   cpSync(join(ROOT, 'dist'), join(dir, 'dist'), { recursive: true });
   cpSync(join(ROOT, 'package.json'), join(dir, 'package.json'));
