@@ -5,7 +5,8 @@
 //        node bench/op_loop.mjs --ab A.node B.node OP [threads=1] [size] [pairs=20]
 //   OP: k3 (size: tokens, 2097152), token-forward (size: rows x vocab, 512x151936),
 //       forward-kl, reverse-kl, jsd (values only; size 256x32000), and
-//       forward-kl+grad, reverse-kl+grad, jsd+grad (value and student gradient)
+//       forward-kl+grad, reverse-kl+grad, jsd+grad (value and student gradient),
+//       ga-METHOD (groupAdvantages with that method, groups of 16; size: B, 65536)
 // --ab loads two builds into one process and alternates 100 ms windows of
 // each, A then B, reporting the median of the per-pair ratios B / A: this
 // VM's slow phases (another tenant on the core; times move 20-50 % from
@@ -49,7 +50,26 @@ function makeOp(rlk, op, size) {
       r.gradStudent?.dispose();
     };
   }
-  throw new Error(`op_loop: unknown op ${op} (k3, token-forward, forward-kl, reverse-kl, jsd, each divergence with +grad)`);
+  if (op.startsWith('ga-')) {
+    // groupAdvantages, groups of 16, inputs as group_advantages_loop.mjs makes them.
+    const [B] = dims('65536');
+    const method = op.slice(3);
+    const rewards = rlk.tensor(Float32Array.from({ length: B }, (_, i) => (i % 3 === 0 ? 1 : 0) + 0.01 * (i % 7)));
+    const tokenCounts = rlk.tensor(Int32Array.from({ length: B }, (_, i) => i % 512));
+    const baselineRewards = rlk.tensor(Float32Array.from({ length: B }, (_, i) => 0.5 + 0.01 * (i % 5)));
+    const opts = {
+      groupSize: 16,
+      method,
+      ...(method === 'opo' || method === 'reinforce++' ? { tokenCounts } : {}),
+      ...(method === 'remax' ? { baselineRewards } : {}),
+    };
+    return () => {
+      const r = rlk.groupAdvantages(rewards, opts);
+      r.advantages.dispose();
+      r.informative.dispose();
+    };
+  }
+  throw new Error(`op_loop: unknown op ${op} (k3, token-forward, forward-kl, reverse-kl, jsd, each divergence with +grad, ga-METHOD)`);
 }
 
 // A private copy of the package's dist per build: the loader reads

@@ -62,9 +62,18 @@ interface Case {
   groupTask: Int32Array;
 }
 
+// Rewards of kind 0: 0/1; 1: 50 + 0.1 N(0, 1); 2: mixed; 3: 3 + 1e-6 N(0, 1), a few float ulps about 3,
+// so that the centring cancels all but the last bits (the rows' float centre hi + lo must keep its lo:
+// without it these rows are ~10 % off).
 function makeCase(r: () => number, B: number, kind: number): Case {
   const value = (): number =>
-    kind === 0 ? (r() < 0.4 ? 1 : 0) : kind === 1 ? 50 + 0.1 * normal(r) : r() < 0.3 ? 1 : r() < 0.5 ? 0 : 2 * normal(r);
+    kind === 0
+      ? r() < 0.4 ? 1 : 0
+      : kind === 1
+        ? 50 + 0.1 * normal(r)
+        : kind === 3
+          ? 3 + 1e-6 * normal(r)
+          : r() < 0.3 ? 1 : r() < 0.5 ? 0 : 2 * normal(r);
   const T = 1 + Math.floor(r() * 6);
   const mask = Uint8Array.from({ length: B * T }, () => (r() < 0.7 ? 1 : 0));
   const counts = Int32Array.from({ length: B }, (_, i) => mask.subarray(i * T, (i + 1) * T).reduce((a, b) => a + b, 0));
@@ -97,7 +106,7 @@ describe('groupAdvantages (cpu), consecutive groups: the vectorised path', () =>
     const seed = freshSeed();
     const r = rng(seed);
     for (const [B, gs] of SHAPES) {
-      for (const kind of [0, 1, 2]) {
+      for (const kind of [0, 1, 2, 3]) {
         const c = makeCase(r, B, kind);
         if (v.method === 'grpo-passk' && gs < 2) {
           expect(() => run(c, v, gs), `${label(v)} gs=${gs}`).toThrow(/groups of at least 2 rows/);
@@ -147,6 +156,27 @@ describe('groupAdvantages (cpu), consecutive groups: the vectorised path', () =>
       }
     } finally {
       rlk.setNumThreads(threads);
+    }
+  });
+
+  test('rewards near the float range: grpo rows stay finite where r - mean overflows a float (the double rows)', () => {
+    // |r| up to 3e38: r - mean can pass FLT_MAX while (r - mean) / std is ~1, so these groups must
+    // not take the float rows; tiny rewards (1e-36) have a mean below 1e-30, kept in double too.
+    const seed = freshSeed();
+    const r = rng(seed);
+    for (const [B, gs] of [[16 * 40, 16], [8 * 9, 8], [37 * 3, 3]]) {
+      for (const size of [1e38, 1e-36]) {
+        const rewards = Float32Array.from({ length: B }, () => size * (6 * r() - 3));
+        const groupOf = Int32Array.from({ length: B }, (_, i) => Math.floor(i / gs));
+        for (const scale of ['group', 'batch'] as const) {
+          const ref = refGroupAdvantages(Float64Array.from(rewards), { method: 'grpo', groupOf, scale, baseline: rewards });
+          const out = rlk.groupAdvantages(keep(rlk.tensor(rewards)), { method: 'grpo', groupSize: gs, scale });
+          const a = keep(out.advantages).toArraySync();
+          keep(out.informative);
+          expect(a.every(Number.isFinite), `grpo ${scale} B=${B} gs=${gs} size ${size} finite (seed ${seed})`).toBe(true);
+          expectClose(`grpo ${scale} B=${B} gs=${gs} size ${size}`, a, ref.advantages, TOLERANCE.float32, seed);
+        }
+      }
     }
   });
 

@@ -612,6 +612,7 @@ constexpr int kGaW = 8;
 #define RLK_GA_SQRT _mm512_sqrt_pd
 #define RLK_GA_LOADF(p) _mm512_cvtps_pd(_mm256_loadu_ps(p))
 #define RLK_GA_LOADI(p) _mm512_cvtepi32_pd(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)))
+#define RLK_GA_GTMASK(a, b) uint32_t(_mm512_cmp_pd_mask(__m512d(a), __m512d(b), _CMP_GT_OQ))
 #define RLK_GA_GATHER(dst, base, off) \
   _mm512_store_ps(dst, _mm512_i32gather_ps(_mm512_load_si512(off), base, 4))
 #define RLK_GA_GATHER_D(dst, base, off)                                                                             \
@@ -656,6 +657,7 @@ inline void GaTranspose16(const float* rewards, int64_t g0, int64_t G, float* ti
 #undef RLK_GA_SQRT
 #undef RLK_GA_LOADF
 #undef RLK_GA_LOADI
+#undef RLK_GA_GTMASK
 #undef RLK_GA_GATHER
 #undef RLK_GA_GATHER_D
 }  // namespace ga_avx512
@@ -668,6 +670,7 @@ constexpr int kGaW = 4;
 #define RLK_GA_SQRT _mm256_sqrt_pd
 #define RLK_GA_LOADF(p) _mm256_cvtps_pd(_mm_loadu_ps(p))
 #define RLK_GA_LOADI(p) _mm256_cvtepi32_pd(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)))
+#define RLK_GA_GTMASK(a, b) uint32_t(_mm256_movemask_pd(_mm256_cmp_pd(__m256d(a), __m256d(b), _CMP_GT_OQ)))
 // Groups of a multiple of 8, 8 groups a block: each 8 rows of the block are
 // an 8 x 8 float matrix (one register a group), transposed in registers (24
 // shuffles for 64 rewards). AVX2 has gathers too slow to pay, and the scalar
@@ -676,7 +679,11 @@ constexpr int kGaW = 4;
 // past G - 1 repeat G - 1).
 inline void GaTranspose8(const float* rewards, int64_t g0, int64_t G, int64_t gs, float* tile) {
   const float* src[8];
-  for (int l = 0; l < 8; ++l) src[l] = rewards + std::min<int64_t>(g0 + l, G - 1) * gs;
+  const float* base = rewards + g0 * gs;
+  if (g0 + 8 <= G)  // a whole block (the clamped form's address arithmetic is a third of the transpose)
+    for (int l = 0; l < 8; ++l) src[l] = base + l * gs;
+  else
+    for (int l = 0; l < 8; ++l) src[l] = rewards + std::min<int64_t>(g0 + l, G - 1) * gs;
   for (int64_t k = 0; k < gs; k += 8) {
     __m256 r[8], t[8];
     for (int l = 0; l < 8; ++l) r[l] = _mm256_loadu_ps(src[l] + k);
@@ -705,6 +712,7 @@ inline void GaTranspose8(const float* rewards, int64_t g0, int64_t G, int64_t gs
 #undef RLK_GA_SQRT
 #undef RLK_GA_LOADF
 #undef RLK_GA_LOADI
+#undef RLK_GA_GTMASK
 }  // namespace ga_avx2
 #pragma GCC pop_options
 namespace ga_baseline {
@@ -713,11 +721,13 @@ constexpr int kGaW = 2;
 #define RLK_GA_SQRT _mm_sqrt_pd
 #define RLK_GA_LOADF(p) _mm_cvtps_pd(_mm_castpd_ps(_mm_load_sd(reinterpret_cast<const double*>(p))))
 #define RLK_GA_LOADI(p) _mm_cvtepi32_pd(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p)))
+#define RLK_GA_GTMASK(a, b) uint32_t(_mm_movemask_pd(_mm_cmpgt_pd(__m128d(a), __m128d(b))))
 #include "group_advantages_isa.inc"
 #undef RLK_GA_NATIVE
 #undef RLK_GA_SQRT
 #undef RLK_GA_LOADF
 #undef RLK_GA_LOADI
+#undef RLK_GA_GTMASK
 }  // namespace ga_baseline
 #pragma GCC diagnostic pop
 
