@@ -51,7 +51,7 @@ function makeOp(rlk, op, size) {
     };
   }
   if (op.startsWith('ga-')) {
-    // groupAdvantages, groups of 16, inputs as group_advantages_loop.mjs makes them.
+    // groupAdvantages, groups of 16 (the inputs of RESULTS.md's group advantage loops).
     const [B] = dims('65536');
     const method = op.slice(3);
     const rewards = rlk.tensor(Float32Array.from({ length: B }, (_, i) => (i % 3 === 0 ? 1 : 0) + 0.01 * (i % 7)));
