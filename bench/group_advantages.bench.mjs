@@ -1,9 +1,11 @@
 // groupAdvantages on the CPU, every method, at B = 4096 and 65536 (groups of
 // 16; int64 hash ids for one grpo case), beside the same formulas in PyTorch
 // eager and torch.compile (bench/torch_group_advantages.py) on the same
-// thread count, run from here. Medians of ITERS calls, each call including
-// the output allocations and their disposal.
-// Usage: node bench/group_advantages.bench.mjs [--threads=N] [--iters=N] [--sizes=4096,65536] [--only=a,b] [--quick] [--json] [--no-compile] [--no-torch]
+// thread count, run from here. Each call includes the output allocations and
+// their disposal; both sides time blocks of back-to-back calls (>= 2 ms a
+// block) and report the median over ITERS blocks of the per-call mean.
+// Usage: node bench/group_advantages.bench.mjs [--threads=N] [--iters=N] [--rounds=N] [--sizes=4096,65536] [--only=a,b] [--quick] [--json] [--no-compile] [--no-torch]
+//   --rounds: rounds of both sides, each side's best round reported (3; --quick: 1)
 //   --only: cases whose name holds any of these substrings; --quick: B = 4096 and four methods
 //   (what bench/run.mjs --quick and `rlkernels bench --quick` run); --json: the last line is
 //   bench/run.mjs's { rows } form. PyTorch from RLK_BENCH_PYTHON, else .venv/bin/python, else
@@ -24,6 +26,7 @@ const THREADS = Number(arg('threads', '2'));
 const ITERS = Number(arg('iters', '50'));
 const QUICK = process.argv.includes('--quick');
 const SIZES = arg('sizes', QUICK ? '4096' : '4096,65536').split(',').map(Number);
+const ROUNDS = Number(arg('rounds', QUICK ? '1' : '3'));
 const ONLY = arg('only', QUICK ? 'grpo B,rloo,reinforce++,grpo-passk' : '');
 const ONLY_ANY = ONLY.split(',').filter(Boolean);
 const GS = 16;
@@ -32,21 +35,33 @@ const K = 3;
 rlk.setNumThreads(THREADS);
 
 function median(fn) {
-  // Warm up for ~20 ms (at least 3 calls): with 3 calls the first case also timed V8 compiling
-  // the options parsing (grpo B=4096: 28 us, the same call 16 us once warm).
-  const t0 = performance.now();
-  for (let i = 0; i < 3 || (i < 2000 && performance.now() - t0 < 20); i++) fn();
-  const ts = [];
-  for (let i = 0; i < ITERS; i++) {
+  // Blocks of back-to-back calls, as torch.utils.benchmark's blocked_autorange does: one
+  // performance.now() pair around a ~20 us call is itself ~1-2 % of it, and a single call lands
+  // in or out of a timer tick, a page fault or the other core's interrupt (single-call medians
+  // of the same case moved 58-140 us between runs, RESULTS.md). The call count a block is doubled until a block
+  // takes >= 2 ms, after three calls that run V8's first compile of the options parsing (a
+  // slow first call is not taken for a 2 ms block); the result is the median over ITERS
+  // blocks of the per-call mean. The PyTorch side (torch_group_advantages.py) times its calls
+  // the same way.
+  for (let i = 0; i < 3; i++) fn();
+  let n = 1;
+  for (;;) {
     const t0 = performance.now();
-    fn();
-    ts.push(performance.now() - t0);
+    for (let i = 0; i < n; i++) fn();
+    if (performance.now() - t0 >= 2 || n >= 1 << 16) break;
+    n *= 2;
+  }
+  const ts = [];
+  for (let b = 0; b < ITERS; b++) {
+    const t0 = performance.now();
+    for (let i = 0; i < n; i++) fn();
+    ts.push((performance.now() - t0) / n);
   }
   ts.sort((a, b) => a - b);
   return ts[ts.length >> 1];
 }
 
-const ours = {};
+const calls = {};  // case name -> one call (outputs disposed)
 for (const B of SIZES) {
   const r = rng(B);
   const G = B / GS;
@@ -74,11 +89,11 @@ for (const B of SIZES) {
   };
   for (const [name, [x, opts]] of Object.entries(cases)) {
     if (ONLY_ANY.length && !ONLY_ANY.some((o) => name.includes(o))) continue;
-    ours[name] = median(() => {
+    calls[name] = () => {
       const out = rlk.groupAdvantages(x, opts);
       out.advantages.dispose();
       out.informative.dispose();
-    });
+    };
   }
 }
 
@@ -96,7 +111,23 @@ function runTorch() {
   console.error(`PyTorch comparison unavailable: ${(r.stderr || '').trim().split('\n').pop()}`);
   return {};
 }
-const torch = runTorch();
+// ROUNDS rounds, each timing every case of ours and then every case of PyTorch's; each side's
+// figure is its best round. This VM's speed moves by 30-40 % for seconds at a time (the same
+// build read rloo at B = 65536 as 24 or 34 us on one thread from one run to the next), and a case of ours and the same case in PyTorch are timed a minute
+// apart, so one round's ratio could be off by that much either way; the best of three rounds
+// on both sides is each side's time outside such phases.
+const ours = {};
+const torch = {};
+for (let round = 0; round < ROUNDS; round++) {
+  for (const [name, fn] of Object.entries(calls)) ours[name] = Math.min(ours[name] ?? Infinity, median(fn));
+  for (const [name, t] of Object.entries(runTorch())) {
+    const best = (torch[name] ??= { eager: null, compile: null });
+    const min = (a, b) => (a == null ? b : b == null ? a : Math.min(a, b));
+    best.eager = min(best.eager, t.eager);
+    if (t.compile_error) best.compile_error = t.compile_error;  // a wrong compiled result in any round: no time
+    best.compile = best.compile_error ? null : min(best.compile, t.compile);
+  }
+}
 
 if (process.argv.includes('--json')) {
   // bench/run.mjs's rows: op = the case without its batch size, shape = B.
@@ -105,11 +136,12 @@ if (process.argv.includes('--json')) {
     const [, op, b] = /^(.*) (B=\d+)$/.exec(name);
     return { op, shape: b, ms, eager: t.eager ?? undefined, compile: t.compile ?? undefined, compileError: t.compile_error ?? undefined };
   });
-  console.log(JSON.stringify({ threads: THREADS, isa: rlk.buildInfo().cpu.simd, rows }));
+  const note = `each side's time is the median of ${ITERS} blocks of >= 2 ms of back-to-back calls (per-call mean), best of ${ROUNDS} round${ROUNDS > 1 ? 's' : ''}`;
+  console.log(JSON.stringify({ threads: THREADS, isa: rlk.buildInfo().cpu.simd, note, rows }));
   process.exit(0);
 }
 const load = existsSync('/proc/loadavg') ? readFileSync('/proc/loadavg', 'utf8').split(' ').slice(0, 3).join(' ') : 'n/a';
-console.log(`\ngroupAdvantages, CPU, fp32 rewards, groups of ${GS}, ${THREADS} threads (${rlk.buildInfo().cpu.simd}); median of ${ITERS} calls; load average ${load}\n`);
+console.log(`\ngroupAdvantages, CPU, fp32 rewards, groups of ${GS}, ${THREADS} threads (${rlk.buildInfo().cpu.simd}); median of ${ITERS} blocks of >= 2 ms, per-call mean, best of ${ROUNDS} rounds; load average ${load}\n`);
 console.log('| case | rlkernels (ms) | PyTorch eager (ms) | torch.compile (ms) | vs eager | vs compile |');
 console.log('|---|---:|---:|---:|---:|---:|');
 const fmt = (x) => (x == null ? 'n/a' : x.toFixed(4));

@@ -6,7 +6,8 @@
 //   OP: k3 (size: tokens, 2097152), token-forward (size: rows x vocab, 512x151936),
 //       forward-kl, reverse-kl, jsd (values only; size 256x32000), and
 //       forward-kl+grad, reverse-kl+grad, jsd+grad (value and student gradient),
-//       ga-METHOD (groupAdvantages with that method, groups of 16; size: B, 65536)
+//       ga-METHOD (groupAdvantages with that method, groups of 16; size: B, 65536),
+//       ga-hash (grpo over int64 hash ids, groups of 16 scattered; size: B, 65536)
 // --ab loads two builds into one process and alternates 100 ms windows of
 // each, A then B, reporting the median of the per-pair ratios B / A: this
 // VM's slow phases (another tenant on the core; times move 20-50 % from
@@ -48,6 +49,22 @@ function makeOp(rlk, op, size) {
       const r = rlk.vocabDivergence(s, t, { kind, grad });
       r.values.dispose();
       r.gradStudent?.dispose();
+    };
+  }
+  if (op === 'ga-hash') {
+    // grpo over int64 hash ids, groups of 16 scattered over the batch, rewards at random about
+    // their group's mean (the bench's "grpo hash ids" case).
+    const [B] = dims('65536');
+    const G = B / 16;
+    let seed = 1;
+    const next = () => (seed = (seed * 48271) % 2147483647) / 2147483647;
+    const rewards = rlk.tensor(Float32Array.from({ length: B }, next));
+    const labels = Array.from({ length: G }, () => BigInt(Math.floor(next() * 2 ** 31)) * 0x100000001n);
+    const groupIds = rlk.tensor(BigInt64Array.from({ length: B }, (_, i) => labels[(i * 7919) % G]));
+    return () => {
+      const r = rlk.groupAdvantages(rewards, { groupIds, method: 'grpo' });
+      r.advantages.dispose();
+      r.informative.dispose();
     };
   }
   if (op.startsWith('ga-')) {

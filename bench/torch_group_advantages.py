@@ -7,7 +7,8 @@ GS through view(G, GS), int64 hash ids through torch.unique(return_inverse)
 and index_add_, token counts for the whitening and opo. float32 rewards and
 math (PyTorch's default), each case returning the advantages and the
 informative flags, timed eagerly and under torch.compile (inductor, one
-compile per case and shape before timing). Prints one JSON line:
+compile per case and shape before timing), in blocks of back-to-back calls
+(>= 2 ms a block; median over the blocks of the per-call mean). Prints one JSON line:
 {"case": {"eager": median_ms, "compile": median_ms}, ...}.
 
 Usage: python bench/torch_group_advantages.py [threads] [iterations] [sizes, e.g. 4096,65536] [case filter]
@@ -121,13 +122,26 @@ def gpg(r):
 
 
 def timed(fn):
+    # Blocks of back-to-back calls, as torch.utils.benchmark's blocked_autorange does (and
+    # bench/group_advantages.bench.mjs on the rlkernels side): the call count a block is doubled
+    # until a block takes >= 2 ms, then the median over ITERS blocks of the per-call mean. Three
+    # calls first, so that a compile (seconds) is not taken for a 2 ms block.
     for _ in range(3):
         fn()
+    n = 1
+    while True:
+        t0 = time.perf_counter()
+        for _ in range(n):
+            fn()
+        if time.perf_counter() - t0 >= 2e-3 or n >= 1 << 16:
+            break
+        n *= 2
     ts = []
     for _ in range(ITERS):
         t0 = time.perf_counter()
-        fn()
-        ts.append((time.perf_counter() - t0) * 1000)
+        for _ in range(n):
+            fn()
+        ts.append((time.perf_counter() - t0) * 1000 / n)
     ts.sort()
     return ts[len(ts) // 2]
 

@@ -220,6 +220,16 @@ describe('groupAdvantages (cpu), consecutive groups: the vectorised path', () =>
     c.counts[37] = -1;
     expect(() => run(c, { method: 'opo', tokens: 'counts' }, 16)).toThrow(RangeError);
     expect(() => run(c, { method: 'opo', tokens: 'counts' }, 16)).toThrow(/tokenCounts/);
+    // The counts are checked in the chunks (512 groups) that read them, on whichever thread runs
+    // a chunk: a negative count in the first, a middle or the last chunk of a batch of several.
+    const big = makeCase(rng(2), 16 * 512 * 3 + 16, 2);
+    for (const at of [0, 16 * 512 + 5, big.counts.length - 1]) {
+      const saved = big.counts[at];
+      big.counts[at] = -2;
+      for (const method of ['opo', 'reinforce++'] as const) expect(() => run(big, { method, tokens: 'counts' }, 16), `${method} at ${at}`).toThrow(/tokenCounts must be >= 0/);
+      big.counts[at] = saved;
+    }
+    expect(() => run(big, { method: 'opo', tokens: 'counts' }, 16)).not.toThrow();
   });
 });
 
