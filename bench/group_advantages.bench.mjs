@@ -36,13 +36,13 @@ rlk.setNumThreads(THREADS);
 
 function median(fn) {
   // Blocks of back-to-back calls, as torch.utils.benchmark's blocked_autorange does: one
-  // performance.now() pair around a ~20 us call is itself ~1-2 % of it, and a single call lands
-  // in or out of a timer tick, a page fault or the other core's interrupt (single-call medians
-  // of the same case moved 58-140 us between runs, RESULTS.md). The call count a block is doubled until a block
-  // takes >= 2 ms, after three calls that run V8's first compile of the options parsing (a
-  // slow first call is not taken for a 2 ms block); the result is the median over ITERS
-  // blocks of the per-call mean. The PyTorch side (torch_group_advantages.py) times its calls
-  // the same way.
+  // performance.now() pair around a ~20 us call is itself ~1-2 % of it, and a single call
+  // lands in or out of a timer tick, a page fault or the other core's interrupt
+  // (torch.compile's single-call medians of one case read 58-140 us across runs, RESULTS.md).
+  // The call count a block is doubled until a block takes >= 2 ms, after three calls that run
+  // V8's first compile of the options parsing (a slow first call is not taken for a 2 ms
+  // block); the result is the median over ITERS blocks of the per-call mean. The PyTorch side
+  // (torch_group_advantages.py) times its calls the same way.
   for (let i = 0; i < 3; i++) fn();
   let n = 1;
   for (;;) {
@@ -113,9 +113,10 @@ function runTorch() {
 }
 // ROUNDS rounds, each timing every case of ours and then every case of PyTorch's; each side's
 // figure is its best round. This VM's speed moves by 30-40 % for seconds at a time (the same
-// build read rloo at B = 65536 as 24 or 34 us on one thread from one run to the next), and a case of ours and the same case in PyTorch are timed a minute
-// apart, so one round's ratio could be off by that much either way; the best of three rounds
-// on both sides is each side's time outside such phases.
+// build read rloo at B = 65536 as 24 or 34 us on one thread from one run to the next), and a
+// case of ours and the same case in PyTorch are timed a minute apart, so one round's ratio
+// could be off by that much either way; the best of three rounds on both sides is each
+// side's time outside such phases.
 const ours = {};
 const torch = {};
 for (let round = 0; round < ROUNDS; round++) {

@@ -176,8 +176,8 @@ export function reportMarkdown(res, command) {
   for (const f of res.families) {
     if (f.skipped) parts.push(`${f.family}: skipped (${f.skipped}).`);
     else if (f.error) parts.push(`${f.family}: failed (${f.error}).`);
-    // A family's own `## ` headings would end this section early when RESULTS.md is rewritten.
     else if (f.meta?.note) parts.push(`${f.family}: ${f.meta.note}.`);
+    // A family's own `## ` headings would end this section early when RESULTS.md is rewritten.
     if (f.markdown) parts.push(`### ${f.family} (its own table)\n\n${f.markdown.replace(/^#{1,3} /gm, '#### ')}`);
   }
   return parts.join('\n\n');
