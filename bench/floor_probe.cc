@@ -1,9 +1,10 @@
 // The machine's floors for the CPU kernels (bench/RESULTS.md, "Where the
 // time goes"): read bandwidth (an AVX-512 sum over 512 MB a thread, larger
 // than the L3, 1 or N threads at once) and the throughput of the kernels'
-// vector exp (simd::avx512::Exp, simd::avx2::Exp, on registers), and the
-// bytes of the policy loss's token pass (64 x 32768 tokens: read logp, old,
-// A, ref and the mask, write the gradient; 21 bytes a token), 1 and N threads.
+// vector exps (Exp, ExpNeg, Exp2Neg of cpu_simd.h, AVX-512 and AVX2, on
+// registers), and the bytes of the policy loss's token pass (64 x 32768
+// tokens: read logp, old, A, ref and the mask, write the gradient; 21 bytes
+// a token), 1 and N threads.
 //   g++ -O2 -std=c++17 -Inative/include bench/floor_probe.cc -o /tmp/floor_probe -lpthread && /tmp/floor_probe 2
 #include <immintrin.h>
 #include <pthread.h>
@@ -26,22 +27,41 @@ RLK_AVX512 float SumRead(const float* p, size_t n) {
   }
   return _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
 }
+// Throughput of one exp form on registers, kKind 0: Exp, 1: ExpNeg (clamped,
+// the log-prob kernels' old pass 2), 2: Exp2Neg (clamped, on arguments
+// already in base 2: the same caller multiply).
+template <int kKind>
+RLK_AVX512 __m512 Exp512(__m512 x) {
+  __m512 c;
+  if constexpr (kKind == 0) return avx512::Exp(x);
+  else if constexpr (kKind == 1) return avx512::ExpNeg(x, &c);
+  else return avx512::Exp2Neg(x, &c);
+}
+template <int kKind>
+RLK_AVX2 __m256 Exp256(__m256 x) {
+  __m256 c;
+  if constexpr (kKind == 0) return avx2::Exp(x);
+  else if constexpr (kKind == 1) return avx2::ExpNeg(x, &c);
+  else return avx2::Exp2Neg(x, &c);
+}
+template <int kKind>
 RLK_AVX512 float ExpLoop(size_t n) {
   __m512 x0 = _mm512_set1_ps(-1.0f), x1 = _mm512_set1_ps(-2.0f), x2 = _mm512_set1_ps(-3.f), x3 = _mm512_set1_ps(-4.f);
   __m512 s0 = _mm512_setzero_ps(), s1 = s0, s2 = s0, s3 = s0, d = _mm512_set1_ps(1e-7f);
   for (size_t i = 0; i < n; i += 64) {
-    s0 = _mm512_add_ps(s0, avx512::Exp(x0)); s1 = _mm512_add_ps(s1, avx512::Exp(x1));
-    s2 = _mm512_add_ps(s2, avx512::Exp(x2)); s3 = _mm512_add_ps(s3, avx512::Exp(x3));
+    s0 = _mm512_add_ps(s0, Exp512<kKind>(x0)); s1 = _mm512_add_ps(s1, Exp512<kKind>(x1));
+    s2 = _mm512_add_ps(s2, Exp512<kKind>(x2)); s3 = _mm512_add_ps(s3, Exp512<kKind>(x3));
     x0 = _mm512_sub_ps(x0, d); x1 = _mm512_sub_ps(x1, d); x2 = _mm512_sub_ps(x2, d); x3 = _mm512_sub_ps(x3, d);
   }
   return _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(s0, s1), _mm512_add_ps(s2, s3)));
 }
+template <int kKind>
 RLK_AVX2 float ExpLoop2(size_t n) {
   __m256 x0 = _mm256_set1_ps(-1.0f), x1 = _mm256_set1_ps(-2.0f), x2 = _mm256_set1_ps(-3.f), x3 = _mm256_set1_ps(-4.f);
   __m256 s0 = _mm256_setzero_ps(), s1 = s0, s2 = s0, s3 = s0, d = _mm256_set1_ps(1e-7f);
   for (size_t i = 0; i < n; i += 32) {
-    s0 = _mm256_add_ps(s0, avx2::Exp(x0)); s1 = _mm256_add_ps(s1, avx2::Exp(x1));
-    s2 = _mm256_add_ps(s2, avx2::Exp(x2)); s3 = _mm256_add_ps(s3, avx2::Exp(x3));
+    s0 = _mm256_add_ps(s0, Exp256<kKind>(x0)); s1 = _mm256_add_ps(s1, Exp256<kKind>(x1));
+    s2 = _mm256_add_ps(s2, Exp256<kKind>(x2)); s3 = _mm256_add_ps(s3, Exp256<kKind>(x3));
     x0 = _mm256_sub_ps(x0, d); x1 = _mm256_sub_ps(x1, d); x2 = _mm256_sub_ps(x2, d); x3 = _mm256_sub_ps(x3, d);
   }
   return avx2::ReduceAdd(_mm256_add_ps(_mm256_add_ps(s0, s1), _mm256_add_ps(s2, s3)));
@@ -97,10 +117,15 @@ int main(int argc, char** argv) {
     }
   }
   const size_t ne = size_t(1) << 30;
+  const char* names[] = {"Exp", "ExpNeg", "Exp2Neg"};
+  float (*loops512[])(size_t) = {ExpLoop<0>, ExpLoop<1>, ExpLoop<2>};
+  float (*loops256[])(size_t) = {ExpLoop2<0>, ExpLoop2<1>, ExpLoop2<2>};
   for (int rep = 0; rep < 2; ++rep) {
-    double c0 = cpu_now(); sink = ExpLoop(ne); double c = cpu_now() - c0;
-    printf("avx512 Exp: %.3f ns/elem cpu (%.2f Gexp/s)\n", c / ne * 1e9, ne / c / 1e9);
-    c0 = cpu_now(); sink = ExpLoop2(ne / 2); c = cpu_now() - c0;
-    printf("avx2 Exp: %.3f ns/elem cpu (%.2f Gexp/s)\n", c / (ne / 2) * 1e9, (ne / 2) / c / 1e9);
+    for (int k = 0; k < 3; ++k) {
+      double c0 = cpu_now(); sink = loops512[k](ne); double c = cpu_now() - c0;
+      printf("avx512 %s: %.3f ns/elem cpu (%.2f Gexp/s)\n", names[k], c / ne * 1e9, ne / c / 1e9);
+      c0 = cpu_now(); sink = loops256[k](ne / 2); c = cpu_now() - c0;
+      printf("avx2 %s: %.3f ns/elem cpu (%.2f Gexp/s)\n", names[k], c / (ne / 2) * 1e9, (ne / 2) / c / 1e9);
+    }
   }
 }

@@ -3,7 +3,7 @@
 // as the op's bench script makes them.
 // Usage: node bench/op_loop.mjs OP [threads=1] [size] [windows=30]
 //        node bench/op_loop.mjs --ab A.node B.node OP [threads=1] [size] [pairs=20]
-//   OP: k3 (size: tokens, 2097152), token-forward (size: rows x vocab, 512x151936),
+//   OP: k3 (size: tokens, 2097152), token-forward, token-backward (size: rows x vocab, 512x151936),
 //       forward-kl, reverse-kl, jsd (values only; size 256x32000), and
 //       forward-kl+grad, reverse-kl+grad, jsd+grad (value and student gradient),
 //       ga-METHOD (groupAdvantages with that method, groups of 16; size: B, 65536),
@@ -39,6 +39,17 @@ function makeOp(rlk, op, size) {
     const logits = rlk.tensor(randomFloats(N * V), { shape: [N, V] });
     const targets = rlk.tensor(Int32Array.from({ length: N }, (_, i) => (i * 7919) % V));
     return () => rlk.tokenLogprobs(logits, targets, { temperature: 0.7 }).logprobs.dispose();  // the bench's T
+  }
+  if (op === 'token-backward') {
+    // The gradient of the logits alone, from statistics saved once (the
+    // bench's forward+backward minus its forward).
+    const [N, V] = dims('512x151936');
+    const logits = rlk.tensor(randomFloats(N * V), { shape: [N, V] });
+    const targets = rlk.tensor(Int32Array.from({ length: N }, (_, i) => (i * 7919) % V));
+    const grad = rlk.full([N], 1);
+    const { logprobs, stats } = rlk.tokenLogprobs(logits, targets, { temperature: 0.7, saveForBackward: true });
+    logprobs.dispose();
+    return () => rlk.tokenLogprobsBackward(logits, targets, grad, { temperature: 0.7, stats }).dispose();
   }
   if (/^(forward-kl|reverse-kl|jsd)(\+grad)?$/.test(op)) {
     const [N, V] = dims('256x32000');

@@ -359,8 +359,8 @@ describe('vocabDivergence (cpu)', () => {
 
   test('wide rows: -inf logits and spans beyond 87 / T inside full vector groups (the exps\' clamp choice)', async () => {
     // Pass 1 drops the exps' bottom clamp in a block whose (min - max) / T is
-    // >= -87 and keeps it elsewhere; these rows put each case inside blocks of
-    // 1024 (V = 2500: two full blocks and a short one).
+    // >= -86.6 (-125 in base 2, the exps') and keeps it elsewhere; these rows
+    // put each case inside blocks of 1024 (V = 2500: two full blocks and a short one).
     const seed = freshSeed();
     const r = rng(seed);
     const V = 2500;
@@ -371,6 +371,10 @@ describe('vocabDivergence (cpu)', () => {
     for (let j = 1100; j < 1900; j += 11) s[V + j] = -Infinity; // row 1: masked student tokens in block 1
     for (let j = 0; j < V; j += 13) s[2 * V + j] -= 150; // row 2: finite logits 150 below the rest
     for (let j = 5; j < V; j += 17) t[3 * V + j] -= 60; // row 3: 60 below, beyond 87 at T = 0.5 only
+    // Row 4: 82 below, a block span near 96 (the logits are +-7): just beyond 87, the exps' base-2
+    // arguments down to about -138, where AVX2's exponent field wraps without the clamp (a clamp-free
+    // threshold of -151, scalef's, fails here).
+    for (let j = 2; j < V; j += 19) s[4 * V + j] -= 82;
     // Row 5: one model masks with -inf, the other with the lowest float (Hugging Face's mask), on both
     // sides: the lowest-float side's probability underflows to 0 (0 log 0 = 0), so every kind is finite.
     for (let j = 3; j < V; j += 29) [t[5 * V + j], s[5 * V + j]] = [-3.4028234663852886e38, -Infinity];

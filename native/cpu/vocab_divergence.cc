@@ -92,9 +92,9 @@ struct ScalarOps {
   static V AddUnless(M m, V acc, V x) { return m ? acc : acc + x; }
   static unsigned MaskBits(M m) { return m ? 1u : 0u; }
   static V Exp(V a) { return simd::Exp(a); }
-  static V ExpNeg(V a) { return simd::ExpNeg(a); }
+  static V Exp2Neg(V a) { return std::exp2(a); }
   static V ExpLow(V a) { return simd::Exp(a); }
-  static V ExpNegNoLow(V a) { return simd::ExpNeg(a); }
+  static V Exp2NegNoLow(V a) { return std::exp2(a); }
   static V Log(V a) { return simd::Log(a); }
   static float ReduceAdd(V a) { return a; }
   static float ReduceMax(V a) { return a; }
@@ -128,19 +128,20 @@ struct Avx512Ops {
   RLK_AVX512 static V AddUnless(M m, V acc, V x) { return _mm512_mask_add_ps(acc, M(~m), acc, x); }
   RLK_AVX512 static unsigned MaskBits(M m) { return unsigned(m); }
   RLK_AVX512 static V Exp(V a) { return simd::avx512::Exp(a); }
-  RLK_AVX512 static V ExpNeg(V a) {
+  // 2^a for a <= 0, -inf or NaN (the exps' arguments carry log2(e) / T).
+  RLK_AVX512 static V Exp2Neg(V a) {
     V dc;
-    return simd::avx512::ExpNeg(a, &dc);
+    return simd::avx512::Exp2Neg(a, &dc);
   }
   // e^a for a <= 88, -inf or NaN: Exp without its overflow and special blends.
   RLK_AVX512 static V ExpLow(V a) {
     V dc;
     return simd::avx512::ExpNeg<true>(a, &dc);
   }
-  // ExpNeg without its bottom clamp: every argument >= kExpNegLow, or NaN.
-  RLK_AVX512 static V ExpNegNoLow(V a) {
+  // Exp2Neg without its bottom clamp: every argument >= kExp2NegLow, or NaN.
+  RLK_AVX512 static V Exp2NegNoLow(V a) {
     V dc;
-    return simd::avx512::ExpNeg<false, false>(a, &dc);
+    return simd::avx512::Exp2Neg<false, false>(a, &dc);
   }
   RLK_AVX512 static V Log(V a) { return simd::avx512::Log(a); }
   RLK_AVX512 static float ReduceAdd(V a) { return simd::avx512::ReduceAdd(a); }
@@ -175,17 +176,17 @@ struct Avx2Ops {
   RLK_AVX2 static V AddUnless(M m, V acc, V x) { return _mm256_add_ps(acc, _mm256_andnot_ps(m, x)); }
   RLK_AVX2 static unsigned MaskBits(M m) { return unsigned(_mm256_movemask_ps(m)); }
   RLK_AVX2 static V Exp(V a) { return simd::avx2::Exp(a); }
-  RLK_AVX2 static V ExpNeg(V a) {
+  RLK_AVX2 static V Exp2Neg(V a) {
     V dc;
-    return simd::avx2::ExpNeg(a, &dc);
+    return simd::avx2::Exp2Neg(a, &dc);
   }
   RLK_AVX2 static V ExpLow(V a) {
     V dc;
     return simd::avx2::ExpNeg<true>(a, &dc);
   }
-  RLK_AVX2 static V ExpNegNoLow(V a) {
+  RLK_AVX2 static V Exp2NegNoLow(V a) {
     V dc;
-    return simd::avx2::ExpNeg<false, false>(a, &dc);
+    return simd::avx2::Exp2Neg<false, false>(a, &dc);
   }
   RLK_AVX2 static V Log(V a) { return simd::avx2::Log(a); }
   RLK_AVX2 static float ReduceAdd(V a) { return simd::avx2::ReduceAdd(a); }
@@ -246,6 +247,7 @@ template <class Ops>
 struct RowConsts {
   typename Ops::V tmax, smax;  // raw row maxima
   typename Ops::V inv_t;       // 1 / T
+  typename Ops::V inv_t2;      // log2(e) / T: the exps in base 2 (Exp2Neg)
   typename Ops::V rst, rss;    // 1 / sum_j e^{(t_j - tmax) / T}, same for s
   typename Ops::V xoff;        // (smax - tmax) / T - log(S_t / S_s), so x = (t - s) / T + xoff
   typename Ops::V xoff_lo, inv_t_lo;  // the float residuals of xoff and 1 / T (VdivLogRatio)
@@ -283,9 +285,10 @@ RLK_VDIV_INLINE Probs<Ops> Prep(const typename Ops::V& t, const typename Ops::V&
   auto dt = Ops::Sub(t, k.tmax);
   auto ds = Ops::Sub(s, k.smax);
   Probs<Ops> e;
-  // dt, ds <= 0 (or NaN): ExpNeg, without Exp's overflow and special-value blends.
-  e.pt = Ops::Mul(Ops::ExpNeg(Ops::Mul(dt, k.inv_t)), k.rst);
-  e.ps = Ops::Mul(Ops::ExpNeg(Ops::Mul(ds, k.inv_t)), k.rss);
+  // dt, ds <= 0 (or NaN): Exp2Neg, without Exp's overflow and special-value
+  // blends, and in base 2 (no Cody-Waite reduction, a shorter polynomial).
+  e.pt = Ops::Mul(Ops::Exp2Neg(Ops::Mul(dt, k.inv_t2)), k.rst);
+  e.ps = Ops::Mul(Ops::Exp2Neg(Ops::Mul(ds, k.inv_t2)), k.rss);
   e.x = LogRatio<Ops>(t, s, k);
   return e;
 }
@@ -475,7 +478,9 @@ RLK_VDIV_INLINE RowNorm Normalisers(const TS* s, const TT* t, int64_t nv, float 
   constexpr int L = Ops::kLanes;
   const float ninf = -INFINITY;
   RowNorm n;
-  const V vinv = Ops::Set(inv_t);
+  // The exps in base 2: 2^{(x - max) log2(e) / T} (Exp2Neg).
+  const float inv_t2 = float(simd::detail::kLog2eD * double(inv_t));
+  const V vinv = Ops::Set(inv_t2);
   for (int64_t b = 0; b < nv; b += kBlock) {
     const int64_t e = std::min(nv, b + kBlock);
     V mt = Ops::Set(ninf), ms = Ops::Set(ninf);
@@ -531,7 +536,7 @@ RLK_VDIV_INLINE RowNorm Normalisers(const TS* s, const TT* t, int64_t nv, float 
     }                                                                                                 \
   } while (0)
     for (int u = 0; u < K; ++u) at[u] = as[u] = zero;
-    // The arguments are <= 0 (the block's maximum), so ExpNeg. While this
+    // The arguments are <= 0 (the block's maximum), so Exp2Neg. While this
     // block's exps run from L1, the next block is prefetched: its maximum
     // loop then reads from cache instead of waiting on memory, and the
     // memory transfer overlaps the arithmetic (one stream per side; a
@@ -544,8 +549,8 @@ RLK_VDIV_INLINE RowNorm Normalisers(const TS* s, const TT* t, int64_t nv, float 
       for (uintptr_t o = 0; o < K * L * sizeof(TS); o += 64) __builtin_prefetch(reinterpret_cast<const void*>(ns + o), 0, 3);
       for (int u = 0; u < K; ++u) {
         const V tv = Ops::Load(t + i + u * L), sv = Ops::Load(s + i + u * L);
-        const V et = Ops::ExpNeg(Ops::Mul(Ops::Sub(tv, rt), vinv));
-        const V es = Ops::ExpNeg(Ops::Mul(Ops::Sub(sv, rs), vinv));
+        const V et = Ops::Exp2Neg(Ops::Mul(Ops::Sub(tv, rt), vinv));
+        const V es = Ops::Exp2Neg(Ops::Mul(Ops::Sub(sv, rs), vinv));
         if constexpr (kKeep) {
           Ops::Store(keep + i + u * L, et);
           Ops::Store(keep + nv + i + u * L, es);
@@ -559,8 +564,8 @@ RLK_VDIV_INLINE RowNorm Normalisers(const TS* s, const TT* t, int64_t nv, float 
       const int64_t rem = e - i;
       V tv = rem >= L ? Ops::Load(t + i) : Ops::LoadTail(t + i, rem, ninf);
       V sv = rem >= L ? Ops::Load(s + i) : Ops::LoadTail(s + i, rem, ninf);
-      const V et = Ops::ExpNeg(Ops::Mul(Ops::Sub(tv, rt), vinv));
-      const V es = Ops::ExpNeg(Ops::Mul(Ops::Sub(sv, rs), vinv));
+      const V et = Ops::Exp2Neg(Ops::Mul(Ops::Sub(tv, rt), vinv));
+      const V es = Ops::Exp2Neg(Ops::Mul(Ops::Sub(sv, rs), vinv));
       if constexpr (kKeep) {
         StoreAt<Ops>(keep + i, et, rem);
         StoreAt<Ops>(keep + nv + i, es, rem);
@@ -610,7 +615,7 @@ RLK_VDIV_INLINE RowNorm Normalisers(const TS* s, const TT* t, int64_t nv, float 
 // Pass 1 of the values-only KLs: Normalisers<Ops, true> with plain block sums
 // (no split of the block maximum's 1s: the value needs no accurate
 // normalisers, see Row) and, in a block whose exp arguments all lie at or
-// above kExpNegLow, exps without their bottom clamp (a max, a compare and an
+// above kExp2NegLow, exps without their bottom clamp (a max, a compare and an
 // and-not each on AVX2). A separate function, not a mode of Normalisers:
 // folded into it as template switches, Normalisers' own uses came out
 // slower with the same instruction count (callgrind), e.g. values-only jsd
@@ -635,11 +640,11 @@ RLK_VDIV_INLINE void PlainBlockSums(const TS* s, const TT* t, int64_t b, int64_t
       const V tv = Ops::Load(t + i + u * L), sv = Ops::Load(s + i + u * L);
       V et, es;
       if constexpr (kClampLow) {
-        et = Ops::ExpNeg(Ops::Mul(Ops::Sub(tv, rt), vinv));
-        es = Ops::ExpNeg(Ops::Mul(Ops::Sub(sv, rs), vinv));
+        et = Ops::Exp2Neg(Ops::Mul(Ops::Sub(tv, rt), vinv));
+        es = Ops::Exp2Neg(Ops::Mul(Ops::Sub(sv, rs), vinv));
       } else {
-        et = Ops::ExpNegNoLow(Ops::Mul(Ops::Sub(tv, rt), vinv));
-        es = Ops::ExpNegNoLow(Ops::Mul(Ops::Sub(sv, rs), vinv));
+        et = Ops::Exp2NegNoLow(Ops::Mul(Ops::Sub(tv, rt), vinv));
+        es = Ops::Exp2NegNoLow(Ops::Mul(Ops::Sub(sv, rs), vinv));
       }
       Ops::Store(keep + i + u * L, et);
       Ops::Store(keep + nv + i + u * L, es);
@@ -652,8 +657,8 @@ RLK_VDIV_INLINE void PlainBlockSums(const TS* s, const TT* t, int64_t b, int64_t
     const int64_t rem = e - i;
     const V tv = rem >= L ? Ops::Load(t + i) : Ops::LoadTail(t + i, rem, ninf);
     const V sv = rem >= L ? Ops::Load(s + i) : Ops::LoadTail(s + i, rem, ninf);
-    const V et = Ops::ExpNeg(Ops::Mul(Ops::Sub(tv, rt), vinv));
-    const V es = Ops::ExpNeg(Ops::Mul(Ops::Sub(sv, rs), vinv));
+    const V et = Ops::Exp2Neg(Ops::Mul(Ops::Sub(tv, rt), vinv));
+    const V es = Ops::Exp2Neg(Ops::Mul(Ops::Sub(sv, rs), vinv));
     StoreAt<Ops>(keep + i, et, rem);
     StoreAt<Ops>(keep + nv + i, es, rem);
     at[u] = Ops::Add(at[u], et);
@@ -675,7 +680,9 @@ RLK_VDIV_INLINE RowNorm PlainNormalisers(const TS* s, const TT* t, int64_t nv, f
   constexpr int L = Ops::kLanes;
   const float ninf = -INFINITY;
   RowNorm n;
-  const V vinv = Ops::Set(inv_t);
+  // The exps in base 2: 2^{(x - max) log2(e) / T} (Exp2Neg).
+  const float inv_t2 = float(simd::detail::kLog2eD * double(inv_t));
+  const V vinv = Ops::Set(inv_t2);
   for (int64_t b = 0; b < nv; b += kBlock) {
     const int64_t e = std::min(nv, b + kBlock);
     // Min(x, mn) returns mn where x is NaN, so a NaN never enters the minima
@@ -697,9 +704,9 @@ RLK_VDIV_INLINE RowNorm PlainNormalisers(const TS* s, const TT* t, int64_t nv, f
     const V rt = Ops::Set(bmt == ninf ? 0.0f : bmt), rs = Ops::Set(bms == ninf ? 0.0f : bms);
     // Every exp argument (x - max) * (1 / T) is formed in float, monotone in
     // x, so it is at least the minimum's. A block with a -inf logit clamps.
-    const float dt = (Ops::ReduceMin(lt) - bmt) * inv_t, ds = (Ops::ReduceMin(ls) - bms) * inv_t;
+    const float dt = (Ops::ReduceMin(lt) - bmt) * inv_t2, ds = (Ops::ReduceMin(ls) - bms) * inv_t2;
     double bst, bss;
-    if (dt >= simd::detail::kExpNegLow && ds >= simd::detail::kExpNegLow)
+    if (dt >= simd::detail::kExp2NegLow && ds >= simd::detail::kExp2NegLow)
       PlainBlockSums<Ops, false>(s, t, b, e, nv, keep, rt, rs, vinv, &bst, &bss);
     else
       PlainBlockSums<Ops, true>(s, t, b, e, nv, keep, rt, rs, vinv, &bst, &bss);
@@ -900,6 +907,7 @@ RLK_VDIV_INLINE void Row(const VocabDivergenceParams& p, DivergenceKind kind, in
   k.tmax = Ops::Set(n.tmax);
   k.smax = Ops::Set(n.smax);
   k.inv_t = Ops::Set(p.inv_temperature);
+  k.inv_t2 = Ops::Set(float(simd::detail::kLog2eD * double(p.inv_temperature)));
   k.rst = Ops::Set(rk.rst);
   k.rss = Ops::Set(rk.rss);
   k.xoff = Ops::Set(rk.xoff);
