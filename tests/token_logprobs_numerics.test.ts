@@ -158,6 +158,30 @@ describe('token log-prob numerics (issue 9)', () => {
     },
   );
 
+  it('a temperature whose log2(e) / T overflows float32 (T = 3e-39; 1 / T is finite) matches float64 on every ISA path', () => {
+    // The vector exps work in base 2 with the scale log2(e) / T; unclamped it
+    // is inf here, and 0 * inf made a row of equal logits NaN.
+    const seed = freshSeed();
+    const r = rng(seed);
+    const V = 77;
+    const x = new Array<number>(3 * V).fill(0); // row 0: all equal (the uniform distribution)
+    for (let j = 0; j < V; j += 5) x[V + j] = 1; // row 1: uniform over the 1s
+    const noise = randn(r, V, 2);
+    for (let j = 0; j < V; j++) x[2 * V + j] = noise[j]; // row 2: one-hot at its maximum
+    let top = 0;
+    for (let j = 1; j < V; j++) if (x[2 * V + j] > x[2 * V + top]) top = j;
+    // |g|, |gE| <= 0.5: g / T stays a finite float32.
+    const p: Probe = { seed, shape: [3, V], dtype: 'float32', x, targets: [4, 10, top], temperature: 3e-39,
+      g: [0.5, -0.25, 0.3], gE: [0.25, 0.5, -0.4], inPlace: false };
+    const ref = refOf(p);
+    for (const res of allPaths(p)) {
+      const what = `T=3e-39 on ${res.isa}`;
+      expectClose(`${what} logprobs`, res.logprobs, ref.fwd.logprobs, 1e-6, seed);
+      expectClose(`${what} entropy`, res.entropy, ref.fwd.entropy, 1e-6, seed);
+      expectClose(`${what} gradient`, res.grad, ref.grad, 1e-6, seed);
+    }
+  });
+
   it('confident tokens (sum of exps rounds to 1 in float32) keep log-prob, entropy and 1 - p_t to 1e-6 on every ISA path', () => {
     const seed = freshSeed();
     const r = rng(seed);

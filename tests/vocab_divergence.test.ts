@@ -401,6 +401,21 @@ describe('vocabDivergence (cpu)', () => {
     }
   });
 
+  test('a temperature whose log2(e) / T overflows float32 (T = 3e-39; 1 / T is finite): equal rows give 0, not NaN', async () => {
+    // The exps work in base 2 with the scale log2(e) / T; unclamped it is inf
+    // here, and 0 * inf made a row of equal logits NaN.
+    const V = 300;
+    const x = new Array<number>(2 * V).fill(0); // row 0: all equal
+    for (let j = 0; j < V; j += 7) x[V + j] = 1; // row 1: uniform over the 1s
+    for (const { kind, beta } of KIND_CASES) {
+      const out = await run(x, x, [2, V], 'float32', 'float32', { kind, beta, temperature: 3e-39, teacherGrad: true });
+      for (const v of out.values) expect(v, `${kind} ${beta} value`).toBe(0);
+      for (const v of [...out.gs, ...out.gt!]) expect(v, `${kind} ${beta} gradient`).toBe(0);
+      const vals = await runValues(x, x, [2, V], 'float32', 'float32', { kind, beta, temperature: 3e-39 });
+      for (const v of vals.values) expect(v, `${kind} ${beta} value (grad: false)`).toBe(0);
+    }
+  });
+
   test('NaN in a row gives NaN for that row only; an all -inf row is NaN', async () => {
     const seed = freshSeed();
     const r = rng(seed);

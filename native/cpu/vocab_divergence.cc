@@ -479,7 +479,7 @@ RLK_VDIV_INLINE RowNorm Normalisers(const TS* s, const TT* t, int64_t nv, float 
   const float ninf = -INFINITY;
   RowNorm n;
   // The exps in base 2: 2^{(x - max) log2(e) / T} (Exp2Neg).
-  const float inv_t2 = float(simd::detail::kLog2eD * double(inv_t));
+  const float inv_t2 = simd::detail::Log2eScale(inv_t);
   const V vinv = Ops::Set(inv_t2);
   for (int64_t b = 0; b < nv; b += kBlock) {
     const int64_t e = std::min(nv, b + kBlock);
@@ -681,7 +681,7 @@ RLK_VDIV_INLINE RowNorm PlainNormalisers(const TS* s, const TT* t, int64_t nv, f
   const float ninf = -INFINITY;
   RowNorm n;
   // The exps in base 2: 2^{(x - max) log2(e) / T} (Exp2Neg).
-  const float inv_t2 = float(simd::detail::kLog2eD * double(inv_t));
+  const float inv_t2 = simd::detail::Log2eScale(inv_t);
   const V vinv = Ops::Set(inv_t2);
   for (int64_t b = 0; b < nv; b += kBlock) {
     const int64_t e = std::min(nv, b + kBlock);
@@ -907,7 +907,7 @@ RLK_VDIV_INLINE void Row(const VocabDivergenceParams& p, DivergenceKind kind, in
   k.tmax = Ops::Set(n.tmax);
   k.smax = Ops::Set(n.smax);
   k.inv_t = Ops::Set(p.inv_temperature);
-  k.inv_t2 = Ops::Set(float(simd::detail::kLog2eD * double(p.inv_temperature)));
+  k.inv_t2 = Ops::Set(simd::detail::Log2eScale(p.inv_temperature));
   k.rst = Ops::Set(rk.rst);
   k.rss = Ops::Set(rk.rss);
   k.xoff = Ops::Set(rk.xoff);

@@ -421,6 +421,11 @@ constexpr float kE1 = 6.931470037e-01f, kE2 = 2.402224243e-01f, kE3 = 5.55073395
 constexpr float kE4 = 9.671512991e-03f, kE5 = 1.326471451e-03f;
 constexpr double kLog2eD = 1.4426950408889634074, kLn2D = 0.69314718055994530942;
 constexpr float kExp2NegLow = -125.0f;  // Exp2Neg<.., false> is exact down to here on every ISA
+// log2(e) / T in float, the callers' scale. The contract admits any T whose
+// 1 / T is a finite float, and below T = 4.3e-39 log2(e) / T overflows: then
+// t = 0 * inf would be NaN where x = m (a row of equal logits). FLT_MAX keeps
+// t = 0 there, and 2^t = 0 for every gap beyond 151 / FLT_MAX, as e^{-gap/T}.
+inline float Log2eScale(float inv_t) { return float(std::fmin(3.4028234663852886e38, kLog2eD * double(inv_t))); }
 }  // namespace detail
 namespace avx512 {
 template <bool kClampHigh = false, bool kClampLow = true>
