@@ -400,7 +400,7 @@ inline float ExpNeg(float d) { return Exp(d); }
 // ExpNeg with the log2(e) folded into the caller's scale: a caller that forms
 // d = (x - m) / T anyway forms t = (x - m) (log2(e) / T) for the same
 // multiply, and 2^t needs no Cody-Waite reduction (f = t - round(t) is exact)
-// and a polynomial one degree shorter on an interval of the same width.
+// and a polynomial one degree shorter for the same range of results.
 // Why: Zen 4 and 5 issue multiplies and fmas on two of their four FP pipes.
 // A vector of the log-prob rows' pass 2 (AVX2, no entropy) costs 15
 // operations with ExpNeg, 11 of them on those two pipes; with Exp2Neg 14,
@@ -415,8 +415,8 @@ namespace rlk::simd {
 namespace detail {
 // 2^f = 1 + f q(f) on [-1/2, 1/2] (f = t - round(t), exact on both ISAs), q of
 // degree 4 fitted for minimax relative error: 9.1e-8 in exact arithmetic,
-// at most 1.72e-7 evaluated in float32 with fmas (every
-// float f of the interval; mean signed error -2e-8 on a uniform grid).
+// at most 1.72e-7 evaluated in float32 with fmas (every float f of the
+// interval; mean signed error -2e-8 on a uniform grid).
 constexpr float kE1 = 6.931470037e-01f, kE2 = 2.402224243e-01f, kE3 = 5.550733954e-02f;
 constexpr float kE4 = 9.671512991e-03f, kE5 = 1.326471451e-03f;
 constexpr double kLog2eD = 1.4426950408889634074, kLn2D = 0.69314718055994530942;
