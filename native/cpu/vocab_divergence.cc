@@ -620,16 +620,39 @@ RLK_VDIV_INLINE RowNorm Normalisers(const TS* s, const TT* t, int64_t nv, float 
 // folded into it as template switches, Normalisers' own uses came out
 // slower with the same instruction count (callgrind), e.g. values-only jsd
 // +10 % on AVX-512 (`bench/op_loop.mjs --ab`).
-template <class Ops, bool kClampLow, class TS, class TT>
+// kKeep: store the exps for pass 2. kDirect: also the block's sums of the
+// direct form (DirectBlock; weights e_t for forward KL, e_s for reverse),
+// in its clamp-free blocks only (a row with a clamped block takes pass 2).
+struct DirectBlock {
+  double tmax, smax;  // the block's maxima (raw logits)
+  double aw;          // the weighting side's sum of exp (e_t forward, e_s reverse)
+  double f, g;        // sum e_w d, sum e_w d^2, d = (t - tmax_b) - (s - smax_b)
+};
+
+template <class Ops, bool kClampLow, bool kKeep, RefSide kDir, class TS, class TT>
 RLK_VDIV_INLINE void PlainBlockSums(const TS* s, const TT* t, int64_t b, int64_t e, int64_t nv, float* keep,
                                     const typename Ops::V& rt, const typename Ops::V& rs, const typename Ops::V& vinv,
-                                    double* bst, double* bss) {
+                                    double* bst, double* bss, DirectBlock* db) {
   using V = typename Ops::V;
   constexpr int L = Ops::kLanes;
   constexpr int K = kSumParts / L;  // the same partial sums as Normalisers
+  constexpr bool kD = kDir != RefSide::kNone;
   const float ninf = -INFINITY;
-  V at[K], as[K];
-  for (int u = 0; u < K; ++u) at[u] = as[u] = Ops::Set(0.0f);
+  const V zero = Ops::Set(0.0f);
+  V at[K], as[K], fd[K], gd[K];
+  for (int u = 0; u < K; ++u) at[u] = as[u] = fd[u] = gd[u] = zero;
+  // d = dt - ds is what the exps' arguments already hold; sum e_w d and
+  // sum e_w d^2 take a subtract, a multiply, an add and an fma a vector. A
+  // macro, not a lambda, as RLK_VDIV_ADD_SPLIT.
+#define RLK_VDIV_DIRECT(u_, dt_, ds_, et_, es_)                 \
+  do {                                                          \
+    if constexpr (kD) {                                         \
+      const V d_ = Ops::Sub(dt_, ds_);                          \
+      const V ed_ = Ops::Mul(kDir == RefSide::kTeacher ? (et_) : (es_), d_); \
+      fd[u_] = Ops::Add(fd[u_], ed_);                           \
+      gd[u_] = Ops::Fma(ed_, d_, gd[u_]);                       \
+    }                                                           \
+  } while (0)
   int64_t i = b;
   for (; i + K * L <= e; i += K * L) {
     const uintptr_t nt = reinterpret_cast<uintptr_t>(t) + uintptr_t(i + kBlock) * sizeof(TT);
@@ -638,66 +661,106 @@ RLK_VDIV_INLINE void PlainBlockSums(const TS* s, const TT* t, int64_t b, int64_t
     for (uintptr_t o = 0; o < K * L * sizeof(TS); o += 64) __builtin_prefetch(reinterpret_cast<const void*>(ns + o), 0, 3);
     for (int u = 0; u < K; ++u) {
       const V tv = Ops::Load(t + i + u * L), sv = Ops::Load(s + i + u * L);
+      const V dt = Ops::Sub(tv, rt), ds = Ops::Sub(sv, rs);
       V et, es;
       if constexpr (kClampLow) {
-        et = Ops::Exp2Neg(Ops::Mul(Ops::Sub(tv, rt), vinv));
-        es = Ops::Exp2Neg(Ops::Mul(Ops::Sub(sv, rs), vinv));
+        et = Ops::Exp2Neg(Ops::Mul(dt, vinv));
+        es = Ops::Exp2Neg(Ops::Mul(ds, vinv));
       } else {
-        et = Ops::Exp2NegNoLow(Ops::Mul(Ops::Sub(tv, rt), vinv));
-        es = Ops::Exp2NegNoLow(Ops::Mul(Ops::Sub(sv, rs), vinv));
+        et = Ops::Exp2NegNoLow(Ops::Mul(dt, vinv));
+        es = Ops::Exp2NegNoLow(Ops::Mul(ds, vinv));
       }
-      Ops::Store(keep + i + u * L, et);
-      Ops::Store(keep + nv + i + u * L, es);
+      if constexpr (kKeep) {
+        Ops::Store(keep + i + u * L, et);
+        Ops::Store(keep + nv + i + u * L, es);
+      }
       at[u] = Ops::Add(at[u], et);
       as[u] = Ops::Add(as[u], es);
+      RLK_VDIV_DIRECT(u, dt, ds, et, es);
     }
   }
-  // The rest (fewer than K vectors, a partial one filled with -inf) clamps.
+  // The rest (fewer than K vectors, a partial one filled with -inf) clamps;
+  // the fill's d (-inf - -inf) is NaN, so d is 0 where the weight is 0 (only
+  // the fill, in a clamp-free block).
   for (int u = 0; i < e; i += L, u = (u + 1) % K) {
     const int64_t rem = e - i;
     const V tv = rem >= L ? Ops::Load(t + i) : Ops::LoadTail(t + i, rem, ninf);
     const V sv = rem >= L ? Ops::Load(s + i) : Ops::LoadTail(s + i, rem, ninf);
-    const V et = Ops::Exp2Neg(Ops::Mul(Ops::Sub(tv, rt), vinv));
-    const V es = Ops::Exp2Neg(Ops::Mul(Ops::Sub(sv, rs), vinv));
-    StoreAt<Ops>(keep + i, et, rem);
-    StoreAt<Ops>(keep + nv + i, es, rem);
+    const V dt = Ops::Sub(tv, rt), ds = Ops::Sub(sv, rs);
+    const V et = Ops::Exp2Neg(Ops::Mul(dt, vinv));
+    const V es = Ops::Exp2Neg(Ops::Mul(ds, vinv));
+    if constexpr (kKeep) {
+      StoreAt<Ops>(keep + i, et, rem);
+      StoreAt<Ops>(keep + nv + i, es, rem);
+    }
     at[u] = Ops::Add(at[u], et);
     as[u] = Ops::Add(as[u], es);
+    if constexpr (kD) {
+      const auto fill = Ops::Eq(kDir == RefSide::kTeacher ? et : es, zero);
+      RLK_VDIV_DIRECT(u, Ops::Select(fill, zero, dt), Ops::Select(fill, zero, ds), et, es);
+    }
   }
   for (int w = K / 2; w >= 1; w /= 2) {
     for (int u = 0; u < w; ++u) {
       at[u] = Ops::Add(at[u], at[u + w]);
       as[u] = Ops::Add(as[u], as[u + w]);
+      if constexpr (kD) {
+        fd[u] = Ops::Add(fd[u], fd[u + w]);
+        gd[u] = Ops::Add(gd[u], gd[u + w]);
+      }
     }
   }
+#undef RLK_VDIV_DIRECT
   *bst = double(Ops::ReduceAdd(at[0]));
   *bss = double(Ops::ReduceAdd(as[0]));
+  if constexpr (kD) {
+    db->aw = kDir == RefSide::kTeacher ? *bst : *bss;
+    db->f = double(Ops::ReduceAdd(fd[0]));
+    db->g = double(Ops::ReduceAdd(gd[0]));
+  }
 }
 
-template <class Ops, class TS, class TT>
-RLK_VDIV_INLINE RowNorm PlainNormalisers(const TS* s, const TT* t, int64_t nv, float inv_t, float* keep) {
+// The per-block sums of the direct form (kDirect), one row at a time.
+inline DirectBlock* DirectScratch(int64_t blocks) {
+  static thread_local std::vector<DirectBlock> buf;
+  if (int64_t(buf.size()) < blocks) buf.resize(size_t(blocks));
+  return buf.data();
+}
+
+// kDir != kNone: fills db[0 .. blocks) and *direct_ok (every block clamp-free).
+template <class Ops, bool kKeep, RefSide kDir, class TS, class TT>
+RLK_VDIV_INLINE RowNorm PlainNormalisers(const TS* s, const TT* t, int64_t nv, float inv_t, float* keep, DirectBlock* db,
+                                         bool* direct_ok) {
   using V = typename Ops::V;
   constexpr int L = Ops::kLanes;
   const float ninf = -INFINITY;
   RowNorm n;
+  if (direct_ok) *direct_ok = true;
   // The exps in base 2: 2^{(x - max) log2(e) / T} (Exp2Neg).
   const float inv_t2 = simd::detail::Log2eScale(inv_t);
   const V vinv = Ops::Set(inv_t2);
   for (int64_t b = 0; b < nv; b += kBlock) {
     const int64_t e = std::min(nv, b + kBlock);
     // Min(x, mn) returns mn where x is NaN, so a NaN never enters the minima
-    // (it reaches the sums through its exp); a partial vector's -inf fill
-    // does, and makes the row's last block clamp.
+    // (it reaches the sums through its exp); a partial vector's fill does
+    // not either (FLT_MAX), so a clamp-free row need not have V a multiple of
+    // the vector width.
     V mt = Ops::Set(ninf), ms = Ops::Set(ninf);
     V lt = Ops::Set(FLT_MAX), ls = Ops::Set(FLT_MAX);
     for (int64_t i = b; i < e; i += L) {
       const int64_t rem = e - i;
-      const V tv = rem >= L ? Ops::Load(t + i) : Ops::LoadTail(t + i, rem, ninf);
-      const V sv = rem >= L ? Ops::Load(s + i) : Ops::LoadTail(s + i, rem, ninf);
-      mt = Ops::Max(mt, tv);
-      ms = Ops::Max(ms, sv);
-      lt = Ops::Min(tv, lt);
-      ls = Ops::Min(sv, ls);
+      if (rem >= L) {
+        const V tv = Ops::Load(t + i), sv = Ops::Load(s + i);
+        mt = Ops::Max(mt, tv);
+        ms = Ops::Max(ms, sv);
+        lt = Ops::Min(tv, lt);
+        ls = Ops::Min(sv, ls);
+      } else {
+        mt = Ops::Max(mt, Ops::LoadTail(t + i, rem, ninf));
+        ms = Ops::Max(ms, Ops::LoadTail(s + i, rem, ninf));
+        lt = Ops::Min(Ops::LoadTail(t + i, rem, FLT_MAX), lt);
+        ls = Ops::Min(Ops::LoadTail(s + i, rem, FLT_MAX), ls);
+      }
     }
     const float bmt = Ops::ReduceMax(mt), bms = Ops::ReduceMax(ms);
     // An all -inf block is summed against 0: its terms are 0, a NaN stays NaN.
@@ -706,12 +769,21 @@ RLK_VDIV_INLINE RowNorm PlainNormalisers(const TS* s, const TT* t, int64_t nv, f
     // x, so it is at least the minimum's. A block with a -inf logit clamps.
     const float dt = (Ops::ReduceMin(lt) - bmt) * inv_t2, ds = (Ops::ReduceMin(ls) - bms) * inv_t2;
     double bst, bss;
-    if (dt >= simd::detail::kExp2NegLow && ds >= simd::detail::kExp2NegLow)
-      PlainBlockSums<Ops, false>(s, t, b, e, nv, keep, rt, rs, vinv, &bst, &bss);
-    else
-      PlainBlockSums<Ops, true>(s, t, b, e, nv, keep, rt, rs, vinv, &bst, &bss);
-    keep[2 * nv + 2 * (b / kBlock)] = bmt;
-    keep[2 * nv + 2 * (b / kBlock) + 1] = bms;
+    DirectBlock* blk = db ? db + b / kBlock : nullptr;
+    if (dt >= simd::detail::kExp2NegLow && ds >= simd::detail::kExp2NegLow) {
+      PlainBlockSums<Ops, false, kKeep, kDir>(s, t, b, e, nv, keep, rt, rs, vinv, &bst, &bss, blk);
+    } else {
+      PlainBlockSums<Ops, true, kKeep, RefSide::kNone>(s, t, b, e, nv, keep, rt, rs, vinv, &bst, &bss, blk);
+      if (direct_ok) *direct_ok = false;
+    }
+    if (blk) {
+      blk->tmax = bmt;
+      blk->smax = bms;
+    }
+    if constexpr (kKeep) {
+      keep[2 * nv + 2 * (b / kBlock)] = bmt;
+      keep[2 * nv + 2 * (b / kBlock) + 1] = bms;
+    }
     if (MergeBlock(&n.tmax, &n.tsum, bmt, bst, inv_t)) n.targ = FirstEqual<Ops>(t, b, e, bmt);
     if (MergeBlock(&n.smax, &n.ssum, bms, bss, inv_t)) n.sarg = FirstEqual<Ops>(s, b, e, bms);
   }
@@ -719,6 +791,60 @@ RLK_VDIV_INLINE RowNorm PlainNormalisers(const TS* s, const TT* t, int64_t nv, f
   if (n.tmax == ninf) n.tsum = NAN;
   if (n.smax == ninf) n.ssum = NAN;
   return n;
+}
+
+// The direct form of the values-only KLs, from pass 1 alone. With
+// x_j = log p_t,j - log p_s,j = d_j / T + c_b in block b (d_j as in
+// DirectBlock, c_b = ((tmax_b - tmax) - (smax_b - smax)) / T - log(S_t / S_s)),
+// forward KL = E_pt[x] and reverse KL = -E_ps[x]: sums over the row that
+// pass 1 forms with four vector operations more, where the phi form needs a
+// second pass over the row and its kept exps (twice the row in scratch,
+// beyond L2 at V = 151936). Its error is first order in the normalisers'
+// rounding and in the exps' (~1e-7 relative each, their fp32 block sums
+// included), times the spread of x, where the phi form's is second order:
+// it is taken only where the value is large against that spread,
+// KL >= kDirectMin (1 + sd(x) + rms(x - c_b)) under the weighting side, so
+// that its relative error stays near 1e-7 (~5e-7 where every rounding
+// conspires; DESIGN 4 allows 5e-6). Close distributions (a student near its
+// teacher), a -inf logit or a block span beyond 125 / (log2(e) / T) take
+// pass 2; so do NaN rows (the comparison fails).
+constexpr double kDirectMin = 0.2;
+
+inline bool DirectKl(const RowNorm& n, const DirectBlock* db, int64_t blocks, double inv_t, bool forward, float* out) {
+  const double wmax = forward ? n.tmax : n.smax, wsum = forward ? n.tsum : n.ssum;
+  const double lr = std::log(n.tsum) - std::log(n.ssum);
+  double m1 = 0.0, m2 = 0.0, mc = 0.0;  // sums of e_w x, e_w x^2, e_w (x - c_b)^2
+  for (int64_t b = 0; b < blocks; ++b) {
+    const DirectBlock& k = db[b];
+    const double f = ExpNonPositive(((forward ? k.tmax : k.smax) - wmax) * inv_t);
+    if (f == 0.0) continue;  // a block e^-708 below the row's maximum
+    const double c = ((k.tmax - double(n.tmax)) - (k.smax - double(n.smax))) * inv_t - lr;
+    const double f1 = k.f * inv_t, g2 = k.g * inv_t * inv_t;
+    m1 += f * (f1 + c * k.aw);
+    m2 += f * (g2 + c * (2.0 * f1 + c * k.aw));
+    mc += f * g2;
+  }
+  m1 /= wsum;
+  m2 /= wsum;
+  mc /= wsum;
+  const double kl = forward ? m1 : -m1;
+  const double sd = std::sqrt(std::fmax(0.0, m2 - m1 * m1));
+  if (!(kl >= kDirectMin * (1.0 + sd + std::sqrt(mc)))) return false;
+  *out = float(kl);
+  return true;
+}
+
+// Whether the calling thread's last values-only KL row took pass 2: then the
+// next one keeps its exps in pass 1 (a row of a batch is like its
+// neighbours), and a row whose direct form fails needs no second pass 1. A
+// hint only: each row's value depends on its own data alone.
+thread_local bool tls_vdiv_pass2 = false;
+
+template <class Ops, bool kKeep, class TS, class TT>
+RLK_VDIV_INLINE RowNorm KlPass1(const TS* s, const TT* t, int64_t nv, float inv_t, float* keep, DirectBlock* db,
+                                bool forward, bool* direct_ok) {
+  return forward ? PlainNormalisers<Ops, kKeep, RefSide::kTeacher>(s, t, nv, inv_t, keep, db, direct_ok)
+                 : PlainNormalisers<Ops, kKeep, RefSide::kStudent>(s, t, nv, inv_t, keep, db, direct_ok);
 }
 
 // Pass 2: the value's sums: for the KLs sums[0] = the KL, sums[1] = sum_j w_j
@@ -897,9 +1023,26 @@ RLK_VDIV_INLINE void Row(const VocabDivergenceParams& p, DivergenceKind kind, in
   // sum_j p_t e^-x_j = 1, sum_j p_t phi(x_j + d) = KL + e^-d - 1 + d: the
   // value moves by e_t relative and d^2 / 2 absolute (~1e-13), where the
   // gradients move by d / |x| (Normalisers). jsd's terms lack that identity.
-  if (!gs && kind == DivergenceKind::kJsd) n = Normalisers<Ops, true>(s, t, nv, p.inv_temperature, keep);
-  else if (!gs) n = PlainNormalisers<Ops>(s, t, nv, p.inv_temperature, keep);
-  else if (kind == DivergenceKind::kReverseKl) n = Normalisers<Ops, false, RefSide::kStudent>(s, t, nv, p.inv_temperature, keep);
+  if (!gs && kind == DivergenceKind::kJsd) {
+    n = Normalisers<Ops, true>(s, t, nv, p.inv_temperature, keep);
+  } else if (!gs) {
+    // The direct form where it is accurate (DirectKl), else pass 2 below.
+    const bool forward = kind == DivergenceKind::kForwardKl;
+    const int64_t blocks = (nv + kBlock - 1) / kBlock;
+    DirectBlock* db = DirectScratch(blocks);
+    const bool kept = tls_vdiv_pass2;
+    bool ok = false;
+    n = kept ? KlPass1<Ops, true>(s, t, nv, p.inv_temperature, keep, db, forward, &ok)
+             : KlPass1<Ops, false>(s, t, nv, p.inv_temperature, keep, db, forward, &ok);
+    float v;
+    if (ok && DirectKl(n, db, blocks, double(p.inv_temperature) + double(p.inv_temperature_lo), forward, &v)) {
+      tls_vdiv_pass2 = false;
+      p.values[r] = v;
+      return;
+    }
+    tls_vdiv_pass2 = true;
+    if (!kept) n = KlPass1<Ops, true>(s, t, nv, p.inv_temperature, keep, db, forward, &ok);
+  } else if (kind == DivergenceKind::kReverseKl) n = Normalisers<Ops, false, RefSide::kStudent>(s, t, nv, p.inv_temperature, keep);
   else if (kind == DivergenceKind::kForwardKl && gt) n = Normalisers<Ops, false, RefSide::kTeacher>(s, t, nv, p.inv_temperature, keep);
   else n = Normalisers<Ops, false>(s, t, nv, p.inv_temperature, keep);
   const VdivRowScalars rk = VdivRowConstants(p, kind, n.tmax, n.smax, n.tsum, n.ssum);
