@@ -6,6 +6,7 @@
 //   OP: k3 (size: tokens, 2097152), token-forward, token-backward (size: rows x vocab, 512x151936),
 //       forward-kl, reverse-kl, jsd (values only; size 256x32000), and
 //       forward-kl+grad, reverse-kl+grad, jsd+grad (value and student gradient),
+//       any of these with ~close (teacher = student + N(0, 0.3^2): close distributions),
 //       ga-METHOD (groupAdvantages with that method, groups of 16; size: B, 65536),
 //       ga-hash (grpo over int64 hash ids, groups of 16 scattered; size: B, 65536)
 // --ab loads two builds into one process and alternates 100 ms windows of
@@ -51,11 +52,16 @@ function makeOp(rlk, op, size) {
     logprobs.dispose();
     return () => rlk.tokenLogprobsBackward(logits, targets, grad, { temperature: 0.7, stats }).dispose();
   }
-  if (/^(forward-kl|reverse-kl|jsd)(\+grad)?$/.test(op)) {
+  if (/^(forward-kl|reverse-kl|jsd)(\+grad)?(~close)?$/.test(op)) {
+    // ~close: the teacher is the student plus N(0, 0.3^2) noise (KL ~ 0.05:
+    // the values-only KLs' two-pass form) instead of independent logits.
     const [N, V] = dims('256x32000');
-    const s = rlk.tensor(randomFloats(N * V, 1), { shape: [N, V] });
-    const t = rlk.tensor(randomFloats(N * V, 2), { shape: [N, V] });
-    const [kind, grad] = [op.replace('+grad', ''), op.endsWith('+grad')];
+    const sv = randomFloats(N * V, 1);
+    const tv = op.endsWith('~close') ? randomFloats(N * V, 2, 0.3).map((x, i) => x + sv[i]) : randomFloats(N * V, 2);
+    const s = rlk.tensor(sv, { shape: [N, V] });
+    const t = rlk.tensor(tv, { shape: [N, V] });
+    const base = op.replace('~close', '');
+    const [kind, grad] = [base.replace('+grad', ''), base.endsWith('+grad')];
     return () => {
       const r = rlk.vocabDivergence(s, t, { kind, grad });
       r.values.dispose();

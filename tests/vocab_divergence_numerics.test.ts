@@ -8,7 +8,7 @@
 // element's formula: 2^-20 of the magnitude of the terms it subtracts.
 import { describe, it } from 'vitest';
 import * as rlk from '../src/index.js';
-import { freshSeed, randn, rng } from './helpers.js';
+import { TOLERANCE, expectClose, freshSeed, randn, rng, runOnIsaPath } from './helpers.js';
 import { vocabDivergenceRef, type Kind } from './reference/vocab_divergence.js';
 
 function logSoftmax(z: ArrayLike<number>, off: number, V: number, T: number): Float64Array {
@@ -106,4 +106,108 @@ describe('vocabDivergence 16-bit gradients at V = 151936 (issue 9)', () => {
     S.dispose();
     Tt.dispose();
   });
+});
+
+/**
+ * Per row, in float64: the KL and the ratio that decides whether the kernel's values-only KLs take
+ * the one-pass direct form, KL / (1 + sd(x) + rms(x - c_b)) under the weighting side (x = log p_t -
+ * log p_s, c_b the centre of 1024-element block b: see DirectKl in native/cpu/vocab_divergence.cc).
+ */
+function klAndRatio(s: ArrayLike<number>, t: ArrayLike<number>, off: number, V: number, T: number, forward: boolean): { kl: number; ratio: number } {
+  const ls = logSoftmax(s, off, V, T);
+  const lt = logSoftmax(t, off, V, T);
+  let smax = -Infinity, tmax = -Infinity;
+  for (let j = 0; j < V; j++) {
+    smax = Math.max(smax, s[off + j]);
+    tmax = Math.max(tmax, t[off + j]);
+  }
+  // log S_t - log S_s of the kernel's normalisers (sums of e^{(x - max) / T})
+  let st = 0, ss = 0;
+  for (let j = 0; j < V; j++) {
+    st += Math.exp((t[off + j] - tmax) / T);
+    ss += Math.exp((s[off + j] - smax) / T);
+  }
+  const lr = Math.log(st) - Math.log(ss);
+  let m1 = 0, m2 = 0, mc = 0;
+  for (let b = 0; b < V; b += 1024) {
+    const e = Math.min(V, b + 1024);
+    let bt = -Infinity, bs = -Infinity;
+    for (let j = b; j < e; j++) {
+      bt = Math.max(bt, t[off + j]);
+      bs = Math.max(bs, s[off + j]);
+    }
+    const c = ((bt - tmax) - (bs - smax)) / T - lr;
+    for (let j = b; j < e; j++) {
+      const w = Math.exp(forward ? lt[j] : ls[j]);
+      const x = lt[j] - ls[j];
+      m1 += w * x;
+      m2 += w * x * x;
+      mc += w * (x - c) ** 2;
+    }
+  }
+  const kl = forward ? m1 : -m1;
+  return { kl, ratio: kl / (1 + Math.sqrt(Math.max(0, m2 - m1 * m1)) + Math.sqrt(mc)) };
+}
+
+// The values-only forward and reverse KL take a one-pass direct form, E_p[x], where the row's
+// divergence is large against the spread of x, and the two-pass phi form elsewhere. Rows on both
+// sides of that line, in alternating order (each thread's hint of which pass 1 to run flips), on
+// every ISA path: the array within DESIGN 4's tolerance, and each row that takes the direct form
+// within 2e-6 of float64 (measured: at most 1.1e-6 over 12000 rows of this kind).
+describe('vocabDivergence values-only KLs: the one-pass direct form and its threshold', () => {
+  const seed = freshSeed();
+  const run = (isa: string) => {
+    const r = rng(seed);
+    for (const V of [37, 1030, 4100]) {
+      const rows = V > 2000 ? 24 : 64;
+      const s = new Float64Array(rows * V);
+      const t = new Float64Array(rows * V);
+      for (let i = 0; i < rows; i++) {
+        // Closeness from 0.03 to 4 (log scale), alternately the student near the teacher and independent.
+        const sig = 0.03 * Math.exp(Math.log(4 / 0.03) * r());
+        const scale = 1 + 5 * r();
+        const shift = 10 * (r() - 0.5);
+        const a = randn(r, V, scale);
+        const n = randn(r, V, sig);
+        for (let j = 0; j < V; j++) {
+          t[i * V + j] = a[j] + shift;
+          s[i * V + j] = i % 4 === 3 ? n[j] : a[j] + n[j];
+        }
+      }
+      for (const T of [1, 0.7]) {
+        for (const kind of ['forward-kl', 'reverse-kl'] as const) {
+          const S = rlk.tensor(s, { shape: [rows, V] });
+          const Tt = rlk.tensor(t, { shape: [rows, V] });
+          const sIn = S.toArraySync() as Float32Array;
+          const tIn = Tt.toArraySync() as Float32Array;
+          const out = rlk.vocabDivergence(S, Tt, { kind, temperature: T, grad: false });
+          const got = out.values.toArraySync() as Float32Array;
+          const ref = vocabDivergenceRef(sIn, tIn, rows, V, { kind, temperature: T }).values;
+          expectClose(`${isa} ${kind} V=${V} T=${T}`, got, ref, TOLERANCE.divergence, seed);
+          let direct = 0;
+          for (let i = 0; i < rows; i++) {
+            const { kl, ratio } = klAndRatio(sIn, tIn, i * V, V, T, kind === 'forward-kl');
+            if (Math.abs(kl - ref[i]) > 1e-9 * kl) throw new Error(`klAndRatio disagrees with the reference (row ${i})`);
+            if (ratio < 0.25) continue;
+            direct++;
+            const e = Math.abs(got[i] - kl) / kl;
+            if (!(e <= 2e-6)) throw new Error(`${isa} ${kind} V=${V} T=${T} row ${i}: KL ${kl}, ratio ${ratio.toFixed(3)}: relative error ${e} (seed ${seed})`);
+          }
+          // Both forms are exercised: about half the rows on each side.
+          if (!(direct > rows / 5 && direct < rows - rows / 5)) throw new Error(`${kind} V=${V}: ${direct} of ${rows} rows above the threshold (seed ${seed})`);
+          S.dispose();
+          Tt.dispose();
+          out.values.dispose();
+        }
+      }
+    }
+  };
+  it(`the native path (${rlk.buildInfo().cpu.simd})`, () => run(rlk.buildInfo().cpu.simd));
+  if (!process.env.RLK_SIMD) {
+    for (const isa of ['avx2', 'baseline'] as const) {
+      it(`the ${isa} path (child process with RLK_SIMD=${isa})`, () => {
+        runOnIsaPath('tests/vocab_divergence_numerics.test.ts', 'the native path', isa, { RLK_SEED: String(seed) });
+      });
+    }
+  }
 });
