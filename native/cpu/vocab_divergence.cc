@@ -17,7 +17,10 @@
 //     row's value sums KL(p_t || M), KL(p_s || M) and so cannot be formed
 //     earlier.
 //     Without a student gradient (values only, grad_student null) every kind
-//     stops after pass 2, which then forms only the value's sums.
+//     stops after pass 2, which then forms only the value's sums; the KLs
+//     stop after pass 1 where the row's divergence is large enough for the
+//     direct form E_p[x] to meet DESIGN 4 (DirectKl), pass 1 then also
+//     summing what that form needs.
 // Only pass 1 reads from memory: a row (two rows of logits, up to 2 MB at
 // V = 262144 in fp32) is still in L2 for passes 2 and 3. The value is formed
 // in pass 2 rather than online in pass 1 because its cancellation-free form
