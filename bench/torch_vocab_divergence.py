@@ -3,7 +3,7 @@
 Per-row divergences as distillation code writes them (log_softmax + kl_div;
 TRL's generalized_jsd_loss for jsd), the values alone (no_grad) and values +
 the student's gradient through autograd, eager and torch.compile.
-Case: {"name", "rows", "vocab", "kind", "beta", "temperature", "op": forward | forward+backward}.
+Case: {"name", "rows", "vocab", "kind", "beta", "temperature", "op": forward | forward+backward, "close"?}.
 """
 import torch
 import torch.nn.functional as F
@@ -29,6 +29,8 @@ def make_case(c, mode):
     g = torch.Generator().manual_seed(0)
     s0 = torch.randn(c["rows"], c["vocab"], generator=g) * 2
     t = torch.randn(c["rows"], c["vocab"], generator=g) * 2
+    if c.get("close"):  # close rows: the teacher is the student plus N(0, close^2) noise
+        t = s0 + t * (c["close"] / 2)
     kind, beta, temperature = c["kind"], c.get("beta", 0.5), c.get("temperature", 1.0)
 
     def f(s, t):

@@ -14,9 +14,16 @@ const SHAPES = cfg.tiny ? [[32, 512]] : cfg.quick ? [[256, 32000]] : [[1024, 320
 const KINDS = cfg.quick ? [{ kind: 'forward-kl' }, { kind: 'jsd', beta: 0.5 }] : [{ kind: 'forward-kl' }, { kind: 'reverse-kl' }, { kind: 'jsd', beta: 0.5 }];
 const OPS = ['forward', 'forward+backward'];
 
+// The values-only KLs of close distributions (the teacher is the student plus
+// N(0, 0.3^2) noise, KL ~ 0.05): on the CPU these rows take the two-pass
+// cancellation-free form, the rows above (independent logits) the one-pass
+// direct form (README, "Performance"). Full runs only.
+const CLOSE = cfg.tiny || cfg.quick ? [] : [{ kind: 'forward-kl' }, { kind: 'reverse-kl' }].map((k) => ({ ...k, N: 1024, V: 32000 }));
+
 const cases = [];
 for (const [N, V] of SHAPES) for (const k of KINDS) for (const op of OPS) cases.push({ name: `${k.kind}|${op}|${N}x${V}`, rows: N, vocab: V, ...k, temperature: 1, op });
-progressTotal(SHAPES.length * KINDS.length + (cases.length * cfg.modes.length));
+for (const c of CLOSE) cases.push({ name: `${c.kind}|forward|${c.N}x${c.V}|close`, rows: c.N, vocab: c.V, kind: c.kind, temperature: 1, op: 'forward', close: 0.3 });
+progressTotal(SHAPES.length * KINDS.length + CLOSE.length + (cases.length * cfg.modes.length));
 
 const rows = [];
 for (const [N, V] of SHAPES) {
@@ -37,6 +44,18 @@ for (const [N, V] of SHAPES) {
     }
     progress(`vocab_divergence ${label} [${N}, ${V}]`);
   }
+  s.dispose();
+  t.dispose();
+}
+for (const c of CLOSE) {
+  const shape = [c.N, c.V];
+  const sv = randomFloats(c.N * c.V, 1);
+  const s = rlk.tensor(sv, { shape });
+  const t = rlk.tensor(randomFloats(c.N * c.V, 2, 0.3).map((x, i) => x + sv[i]), { shape });
+  const ms = await timeMedian(() => rlk.vocabDivergence(s, t, { kind: c.kind, grad: false }).values.dispose(), { iters: cfg.iters, warmup: 1 });
+  rows.push({ op: `${c.kind} forward, close rows`, shape: `[${c.N}, ${c.V}]`, dtype: 'float32', ms, key: `${c.kind}|forward|${c.N}x${c.V}|close`,
+    note: 'values alone; teacher = student + N(0, 0.3^2): the two-pass form' });
+  progress(`vocab_divergence ${c.kind} close [${c.N}, ${c.V}]`);
   s.dispose();
   t.dispose();
 }
