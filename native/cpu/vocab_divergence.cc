@@ -623,9 +623,10 @@ RLK_VDIV_INLINE RowNorm Normalisers(const TS* s, const TT* t, int64_t nv, float 
 // folded into it as template switches, Normalisers' own uses came out
 // slower with the same instruction count (callgrind), e.g. values-only jsd
 // +10 % on AVX-512 (`bench/op_loop.mjs --ab`).
-// kKeep: store the exps for pass 2. kDirect: also the block's sums of the
-// direct form (DirectBlock; weights e_t for forward KL, e_s for reverse),
-// in its clamp-free blocks only (a row with a clamped block takes pass 2).
+// kKeep: store the exps for pass 2. kDir (the weighting side, kTeacher for
+// forward KL and kStudent for reverse, or kNone): also the block's sums of
+// the direct form (DirectBlock), in clamp-free blocks only (a row with a
+// clamped block takes pass 2).
 struct DirectBlock {
   double tmax, smax;  // the block's maxima (raw logits)
   double aw;          // the weighting side's sum of exp (e_t forward, e_s reverse)
@@ -723,7 +724,7 @@ RLK_VDIV_INLINE void PlainBlockSums(const TS* s, const TT* t, int64_t b, int64_t
   }
 }
 
-// The per-block sums of the direct form (kDirect), one row at a time.
+// The per-block sums of the direct form (DirectKl), one row at a time.
 inline DirectBlock* DirectScratch(int64_t blocks) {
   static thread_local std::vector<DirectBlock> buf;
   if (int64_t(buf.size()) < blocks) buf.resize(size_t(blocks));
@@ -807,8 +808,8 @@ RLK_VDIV_INLINE RowNorm PlainNormalisers(const TS* s, const TT* t, int64_t nv, f
 // included), times the spread of x, where the phi form's is second order:
 // it is taken only where the value is large against that spread,
 // KL >= kDirectMin (1 + sd(x) + rms(x - c_b)) under the weighting side, so
-// that its relative error stays near 1e-7 (~5e-7 where every rounding
-// conspires; DESIGN 4 allows 5e-6). Close distributions (a student near its
+// that its relative error stays near that of the phi form (measured per row:
+// rms ~1e-7, at most 1.1e-6; DESIGN 4 allows 5e-6). Close distributions (a student near its
 // teacher), a -inf logit or a block span beyond 125 / (log2(e) / T) take
 // pass 2; so do NaN rows (the comparison fails).
 constexpr double kDirectMin = 0.2;
@@ -1045,9 +1046,13 @@ RLK_VDIV_INLINE void Row(const VocabDivergenceParams& p, DivergenceKind kind, in
     }
     tls_vdiv_pass2 = true;
     if (!kept) n = KlPass1<Ops, true>(s, t, nv, p.inv_temperature, keep, db, forward, &ok);
-  } else if (kind == DivergenceKind::kReverseKl) n = Normalisers<Ops, false, RefSide::kStudent>(s, t, nv, p.inv_temperature, keep);
-  else if (kind == DivergenceKind::kForwardKl && gt) n = Normalisers<Ops, false, RefSide::kTeacher>(s, t, nv, p.inv_temperature, keep);
-  else n = Normalisers<Ops, false>(s, t, nv, p.inv_temperature, keep);
+  } else if (kind == DivergenceKind::kReverseKl) {
+    n = Normalisers<Ops, false, RefSide::kStudent>(s, t, nv, p.inv_temperature, keep);
+  } else if (kind == DivergenceKind::kForwardKl && gt) {
+    n = Normalisers<Ops, false, RefSide::kTeacher>(s, t, nv, p.inv_temperature, keep);
+  } else {
+    n = Normalisers<Ops, false>(s, t, nv, p.inv_temperature, keep);
+  }
   const VdivRowScalars rk = VdivRowConstants(p, kind, n.tmax, n.smax, n.tsum, n.ssum);
   RowConsts<Ops> k;
   k.tmax = Ops::Set(n.tmax);
