@@ -408,26 +408,33 @@ function suite(device: rlk.Device): void {
         await check(c, { opts: { mode: 'dppo-kl', clipLow: 0.02, clipHigh: 0.03 } }, device, 'dppo-kl p near 1');
       }
     });
-    if (device === 'cpu') it('dppo-kl decides its trust region with an accurate ln (b placed within 1e-3 of clipHigh)', async () => {
+    it('dppo-kl decides its trust region with an accurate ln and 1 - p (b placed within 2e-4 of clipHigh)', async () => {
       // b = p_o (ln p_o - ln p) + (1 - p_o) ln((1 - p_o + 1e-8) / (1 - p + 1e-8)) solved for p > p_o so
-      // that b = 0.03 + u, |u| < 1e-3, with A > 0: whether the token counts turns on b <= clipHigh,
+      // that b = 0.03 + u, |u| < 2e-4, with A > 0: whether the token counts turns on b <= clipHigh,
       // and an ln off by 1e-4 anywhere in [0.7, 1.4) or across octaves (p_o near 1 puts the ratio at
-      // 2^e) flips some of them. The CPU decides in double as the reference does; a float32 GPU
-      // would flip tokens within its own rounding of the kink, so this is CPU-only.
-      const r = rng(freshSeed());
-      const c = makeCase(freshSeed(), { B: 2, T: 48 });
+      // 2^e) flips some of them, as does 1 - p formed as 1 - e^logp in float32 (3e-4 of itself at
+      // p = 0.9998, b off by up to 1.6e-6: 3% of runs failed at 96 tokens within 1e-3). Float32
+      // token terms (CUDA, the CPU's vector pass) leave b within 1.6e-8 of float64 (worst over 290k
+      // tokens placed within 1e-7), so tokens whose b, from the float32 inputs, lies within 2e-7 of
+      // clipHigh are placed again.
+      // One seed for both (the message names it): RLK_SEED reproduces a failure.
+      const seed = freshSeed();
+      const r = rng(seed + 1);
+      const c = makeCase(seed, { B: 4, T: 256 });
       const bOf = (po: number, p: number): number => po * (Math.log(po) - Math.log(p)) + (1 - po) * Math.log((1 - po + 1e-8) / (1 - p + 1e-8));
       for (let t = 0; t < c.logp.length; t++) {
         const po = [0.5, 0.9, 0.99, 0.999][t % 4];
-        const target = 0.03 + (r() * 2 - 1) * 1e-3;
-        let lo = po, hi = 1 - 1e-12;
-        for (let k = 0; k < 200; k++) {
-          const mid = (lo + hi) / 2;
-          if (bOf(po, mid) < target) lo = mid;
-          else hi = mid;
-        }
         c.old[t] = Math.log(po);
-        c.logp[t] = Math.log((lo + hi) / 2);
+        do {
+          const target = 0.03 + (r() * 2 - 1) * 2e-4;
+          let lo = po, hi = 1 - 1e-12;
+          for (let k = 0; k < 200; k++) {
+            const mid = (lo + hi) / 2;
+            if (bOf(po, mid) < target) lo = mid;
+            else hi = mid;
+          }
+          c.logp[t] = Math.log((lo + hi) / 2);
+        } while (Math.abs(bOf(Math.exp(c.old[t]), Math.exp(c.logp[t])) - 0.03) < 2e-7);
         c.adv[t] = Math.abs(c.adv[t]) + 0.1;
         c.mask[t] = 1;
       }

@@ -581,6 +581,17 @@ RLK_LANE FLanes<N> Log(const FLanes<N>& x) {
   return r;
 }
 
+// e^x - 1 without the cancellation of Exp(x) - 1 near 0 (dppo-kl's 1 - p as
+// p -> 1): x + ExpMinusXMinus1(x) where its reduction has n = 0 (|x| < 0.34 <
+// ln2 / 2), Exp(x) - 1 elsewhere (|e^x - 1| > 0.28 there, a few ulps). NaN
+// stays NaN (the Exp side), -inf and x below -87.3 give -1.
+template <int N>
+RLK_LANE FLanes<N> Expm1(const FLanes<N>& x) {
+  const FMask<N> near = Abs(x) < FLanes<N>(0.34f);
+  const FLanes<N> xs = Sel(near, x, FLanes<N>(0.0f));
+  return Sel(near, xs + ExpMinusXMinus1(xs), Exp(x) - FLanes<N>(1.0f));
+}
+
 template <int N>
 RLK_LANE FLanes<N> LoadFl(const float* p) {
   typename FLanes<N>::V f;

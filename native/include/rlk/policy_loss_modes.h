@@ -69,6 +69,8 @@ RLK_HD float Exp(float x) { return expf(x); }
 RLK_HD double Exp(double x) { return ::exp(x); }
 RLK_HD float Log(float x) { return logf(x); }
 RLK_HD double Log(double x) { return ::log(x); }
+RLK_HD float Expm1(float x) { return expm1f(x); }
+RLK_HD double Expm1(double x) { return ::expm1(x); }
 RLK_HD bool Finite(float x) { return isfinite(x); }
 RLK_HD bool Finite(double x) { return isfinite(x); }
 #else
@@ -76,11 +78,13 @@ inline float Exp(float x) { return std::exp(x); }
 inline double Exp(double x) { return std::exp(x); }
 inline float Log(float x) { return std::log(x); }
 inline double Log(double x) { return std::log(x); }
+inline float Expm1(float x) { return std::expm1(x); }
+inline double Expm1(double x) { return std::expm1(x); }
 inline bool Finite(float x) { return std::isfinite(x); }
 inline bool Finite(double x) { return std::isfinite(x); }
 #endif
 // m ? a : b. Entries select with Sel, combine conditions with & | ! and call
-// Exp / Log / Finite / Min / Max / Clamp unqualified, so that they also run
+// Exp / Log / Expm1 / Finite / Min / Max / Clamp unqualified, so that they also run
 // on the CPU's lane types (cpu_lanes.h), whose overloads ADL finds.
 template <class F> RLK_TOKEN F Sel(bool m, const F& a, const F& b) { return m ? a : b; }
 // std::min/max argument order: a NaN in `v` propagates (CUDA's fminf would hide it).
@@ -289,7 +293,11 @@ struct DppoMode : VanillaMode {
     const M pos = t.A > F(0);
     M valid;
     if (kKl) {
-      const F b = po * (t.old - t.logp) + (F(1) - po) * Log((F(1) - po + F(1e-8)) / (F(1) - p + F(1e-8)));
+      // 1 - p as -(e^logp - 1): in float32, 1 - Exp(logp) keeps only ~6e-8 / (1 - p) of
+      // its value (3e-4 at p = 0.9998), which moved b by 1e-4 of clipHigh and flipped
+      // tokens the float64 formula keeps.
+      const F omp = -Expm1(t.logp), omo = -Expm1(t.old);
+      const F b = po * (t.old - t.logp) + omo * Log((omo + F(1e-8)) / (omp + F(1e-8)));
       valid = (pos & ((b <= c.ch) | (p <= po))) | ((!pos) & ((b <= c.cl) | (p >= po)));
     } else {
       valid = (pos & (p - po <= c.ch)) | ((!pos) & (p - po >= -c.cl));
