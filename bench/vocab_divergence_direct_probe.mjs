@@ -1,7 +1,8 @@
 // Accuracy probe of the values-only KLs' one-pass direct form (bench/RESULTS.md, "Values-only KLs
 // in one pass"): worst and rms per-row relative error against float64, bucketed by the ratio
 // KL / (1 + sd + rms) that picks the form. Run it with RLK_NATIVE_PATH set to each build to compare.
-//   [RLK_SIMD=avx2] [V=1003] [ROWS=400] [REPS=6] [SEED=7] node bench/vocab_divergence_direct_probe.mjs
+//   [RLK_SIMD=avx2] [V=1003] [ROWS=400] [REPS=6] [SEED=7] [NEAR=1] node bench/vocab_divergence_direct_probe.mjs
+// NEAR=1: every student near its teacher (sig 0.03-1, log scale) and finer buckets below r = 0.2.
 import * as rlk from '../dist/index.js';
 let seed = Number(process.env.SEED ?? 7);
 const rnd = () => { seed = (seed * 48271) % 2147483647; return seed / 2147483647; };
@@ -29,11 +30,14 @@ function refStats(s, t, V, T, fwd) {
   return { kl, ratio: kl / (1 + sd + Math.sqrt(mc)) };
 }
 const buckets = {};
+const near = process.env.NEAR === '1';
+const EDGES = near ? [0.005, 0.01, 0.02, 0.03, 0.05, 0.08, 0.12, 0.2] : [0.15, 0.2, 0.25, 0.35, 0.6];
+const names = [...EDGES.map((e, i) => (i ? `${EDGES[i - 1]}-${e}` : `<${e}`)), `>=${EDGES.at(-1)}`];
 const V = Number(process.env.V ?? 1003), rows = Number(process.env.ROWS ?? 400);
 for (let rep = 0; rep < Number(process.env.REPS ?? 6); rep++) for (const T of [1, 0.7]) {
   const s = new Float32Array(rows * V), t = new Float32Array(rows * V);
   for (let r = 0; r < rows; r++) {
-    const sig = 0.5 + 3 * rnd(), scale = 1 + 6 * rnd(), off = 10 * randn(), style = rnd();
+    const sig = near ? 0.03 * Math.exp(3.5 * rnd()) : 0.5 + 3 * rnd(), scale = 1 + 6 * rnd(), off = 10 * randn(), style = near ? 0 : rnd();
     for (let j = 0; j < V; j++) {
       const a = scale * randn();
       t[r * V + j] = a + off;
@@ -50,11 +54,13 @@ for (let rep = 0; rep < Number(process.env.REPS ?? 6); rep++) for (const T of [1
     for (let r = 0; r < rows; r++) {
       const { kl, ratio } = refStats(s.subarray(r * V, (r + 1) * V), t.subarray(r * V, (r + 1) * V), V, T, kind === 'forward-kl');
       const err = Math.abs(got[r] - kl) / kl;
-      const k = ratio < 0.15 ? '<0.15' : ratio < 0.2 ? '0.15-0.2' : ratio < 0.25 ? '0.2-0.25' : ratio < 0.35 ? '0.25-0.35' : ratio < 0.6 ? '0.35-0.6' : '>=0.6';
+      let b = 0;
+      while (b < EDGES.length && ratio >= EDGES[b]) b++;
+      const k = names[b];
       const bk = (buckets[k] ??= { n: 0, worst: 0, sum2: 0 });
       bk.n++; bk.worst = Math.max(bk.worst, err); bk.sum2 += err * err;
     }
   }
 }
-for (const k of ['<0.15', '0.15-0.2', '0.2-0.25', '0.25-0.35', '0.35-0.6', '>=0.6'])
+for (const k of names)
   if (buckets[k]) console.log(`${k}: rows ${buckets[k].n} worst ${buckets[k].worst.toExponential(2)} rms ${Math.sqrt(buckets[k].sum2 / buckets[k].n).toExponential(2)}`);

@@ -27,8 +27,8 @@
 // below, and JSD's log M_j, need both rows' normalisers first.
 //
 // Cancellation-free value: with x_j = log p_t_j - log p_s_j formed as
-// (t - s) / T + (max s - max t) / T - log(S_t / S_s) (the constant in double;
-// no large log-sum-exp subtracted per element),
+// ((t - max t) - (s - max s)) / T - log(S_t / S_s) (the constant in double;
+// no large log-sum-exp subtracted per element; why not t - s: VdivLogRatio),
 //   KL(p_t || p_s) = sum_j p_t phi(x_j),  phi(y) = e^-y - 1 + y >= 0,
 // because sum_j p_t e^-x_j = sum_j p_s = 1. Every term is >= 0, so a small
 // divergence between close distributions keeps its relative accuracy, and an
@@ -252,7 +252,7 @@ struct RowConsts {
   typename Ops::V inv_t;       // 1 / T
   typename Ops::V inv_t2;      // log2(e) / T: the exps in base 2 (Exp2Neg)
   typename Ops::V rst, rss;    // 1 / sum_j e^{(t_j - tmax) / T}, same for s
-  typename Ops::V xoff;        // (smax - tmax) / T - log(S_t / S_s), so x = (t - s) / T + xoff
+  typename Ops::V xoff;        // -log(S_t / S_s), so x = ((t - tmax) - (s - smax)) / T + xoff
   typename Ops::V xoff_lo, inv_t_lo;  // the float residuals of xoff and 1 / T (VdivLogRatio)
   typename Ops::V beta, omb;   // beta, 1 - beta
   typename Ops::V tref, sref;  // kl: the logits at the reference index (argmax of the weighting side)
@@ -270,14 +270,14 @@ struct Probs {
   typename Ops::V pt, ps, x;  // p_t, p_s, log p_t - log p_s
 };
 
-// x = (t - s) / T + xoff as VdivLogRatio: t - s, one fma, and the residuals
-// of xoff and 1 / T, rather than going through dt and ds.
+// x = (dt - ds) / T + xoff as VdivLogRatio (dt = t - tmax, ds = s - smax:
+// why not t - s, there): one fma and the residuals of xoff and 1 / T.
 // The low part takes d clamped to +-1e30 (an infinite d would make it NaN).
 // kExactInvT: 1 / T is a float (T = 1, or a power of two), inv_t_lo is 0 and
 // the low part is xoff_lo: the same bits without the clamp and the fma.
 template <class Ops, bool kExactInvT = false>
-RLK_VDIV_INLINE typename Ops::V LogRatio(const typename Ops::V& t, const typename Ops::V& s, const RowConsts<Ops>& k) {
-  auto d = Ops::Sub(t, s);
+RLK_VDIV_INLINE typename Ops::V LogRatio(const typename Ops::V& dt, const typename Ops::V& ds, const RowConsts<Ops>& k) {
+  auto d = Ops::Sub(dt, ds);
   if constexpr (kExactInvT) return Ops::Add(Ops::Fma(d, k.inv_t, k.xoff), k.xoff_lo);
   auto dl = Ops::Min(Ops::Max(d, Ops::Set(-1e30f)), Ops::Set(1e30f));
   return Ops::Add(Ops::Fma(d, k.inv_t, k.xoff), Ops::Fma(dl, k.inv_t_lo, k.xoff_lo));
@@ -292,7 +292,7 @@ RLK_VDIV_INLINE Probs<Ops> Prep(const typename Ops::V& t, const typename Ops::V&
   // blends, and in base 2 (no Cody-Waite reduction, a shorter polynomial).
   e.pt = Ops::Mul(Ops::Exp2Neg(Ops::Mul(dt, k.inv_t2)), k.rst);
   e.ps = Ops::Mul(Ops::Exp2Neg(Ops::Mul(ds, k.inv_t2)), k.rss);
-  e.x = LogRatio<Ops>(t, s, k);
+  e.x = LogRatio<Ops>(dt, ds, k);
   return e;
 }
 
@@ -897,7 +897,7 @@ RLK_VDIV_INLINE void ValuePass(const TS* s, const TT* t, int64_t nv, const RowCo
       if constexpr (kMode == PassMode::kValueOnly) {
         q.pt = Ops::Mul(LoadAt<Ops>(scratch + i, rem), ct);
         q.ps = Ops::Mul(LoadAt<Ops>(scratch + nv + i, rem), cs);
-        q.x = LogRatio<Ops, kExactInvT>(tv, sv, k);
+        q.x = LogRatio<Ops, kExactInvT>(Ops::Sub(tv, k.tmax), Ops::Sub(sv, k.smax), k);
       } else {
         q = Prep<Ops>(tv, sv, k);
       }

@@ -270,9 +270,10 @@ struct Probs {
 
 __device__ __forceinline__ Probs Prep(float t, float s, const RowConsts& k) {
   Probs e;
-  e.pt = expf((t - k.tmax) * k.inv_t) * k.rst;
-  e.ps = expf((s - k.smax) * k.inv_t) * k.rss;
-  e.x = VdivLogRatio(t - s, k.inv_t, k.inv_t_lo, k.xoff, k.xoff_lo);
+  const float dt = t - k.tmax, ds = s - k.smax;
+  e.pt = expf(dt * k.inv_t) * k.rst;
+  e.ps = expf(ds * k.inv_t) * k.rss;
+  e.x = VdivLogRatio(dt - ds, k.inv_t, k.inv_t_lo, k.xoff, k.xoff_lo);
   return e;
 }
 

@@ -81,10 +81,10 @@ RLK_HD bool VdivRowIgnored(const VocabDivergenceParams& p, int64_t r) {
 }
 
 // A row's constants from its maxima and sums of exp (pass 1), for the
-// element math: x = (t - s)/T + xoff = log p_t - log p_s.
+// element math: x = ((t - tmax) - (s - smax))/T + xoff = log p_t - log p_s.
 struct VdivRowScalars {
   float rst, rss;    // 1 / sum_j e^{(t_j - tmax)/T}, the same for s
-  float xoff;        // (smax - tmax)/T - log(S_t / S_s), formed in double
+  float xoff;        // -log(S_t / S_s), formed in double
   float xoff_lo;     // the residual of rounding xoff to float (see VdivLogRatio)
   float lbt, lbs;    // jsd: -log(beta), -log(1 - beta) (upper bounds of y_t, y_s)
   float rhot, rhos;  // jsd: (1 - beta)/beta, beta/(1 - beta)
@@ -95,8 +95,7 @@ RLK_HD VdivRowScalars VdivRowConstants(const VocabDivergenceParams& p, Divergenc
   VdivRowScalars k;
   k.rst = float(1.0 / tsum);
   k.rss = float(1.0 / ssum);
-  const double inv_t = double(p.inv_temperature) + double(p.inv_temperature_lo);
-  const double xoff = (double(smax) - double(tmax)) * inv_t + log(ssum) - log(tsum);
+  const double xoff = log(ssum) - log(tsum);
   k.xoff = float(xoff);
   k.xoff_lo = float(xoff - double(k.xoff));
   k.lbt = k.lbs = k.rhot = k.rhos = 0.0f;
@@ -110,10 +109,17 @@ RLK_HD VdivRowScalars VdivRowConstants(const VocabDivergenceParams& p, Divergenc
   return k;
 }
 
-// x_j = log p_t,j - log p_s,j = (t - s)/T + xoff for one element, d = t - s
-// (exact for 16-bit logits). x is tiny where the two log-probabilities nearly
-// agree, which 16-bit logits make common (t - s often equals the normalisers'
-// difference to a few ulps): the float roundings of xoff and of 1/T
+// x_j = log p_t,j - log p_s,j = d/T + xoff for one element, d = (t - tmax) -
+// (s - smax), not t - s: a constant shift of one side's logits (another
+// model's logit scale) leaves x unchanged, but in float32 t - s then rounds
+// at the shift's ulp (1.9e-6 at 16-32) on every element, where t - tmax and
+// s - smax are exact near the maxima (Sterbenz), on the elements that carry
+// the weight; on close rows, whose KL is ~x^2 / 2, that was 2.2e-5 of the KL
+// and 7e-5 of the gradients (shift 20-40, x ~ 0.03;
+// tests/vocab_divergence_shift.test.ts). For 16-bit logits d is exact, as
+// t - s was. x is tiny where the two log-probabilities nearly agree, which
+// 16-bit logits make common (d often equals T log(S_t / S_s) to a few
+// ulps): the float roundings of xoff and of 1/T
 // (|error| ~ 1e-7 |xoff|) would then be most of x, and of p_s - p_t formed
 // from it. So xoff and 1/T carry their residuals: the fma rounds once, with
 // the product exact, then the low parts are added.
