@@ -1053,7 +1053,7 @@ RLK_VDIV_INLINE void Row(const VocabDivergenceParams& p, DivergenceKind kind, in
   } else {
     n = Normalisers<Ops, false>(s, t, nv, p.inv_temperature, keep);
   }
-  const VdivRowScalars rk = VdivRowConstants(p, kind, n.tmax, n.smax, n.tsum, n.ssum);
+  const VdivRowScalars rk = VdivRowConstants(p, kind, n.tsum, n.ssum);
   RowConsts<Ops> k;
   k.tmax = Ops::Set(n.tmax);
   k.smax = Ops::Set(n.smax);

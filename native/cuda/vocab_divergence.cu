@@ -352,7 +352,7 @@ __global__ void __launch_bounds__(kThreads) VocabDivergenceKernel(const VocabDiv
     BlockCombine(ms, red_ms, inv_t);
     const double tsum = ms[0].m == -INFINITY ? NAN : ms[0].s;  // a row with no finite logit has no distribution
     const double ssum = ms[1].m == -INFINITY ? NAN : ms[1].s;
-    const VdivRowScalars rk = VdivRowConstants(p, kKind, ms[0].m, ms[1].m, tsum, ssum);
+    const VdivRowScalars rk = VdivRowConstants(p, kKind, tsum, ssum);
     RowConsts k;
     k.tmax = ms[0].m;
     k.smax = ms[1].m;

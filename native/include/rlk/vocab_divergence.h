@@ -80,7 +80,7 @@ RLK_HD bool VdivRowIgnored(const VocabDivergenceParams& p, int64_t r) {
   return false;
 }
 
-// A row's constants from its maxima and sums of exp (pass 1), for the
+// A row's constants from its sums of exp (pass 1), for the
 // element math: x = ((t - tmax) - (s - smax))/T + xoff = log p_t - log p_s.
 struct VdivRowScalars {
   float rst, rss;    // 1 / sum_j e^{(t_j - tmax)/T}, the same for s
@@ -90,8 +90,7 @@ struct VdivRowScalars {
   float rhot, rhos;  // jsd: (1 - beta)/beta, beta/(1 - beta)
 };
 
-RLK_HD VdivRowScalars VdivRowConstants(const VocabDivergenceParams& p, DivergenceKind kind, float tmax, float smax,
-                                       double tsum, double ssum) {
+RLK_HD VdivRowScalars VdivRowConstants(const VocabDivergenceParams& p, DivergenceKind kind, double tsum, double ssum) {
   VdivRowScalars k;
   k.rst = float(1.0 / tsum);
   k.rss = float(1.0 / ssum);
