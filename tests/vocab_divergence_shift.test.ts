@@ -12,7 +12,7 @@ import { vocabDivergenceRef, type Kind } from './reference/vocab_divergence.js';
 
 // Gradients of close rows are small differences p_s - p_t ~ x p, and the fp32 normalisers'
 // rounding moves them by ~1e-7 p (tests/vocab_divergence.test.ts, expectCloseUpToNormaliser):
-// measured at most 3.4e-6 here (48 seeded runs over the three ISA paths), 7.1e-5 when x came
+// measured at most 3.4e-6 here (24 seeded runs over the three ISA paths), 7.1e-5 when x came
 // from t - s.
 const GRAD_TOL = 1e-5;
 const KINDS: Array<{ kind: Kind; beta?: number }> = [{ kind: 'forward-kl' }, { kind: 'reverse-kl' }, { kind: 'jsd', beta: 0.5 }];
