@@ -602,9 +602,16 @@ describe('vocabDivergence (cpu)', () => {
         { rows: 3, V: 2100, sd: 0, td: 0, kind: 0, beta: 0.5 },
         { rows: 3, V: 2100, sd: 1, td: 0, kind: 2, beta: 0.5 },
         { rows: 3, V: 2100, sd: 0, td: 0, kind: 1, beta: 0.5 },
-      ].map((c) => ({ ...c, s: Array.from(randn(r, c.rows * c.V, 2)), t: Array.from(randn(r, c.rows * c.V, 2)) }));
+        // T = 1 (an exact 1 / T) on rows of small span: the gradient passes' clamp-free exps and short
+        // log-ratio; row 2 of each has logits 82 below the rest, a span near 96 (an exp argument near
+        // -138 in base 2, where AVX2's exponent field wraps without the clamp), which must clamp.
+        { rows: 3, V: 2500, sd: 0, td: 0, kind: 0, beta: 0.5, T: 1 },
+        { rows: 3, V: 2500, sd: 0, td: 0, kind: 1, beta: 0.5, T: 1 },
+        { rows: 3, V: 2500, sd: 0, td: 0, kind: 2, beta: 0.5, T: 1 },
+      ].map((c) => ({ T: 0.8, ...c, s: Array.from(randn(r, c.rows * c.V, 2)), t: Array.from(randn(r, c.rows * c.V, 2)) }));
       cases[0].t[4] = cases[0].s[4] = -Infinity;
-      for (const c of cases.slice(4)) {
+      for (const c of cases.slice(7)) for (let j = 2; j < c.V; j += 19) (c.kind === 1 ? c.s : c.t)[2 * c.V + j] -= 82;
+      for (const c of cases.slice(4, 7)) {
         // Reverse KL masks the student: a lowest-float teacher logit under p_s > 0 makes (t - s) / T overflow
         // float32 (+inf, as PyTorch's fp32 log_softmax gives) where float64 gives ~1e36.
         for (let j = 0; j < 50; j++) (c.kind === 1 ? c.s : c.t)[j] = -3.4028234663852886e38;
@@ -619,9 +626,9 @@ describe('vocabDivergence (cpu)', () => {
           const S = n.fromData([c.rows, c.V], c.sd, -1, Float32Array.from(c.s));
           const T = n.fromData([c.rows, c.V], c.td, -1, Float32Array.from(c.t));
           const m = n.fromData([c.rows], 5, -1, Uint8Array.from({ length: c.rows }, (_, i) => (i === 1 ? 0 : 1)));
-          const r = n.vocabDivergence(S, T, m, null, c.kind, c.beta, 1 / 0.8, -100, true);
-          const v = n.vocabDivergence(S, T, m, null, c.kind, c.beta, 1 / 0.8, -100, false, false);
-          const st = n.vocabDivergence(S, T, m, null, c.kind, c.beta, 1 / 0.8, -100, false);
+          const r = n.vocabDivergence(S, T, m, null, c.kind, c.beta, 1 / c.T, -100, true);
+          const v = n.vocabDivergence(S, T, m, null, c.kind, c.beta, 1 / c.T, -100, false, false);
+          const st = n.vocabDivergence(S, T, m, null, c.kind, c.beta, 1 / c.T, -100, false);
           const f = (t) => Array.from(new Float32Array(t.to(0, -1).read()));
           out.results.push({ values: f(r.values), gs: f(r.gradStudent), gt: f(r.gradTeacher), sIn: f(S), tIn: f(T),
             valuesOnly: f(v.values), valuesOnlyKeys: Object.keys(v), studentOnly: f(st.values), gsStudentOnly: f(st.gradStudent) });
@@ -646,7 +653,7 @@ describe('vocabDivergence (cpu)', () => {
       cases.forEach((c, i) => {
         const o = parsed.results[i];
         const ignored = Array.from({ length: c.rows }, (_, k) => k === 1);
-        const ref = vocabDivergenceRef(o.sIn, o.tIn, c.rows, c.V, { kind: kinds[c.kind], beta: c.beta, temperature: 0.8, ignored });
+        const ref = vocabDivergenceRef(o.sIn, o.tIn, c.rows, c.V, { kind: kinds[c.kind], beta: c.beta, temperature: c.T, ignored });
         const what = `${isa} case ${i}`;
         expectClose(`${what} values`, o.values, ref.values, TOLERANCE.divergence, seed);
         expectClose(`${what} gradStudent`, o.gs, roundArray(ref.gradStudent, dts[c.sd]), GRAD_TOL[dts[c.sd]], seed);

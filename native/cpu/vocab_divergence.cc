@@ -283,16 +283,23 @@ RLK_VDIV_INLINE typename Ops::V LogRatio(const typename Ops::V& dt, const typena
   return Ops::Add(Ops::Fma(d, k.inv_t, k.xoff), Ops::Fma(dl, k.inv_t_lo, k.xoff_lo));
 }
 
-template <class Ops>
+// kClampLow = false: the row is clamp-free (RowNorm::clamp_free), the exps
+// drop their bottom clamp for the same bits. kExactInvT: as LogRatio.
+template <class Ops, bool kClampLow = true, bool kExactInvT = false>
 RLK_VDIV_INLINE Probs<Ops> Prep(const typename Ops::V& t, const typename Ops::V& s, const RowConsts<Ops>& k) {
   auto dt = Ops::Sub(t, k.tmax);
   auto ds = Ops::Sub(s, k.smax);
   Probs<Ops> e;
   // dt, ds <= 0 (or NaN): Exp2Neg, without Exp's overflow and special-value
   // blends, and in base 2 (no Cody-Waite reduction, a shorter polynomial).
-  e.pt = Ops::Mul(Ops::Exp2Neg(Ops::Mul(dt, k.inv_t2)), k.rst);
-  e.ps = Ops::Mul(Ops::Exp2Neg(Ops::Mul(ds, k.inv_t2)), k.rss);
-  e.x = LogRatio<Ops>(dt, ds, k);
+  if constexpr (kClampLow) {
+    e.pt = Ops::Mul(Ops::Exp2Neg(Ops::Mul(dt, k.inv_t2)), k.rst);
+    e.ps = Ops::Mul(Ops::Exp2Neg(Ops::Mul(ds, k.inv_t2)), k.rss);
+  } else {
+    e.pt = Ops::Mul(Ops::Exp2NegNoLow(Ops::Mul(dt, k.inv_t2)), k.rst);
+    e.ps = Ops::Mul(Ops::Exp2NegNoLow(Ops::Mul(ds, k.inv_t2)), k.rss);
+  }
+  e.x = LogRatio<Ops, kExactInvT>(dt, ds, k);
   return e;
 }
 
@@ -380,6 +387,10 @@ struct RowNorm {
   // With a reference side w (RefSide): sum_b f_b A_b and sum_b f_b D_qb E_b
   // (f_b: the block's factor against the running maximum), see Normalisers.
   double ra = 0.0, rd = 0.0;
+  // Normalisers: every exp argument of the row against its maxima is >=
+  // kExp2NegLow (a -inf or NaN logit, or a span beyond 125 / (log2(e) / T),
+  // clears it), so the later passes' exps can drop their bottom clamp.
+  bool clamp_free = false;
 };
 
 // Which side's weighted reference difference sum_k w_k d_k (RefDiff, the
@@ -475,6 +486,114 @@ inline int64_t KeepFloats(int64_t nv) { return 2 * nv + 2 * ((nv + kBlock - 1) /
 //   c = (sum_b f_b A_b + sum_b f_b D_qb E_b - D_r S_w) / S_w
 // (E_b the block's sum of exp, f_b its factor, S_w = sum_b f_b E_b), the
 // shifts in double, exact for the float logits.
+// One block of Normalisers: its sums of exp against the block maxima rt, rs
+// (*bst, *bss) and, with kRef, its reference sum A_b (*ba, against the
+// logits vqt, vqs at the block's reference index). kClampLow = false: every
+// exp argument of the block is >= kExp2NegLow (the block's minima say so),
+// and the exps drop their bottom clamp (a max, a compare and an and-not each
+// on AVX2, a max on AVX-512) for the same bits; the rest of the block
+// (fewer than K vectors, a partial one filled with -inf) always clamps.
+template <class Ops, bool kClampLow, bool kKeep, RefSide kRef, class TS, class TT>
+RLK_VDIV_INLINE void NormBlockSums(const TS* s, const TT* t, int64_t b, int64_t e, int64_t nv, float* keep,
+                                   const typename Ops::V& rt, const typename Ops::V& rs, const typename Ops::V& vinv,
+                                   const typename Ops::V& vqt, const typename Ops::V& vqs, double* bst, double* bss,
+                                   double* ba) {
+  using V = typename Ops::V;
+  constexpr int L = Ops::kLanes;
+  const float ninf = -INFINITY;
+  V ra = Ops::Set(0.0f);
+  // kSumParts fp32 partial sums per side on every ISA (AVX-512: 2 vectors,
+  // AVX2: 4, scalar: 32), so a block's sum has the same rounding on every
+  // path: the normalisers' error reaches the gradients of close
+  // distributions as (error of log(S_t / S_s)) / |x|, and the scalar path's
+  // two 512-term running sums once gave them 5e-5 relative error, ten times
+  // the AVX-512 path's.
+  // The block maximum's own terms (exactly 1) go to separate sums: added
+  // to the float32 partial sums they would round away the other terms of
+  // their lane, which are all of S - 1 when one logit dominates the row (a
+  // confident teacher or student), and log(S_t / S_s) enters every log-ratio
+  // x (an error of 6e-8 there was most of x where p_t ~ p_s).
+  constexpr int K = kSumParts / L;
+  V at[K], as[K];
+  const V zero = Ops::Set(0.0f), one = Ops::Set(1.0f);
+  V ot = zero, os = zero;
+  // acc += ex where ex < 1, ones += ex elsewhere (the 1s, and NaN). A macro,
+  // not a lambda: a lambda does not inherit the ISA's target attribute, so
+  // the compares and blends in it were out-of-line calls.
+#define RLK_VDIV_ADD_SPLIT(acc, ones, ex)     \
+  do {                                        \
+    const auto small_ = Ops::Lt(ex, one);     \
+    acc = Ops::AddWhere(small_, acc, ex);     \
+    ones = Ops::AddUnless(small_, ones, ex);  \
+  } while (0)
+  // ra += e_w ((t - t_q) - (s - s_q)), 0 where e_w = 0 (a -inf logit would
+  // give 0 * inf).
+#define RLK_VDIV_ADD_REF(tv_, sv_, et_, es_)                                                          \
+  do {                                                                                                \
+    if constexpr (kRef != RefSide::kNone) {                                                           \
+      const V ew_ = kRef == RefSide::kTeacher ? (et_) : (es_);                                        \
+      const V dd_ = Ops::Sub(Ops::Sub(tv_, vqt), Ops::Sub(sv_, vqs));                                 \
+      ra = Ops::Add(ra, Ops::Select(Ops::Eq(ew_, zero), zero, Ops::Mul(ew_, dd_)));                   \
+    }                                                                                                 \
+  } while (0)
+  for (int u = 0; u < K; ++u) at[u] = as[u] = zero;
+  // The arguments are <= 0 (the block's maximum), so Exp2Neg. While this
+  // block's exps run from L1, the next block is prefetched: its maximum
+  // loop then reads from cache instead of waiting on memory, and the
+  // memory transfer overlaps the arithmetic (one stream per side; a
+  // prefetch past the row is harmless).
+  int64_t i = b;
+  for (; i + K * L <= e; i += K * L) {
+    const uintptr_t nt = reinterpret_cast<uintptr_t>(t) + uintptr_t(i + kBlock) * sizeof(TT);
+    const uintptr_t ns = reinterpret_cast<uintptr_t>(s) + uintptr_t(i + kBlock) * sizeof(TS);
+    for (uintptr_t o = 0; o < K * L * sizeof(TT); o += 64) __builtin_prefetch(reinterpret_cast<const void*>(nt + o), 0, 3);
+    for (uintptr_t o = 0; o < K * L * sizeof(TS); o += 64) __builtin_prefetch(reinterpret_cast<const void*>(ns + o), 0, 3);
+    for (int u = 0; u < K; ++u) {
+      const V tv = Ops::Load(t + i + u * L), sv = Ops::Load(s + i + u * L);
+      V et, es;
+      if constexpr (kClampLow) {
+        et = Ops::Exp2Neg(Ops::Mul(Ops::Sub(tv, rt), vinv));
+        es = Ops::Exp2Neg(Ops::Mul(Ops::Sub(sv, rs), vinv));
+      } else {
+        et = Ops::Exp2NegNoLow(Ops::Mul(Ops::Sub(tv, rt), vinv));
+        es = Ops::Exp2NegNoLow(Ops::Mul(Ops::Sub(sv, rs), vinv));
+      }
+      if constexpr (kKeep) {
+        Ops::Store(keep + i + u * L, et);
+        Ops::Store(keep + nv + i + u * L, es);
+      }
+      RLK_VDIV_ADD_SPLIT(at[u], ot, et);
+      RLK_VDIV_ADD_SPLIT(as[u], os, es);
+      RLK_VDIV_ADD_REF(tv, sv, et, es);
+    }
+  }
+  for (int u = 0; i < e; i += L, u = (u + 1) % K) {
+    const int64_t rem = e - i;
+    V tv = rem >= L ? Ops::Load(t + i) : Ops::LoadTail(t + i, rem, ninf);
+    V sv = rem >= L ? Ops::Load(s + i) : Ops::LoadTail(s + i, rem, ninf);
+    const V et = Ops::Exp2Neg(Ops::Mul(Ops::Sub(tv, rt), vinv));
+    const V es = Ops::Exp2Neg(Ops::Mul(Ops::Sub(sv, rs), vinv));
+    if constexpr (kKeep) {
+      StoreAt<Ops>(keep + i, et, rem);
+      StoreAt<Ops>(keep + nv + i, es, rem);
+    }
+    RLK_VDIV_ADD_SPLIT(at[u], ot, et);
+    RLK_VDIV_ADD_SPLIT(as[u], os, es);
+    RLK_VDIV_ADD_REF(tv, sv, et, es);
+  }
+#undef RLK_VDIV_ADD_SPLIT
+#undef RLK_VDIV_ADD_REF
+  for (int w = K / 2; w >= 1; w /= 2) {
+    for (int u = 0; u < w; ++u) {
+      at[u] = Ops::Add(at[u], at[u + w]);
+      as[u] = Ops::Add(as[u], as[u + w]);
+    }
+  }
+  *bst = double(Ops::ReduceAdd(ot)) + double(Ops::ReduceAdd(at[0]));
+  *bss = double(Ops::ReduceAdd(os)) + double(Ops::ReduceAdd(as[0]));
+  *ba = double(Ops::ReduceAdd(ra));
+}
+
 template <class Ops, bool kKeep, RefSide kRef = RefSide::kNone, class TS, class TT>
 RLK_VDIV_INLINE RowNorm Normalisers(const TS* s, const TT* t, int64_t nv, float inv_t, float* keep) {
   using V = typename Ops::V;
@@ -484,17 +603,32 @@ RLK_VDIV_INLINE RowNorm Normalisers(const TS* s, const TT* t, int64_t nv, float 
   // The exps in base 2: 2^{(x - max) log2(e) / T} (Exp2Neg).
   const float inv_t2 = simd::detail::Log2eScale(inv_t);
   const V vinv = Ops::Set(inv_t2);
+  float tmin = FLT_MAX, smin = FLT_MAX;
   for (int64_t b = 0; b < nv; b += kBlock) {
     const int64_t e = std::min(nv, b + kBlock);
+    // The minima as PlainNormalisers: a NaN never enters them, nor does a
+    // partial vector's fill (FLT_MAX).
     V mt = Ops::Set(ninf), ms = Ops::Set(ninf);
+    V lt = Ops::Set(FLT_MAX), ls = Ops::Set(FLT_MAX);
     for (int64_t i = b; i < e; i += L) {
       const int64_t rem = e - i;
-      V tv = rem >= L ? Ops::Load(t + i) : Ops::LoadTail(t + i, rem, ninf);
-      V sv = rem >= L ? Ops::Load(s + i) : Ops::LoadTail(s + i, rem, ninf);
-      mt = Ops::Max(mt, tv);
-      ms = Ops::Max(ms, sv);
+      if (rem >= L) {
+        const V tv = Ops::Load(t + i), sv = Ops::Load(s + i);
+        mt = Ops::Max(mt, tv);
+        ms = Ops::Max(ms, sv);
+        lt = Ops::Min(tv, lt);
+        ls = Ops::Min(sv, ls);
+      } else {
+        mt = Ops::Max(mt, Ops::LoadTail(t + i, rem, ninf));
+        ms = Ops::Max(ms, Ops::LoadTail(s + i, rem, ninf));
+        lt = Ops::Min(Ops::LoadTail(t + i, rem, FLT_MAX), lt);
+        ls = Ops::Min(Ops::LoadTail(s + i, rem, FLT_MAX), ls);
+      }
     }
     const float bmt = Ops::ReduceMax(mt), bms = Ops::ReduceMax(ms);
+    const float blt = Ops::ReduceMin(lt), bls = Ops::ReduceMin(ls);
+    tmin = std::fmin(tmin, blt);
+    smin = std::fmin(smin, bls);
     // An all -inf block is summed against 0: its terms are 0, a NaN stays NaN.
     const V rt = Ops::Set(bmt == ninf ? 0.0f : bmt), rs = Ops::Set(bms == ninf ? 0.0f : bms);
     // The block's reference index and logits (kRef).
@@ -503,92 +637,16 @@ RLK_VDIV_INLINE RowNorm Normalisers(const TS* s, const TT* t, int64_t nv, float 
     if constexpr (kRef == RefSide::kStudent) q = FirstEqual<Ops>(s, b, e, bms);
     const float qt = ToFloat(t[q]), qs = ToFloat(s[q]);
     const V vqt = Ops::Set(qt), vqs = Ops::Set(qs);
-    V ra = Ops::Set(0.0f);
-    // kSumParts fp32 partial sums per side on every ISA (AVX-512: 2 vectors,
-    // AVX2: 4, scalar: 32), so a block's sum has the same rounding on every
-    // path: the normalisers' error reaches the gradients of close
-    // distributions as (error of log(S_t / S_s)) / |x|, and the scalar path's
-    // two 512-term running sums once gave them 5e-5 relative error, ten times
-    // the AVX-512 path's.
-    // The block maximum's own terms (exactly 1) go to separate sums: added
-    // to the float32 partial sums they would round away the other terms of
-    // their lane, which are all of S - 1 when one logit dominates the row (a
-    // confident teacher or student), and log(S_t / S_s) enters every log-ratio
-    // x (an error of 6e-8 there was most of x where p_t ~ p_s).
-    constexpr int K = kSumParts / L;
-    V at[K], as[K];
-    const V zero = Ops::Set(0.0f), one = Ops::Set(1.0f);
-    V ot = zero, os = zero;
-    // acc += ex where ex < 1, ones += ex elsewhere (the 1s, and NaN). A macro,
-    // not a lambda: a lambda does not inherit the ISA's target attribute, so
-    // the compares and blends in it were out-of-line calls.
-#define RLK_VDIV_ADD_SPLIT(acc, ones, ex)     \
-  do {                                        \
-    const auto small_ = Ops::Lt(ex, one);     \
-    acc = Ops::AddWhere(small_, acc, ex);     \
-    ones = Ops::AddUnless(small_, ones, ex);  \
-  } while (0)
-    // ra += e_w ((t - t_q) - (s - s_q)), 0 where e_w = 0 (a -inf logit would
-    // give 0 * inf).
-#define RLK_VDIV_ADD_REF(tv_, sv_, et_, es_)                                                          \
-  do {                                                                                                \
-    if constexpr (kRef != RefSide::kNone) {                                                           \
-      const V ew_ = kRef == RefSide::kTeacher ? (et_) : (es_);                                        \
-      const V dd_ = Ops::Sub(Ops::Sub(tv_, vqt), Ops::Sub(sv_, vqs));                                 \
-      ra = Ops::Add(ra, Ops::Select(Ops::Eq(ew_, zero), zero, Ops::Mul(ew_, dd_)));                   \
-    }                                                                                                 \
-  } while (0)
-    for (int u = 0; u < K; ++u) at[u] = as[u] = zero;
-    // The arguments are <= 0 (the block's maximum), so Exp2Neg. While this
-    // block's exps run from L1, the next block is prefetched: its maximum
-    // loop then reads from cache instead of waiting on memory, and the
-    // memory transfer overlaps the arithmetic (one stream per side; a
-    // prefetch past the row is harmless).
-    int64_t i = b;
-    for (; i + K * L <= e; i += K * L) {
-      const uintptr_t nt = reinterpret_cast<uintptr_t>(t) + uintptr_t(i + kBlock) * sizeof(TT);
-      const uintptr_t ns = reinterpret_cast<uintptr_t>(s) + uintptr_t(i + kBlock) * sizeof(TS);
-      for (uintptr_t o = 0; o < K * L * sizeof(TT); o += 64) __builtin_prefetch(reinterpret_cast<const void*>(nt + o), 0, 3);
-      for (uintptr_t o = 0; o < K * L * sizeof(TS); o += 64) __builtin_prefetch(reinterpret_cast<const void*>(ns + o), 0, 3);
-      for (int u = 0; u < K; ++u) {
-        const V tv = Ops::Load(t + i + u * L), sv = Ops::Load(s + i + u * L);
-        const V et = Ops::Exp2Neg(Ops::Mul(Ops::Sub(tv, rt), vinv));
-        const V es = Ops::Exp2Neg(Ops::Mul(Ops::Sub(sv, rs), vinv));
-        if constexpr (kKeep) {
-          Ops::Store(keep + i + u * L, et);
-          Ops::Store(keep + nv + i + u * L, es);
-        }
-        RLK_VDIV_ADD_SPLIT(at[u], ot, et);
-        RLK_VDIV_ADD_SPLIT(as[u], os, es);
-        RLK_VDIV_ADD_REF(tv, sv, et, es);
-      }
-    }
-    for (int u = 0; i < e; i += L, u = (u + 1) % K) {
-      const int64_t rem = e - i;
-      V tv = rem >= L ? Ops::Load(t + i) : Ops::LoadTail(t + i, rem, ninf);
-      V sv = rem >= L ? Ops::Load(s + i) : Ops::LoadTail(s + i, rem, ninf);
-      const V et = Ops::Exp2Neg(Ops::Mul(Ops::Sub(tv, rt), vinv));
-      const V es = Ops::Exp2Neg(Ops::Mul(Ops::Sub(sv, rs), vinv));
-      if constexpr (kKeep) {
-        StoreAt<Ops>(keep + i, et, rem);
-        StoreAt<Ops>(keep + nv + i, es, rem);
-      }
-      RLK_VDIV_ADD_SPLIT(at[u], ot, et);
-      RLK_VDIV_ADD_SPLIT(as[u], os, es);
-      RLK_VDIV_ADD_REF(tv, sv, et, es);
-    }
-#undef RLK_VDIV_ADD_SPLIT
-#undef RLK_VDIV_ADD_REF
-    for (int w = K / 2; w >= 1; w /= 2) {
-      for (int u = 0; u < w; ++u) {
-        at[u] = Ops::Add(at[u], at[u + w]);
-        as[u] = Ops::Add(as[u], as[u + w]);
-      }
-    }
+    // Every exp argument (x - max) * (log2(e) / T) is formed in float,
+    // monotone in x, so it is at least the minimum's. A block with a -inf
+    // logit (or a NaN maximum) clamps.
+    double bst, bss, ba;
+    if ((blt - bmt) * inv_t2 >= simd::detail::kExp2NegLow && (bls - bms) * inv_t2 >= simd::detail::kExp2NegLow)
+      NormBlockSums<Ops, false, kKeep, kRef>(s, t, b, e, nv, keep, rt, rs, vinv, vqt, vqs, &bst, &bss, &ba);
+    else
+      NormBlockSums<Ops, true, kKeep, kRef>(s, t, b, e, nv, keep, rt, rs, vinv, vqt, vqs, &bst, &bss, &ba);
     // The argmax is looked up only when the running maximum rises (a scan of
     // the block, in L1).
-    const double bst = double(Ops::ReduceAdd(ot)) + double(Ops::ReduceAdd(at[0]));
-    const double bss = double(Ops::ReduceAdd(os)) + double(Ops::ReduceAdd(as[0]));
     if constexpr (kKeep) {
       keep[2 * nv + 2 * (b / kBlock)] = bmt;
       keep[2 * nv + 2 * (b / kBlock) + 1] = bms;
@@ -598,7 +656,6 @@ RLK_VDIV_INLINE RowNorm Normalisers(const TS* s, const TT* t, int64_t nv, float 
       if (MergeBlock(&n.smax, &n.ssum, bms, bss, inv_t)) n.sarg = FirstEqual<Ops>(s, b, e, bms);
     } else {
       // D_q E_b; an all -inf block (E_b 0 or NaN) adds only its A_b.
-      const double ba = double(Ops::ReduceAdd(ra));
       const double dq = double(qt) - double(qs);
       if constexpr (kRef == RefSide::kTeacher) {
         if (MergeBlock(&n.tmax, &n.tsum, bmt, bst, inv_t, &n.ra, ba, &n.rd, dq * bst)) n.targ = q;
@@ -612,6 +669,8 @@ RLK_VDIV_INLINE RowNorm Normalisers(const TS* s, const TT* t, int64_t nv, float 
   // A row with no finite logit has no distribution.
   if (n.tmax == ninf) n.tsum = NAN;
   if (n.smax == ninf) n.ssum = NAN;
+  // Pass 2's exp arguments (x - row max) * (log2(e) / T) are all >= kExp2NegLow.
+  n.clamp_free = (tmin - n.tmax) * inv_t2 >= simd::detail::kExp2NegLow && (smin - n.smax) * inv_t2 >= simd::detail::kExp2NegLow;
   return n;
 }
 
@@ -872,7 +931,7 @@ constexpr int kScratchRows = 6;
 
 // kValueOnly: scratch is pass 1's keep (p = kept exp * the block's factor
 // e^{(block max - row max) / T} / S, formed in double).
-template <class Ops, DivergenceKind kKind, PassMode kMode, bool kExactInvT = false, class TS, class TT>
+template <class Ops, DivergenceKind kKind, PassMode kMode, bool kExactInvT = false, bool kClampLow = true, class TS, class TT>
 RLK_VDIV_INLINE void ValuePass(const TS* s, const TT* t, int64_t nv, const RowConsts<Ops>& k, double sums[4], TS* gs,
                                TT* gt, float* scratch, const RowNorm& n, float inv_t) {
   using V = typename Ops::V;
@@ -899,7 +958,9 @@ RLK_VDIV_INLINE void ValuePass(const TS* s, const TT* t, int64_t nv, const RowCo
         q.ps = Ops::Mul(LoadAt<Ops>(scratch + nv + i, rem), cs);
         q.x = LogRatio<Ops, kExactInvT>(Ops::Sub(tv, k.tmax), Ops::Sub(sv, k.smax), k);
       } else {
-        q = Prep<Ops>(tv, sv, k);
+        // A partial vector's fill (-inf) needs the clamp (its exp would be NaN without it).
+        if (kClampLow || rem < L) q = Prep<Ops, true, kExactInvT>(tv, sv, k);
+        else q = Prep<Ops, false, kExactInvT>(tv, sv, k);
       }
       if constexpr (kMode == PassMode::kForGrad) {
         StoreAt<Ops>(scratch + i, q.pt, rem);
@@ -1104,16 +1165,25 @@ RLK_VDIV_INLINE void Row(const VocabDivergenceParams& p, DivergenceKind kind, in
     p.values[r] = VdivRowValue(kind, p.beta, sums);
     return;
   }
+  // The gradient passes' exps without their bottom clamp where the row is
+  // clamp-free (the common case: a span of logits below 125 / (log2(e) / T),
+  // no -inf), and the log-ratio without its low-part fma and clamp where
+  // 1 / T is exact (T = 1): together ~10 of the KLs' ~75 vector operations
+  // a pair in pass 2 on AVX2. The same bits either way.
+  const bool fast = n.clamp_free && p.inv_temperature_lo == 0.0f;
   switch (kind) {
     case DivergenceKind::kForwardKl:
-      ValuePass<Ops, DivergenceKind::kForwardKl, PassMode::kFusedGrad>(s, t, nv, k, sums, gs, gt, nullptr, n, p.inv_temperature);
+      if (fast) ValuePass<Ops, DivergenceKind::kForwardKl, PassMode::kFusedGrad, true, false>(s, t, nv, k, sums, gs, gt, nullptr, n, p.inv_temperature);
+      else ValuePass<Ops, DivergenceKind::kForwardKl, PassMode::kFusedGrad>(s, t, nv, k, sums, gs, gt, nullptr, n, p.inv_temperature);
       break;
     case DivergenceKind::kReverseKl:
-      ValuePass<Ops, DivergenceKind::kReverseKl, PassMode::kFusedGrad>(s, t, nv, k, sums, gs, gt, nullptr, n, p.inv_temperature);
+      if (fast) ValuePass<Ops, DivergenceKind::kReverseKl, PassMode::kFusedGrad, true, false>(s, t, nv, k, sums, gs, gt, nullptr, n, p.inv_temperature);
+      else ValuePass<Ops, DivergenceKind::kReverseKl, PassMode::kFusedGrad>(s, t, nv, k, sums, gs, gt, nullptr, n, p.inv_temperature);
       break;
     case DivergenceKind::kJsd: {
       float* scratch = Scratch(size_t(kScratchRows) * size_t(nv));
-      ValuePass<Ops, DivergenceKind::kJsd, PassMode::kForGrad>(s, t, nv, k, sums, gs, gt, scratch, n, p.inv_temperature);
+      if (n.clamp_free) ValuePass<Ops, DivergenceKind::kJsd, PassMode::kForGrad, false, false>(s, t, nv, k, sums, gs, gt, scratch, n, p.inv_temperature);
+      else ValuePass<Ops, DivergenceKind::kJsd, PassMode::kForGrad>(s, t, nv, k, sums, gs, gt, scratch, n, p.inv_temperature);
       const float c[4] = {float(sums[0]), float(sums[1]), float(sums[2]), float(sums[3])};
       GradPass<Ops>(s, t, nv, k, c, gs, gt, scratch);
       break;
