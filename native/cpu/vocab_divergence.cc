@@ -594,10 +594,42 @@ RLK_VDIV_INLINE void NormBlockSums(const TS* s, const TT* t, int64_t b, int64_t 
   *ba = double(Ops::ReduceAdd(ra));
 }
 
+// The maxima and minima of one block of both rows (pass 1's first loop).
+// Min(x, mn) returns mn where x is NaN, so a NaN never enters the minima (it
+// reaches the sums through its exp); a partial vector's fill does not either
+// (FLT_MAX), so a clamp-free row need not have V a multiple of the vector width.
+struct BlockExt {
+  float tmax, smax, tmin, smin;
+};
+
+template <class Ops, class TS, class TT>
+RLK_VDIV_INLINE BlockExt BlockExtrema(const TS* s, const TT* t, int64_t b, int64_t e) {
+  using V = typename Ops::V;
+  constexpr int L = Ops::kLanes;
+  const float ninf = -INFINITY;
+  V mt = Ops::Set(ninf), ms = Ops::Set(ninf);
+  V lt = Ops::Set(FLT_MAX), ls = Ops::Set(FLT_MAX);
+  for (int64_t i = b; i < e; i += L) {
+    const int64_t rem = e - i;
+    if (rem >= L) {
+      const V tv = Ops::Load(t + i), sv = Ops::Load(s + i);
+      mt = Ops::Max(mt, tv);
+      ms = Ops::Max(ms, sv);
+      lt = Ops::Min(tv, lt);
+      ls = Ops::Min(sv, ls);
+    } else {
+      mt = Ops::Max(mt, Ops::LoadTail(t + i, rem, ninf));
+      ms = Ops::Max(ms, Ops::LoadTail(s + i, rem, ninf));
+      lt = Ops::Min(Ops::LoadTail(t + i, rem, FLT_MAX), lt);
+      ls = Ops::Min(Ops::LoadTail(s + i, rem, FLT_MAX), ls);
+    }
+  }
+  return {Ops::ReduceMax(mt), Ops::ReduceMax(ms), Ops::ReduceMin(lt), Ops::ReduceMin(ls)};
+}
+
 template <class Ops, bool kKeep, RefSide kRef = RefSide::kNone, class TS, class TT>
 RLK_VDIV_INLINE RowNorm Normalisers(const TS* s, const TT* t, int64_t nv, float inv_t, float* keep) {
   using V = typename Ops::V;
-  constexpr int L = Ops::kLanes;
   const float ninf = -INFINITY;
   RowNorm n;
   // The exps in base 2: 2^{(x - max) log2(e) / T} (Exp2Neg).
@@ -606,27 +638,7 @@ RLK_VDIV_INLINE RowNorm Normalisers(const TS* s, const TT* t, int64_t nv, float 
   float tmin = FLT_MAX, smin = FLT_MAX;
   for (int64_t b = 0; b < nv; b += kBlock) {
     const int64_t e = std::min(nv, b + kBlock);
-    // The minima as PlainNormalisers: a NaN never enters them, nor does a
-    // partial vector's fill (FLT_MAX).
-    V mt = Ops::Set(ninf), ms = Ops::Set(ninf);
-    V lt = Ops::Set(FLT_MAX), ls = Ops::Set(FLT_MAX);
-    for (int64_t i = b; i < e; i += L) {
-      const int64_t rem = e - i;
-      if (rem >= L) {
-        const V tv = Ops::Load(t + i), sv = Ops::Load(s + i);
-        mt = Ops::Max(mt, tv);
-        ms = Ops::Max(ms, sv);
-        lt = Ops::Min(tv, lt);
-        ls = Ops::Min(sv, ls);
-      } else {
-        mt = Ops::Max(mt, Ops::LoadTail(t + i, rem, ninf));
-        ms = Ops::Max(ms, Ops::LoadTail(s + i, rem, ninf));
-        lt = Ops::Min(Ops::LoadTail(t + i, rem, FLT_MAX), lt);
-        ls = Ops::Min(Ops::LoadTail(s + i, rem, FLT_MAX), ls);
-      }
-    }
-    const float bmt = Ops::ReduceMax(mt), bms = Ops::ReduceMax(ms);
-    const float blt = Ops::ReduceMin(lt), bls = Ops::ReduceMin(ls);
+    const auto [bmt, bms, blt, bls] = BlockExtrema<Ops>(s, t, b, e);
     tmin = std::fmin(tmin, blt);
     smin = std::fmin(smin, bls);
     // An all -inf block is summed against 0: its terms are 0, a NaN stays NaN.
@@ -795,7 +807,6 @@ template <class Ops, bool kKeep, RefSide kDir, class TS, class TT>
 RLK_VDIV_INLINE RowNorm PlainNormalisers(const TS* s, const TT* t, int64_t nv, float inv_t, float* keep, DirectBlock* db,
                                          bool* direct_ok) {
   using V = typename Ops::V;
-  constexpr int L = Ops::kLanes;
   const float ninf = -INFINITY;
   RowNorm n;
   if (direct_ok) *direct_ok = true;
@@ -804,33 +815,12 @@ RLK_VDIV_INLINE RowNorm PlainNormalisers(const TS* s, const TT* t, int64_t nv, f
   const V vinv = Ops::Set(inv_t2);
   for (int64_t b = 0; b < nv; b += kBlock) {
     const int64_t e = std::min(nv, b + kBlock);
-    // Min(x, mn) returns mn where x is NaN, so a NaN never enters the minima
-    // (it reaches the sums through its exp); a partial vector's fill does
-    // not either (FLT_MAX), so a clamp-free row need not have V a multiple of
-    // the vector width.
-    V mt = Ops::Set(ninf), ms = Ops::Set(ninf);
-    V lt = Ops::Set(FLT_MAX), ls = Ops::Set(FLT_MAX);
-    for (int64_t i = b; i < e; i += L) {
-      const int64_t rem = e - i;
-      if (rem >= L) {
-        const V tv = Ops::Load(t + i), sv = Ops::Load(s + i);
-        mt = Ops::Max(mt, tv);
-        ms = Ops::Max(ms, sv);
-        lt = Ops::Min(tv, lt);
-        ls = Ops::Min(sv, ls);
-      } else {
-        mt = Ops::Max(mt, Ops::LoadTail(t + i, rem, ninf));
-        ms = Ops::Max(ms, Ops::LoadTail(s + i, rem, ninf));
-        lt = Ops::Min(Ops::LoadTail(t + i, rem, FLT_MAX), lt);
-        ls = Ops::Min(Ops::LoadTail(s + i, rem, FLT_MAX), ls);
-      }
-    }
-    const float bmt = Ops::ReduceMax(mt), bms = Ops::ReduceMax(ms);
+    const auto [bmt, bms, blt, bls] = BlockExtrema<Ops>(s, t, b, e);
     // An all -inf block is summed against 0: its terms are 0, a NaN stays NaN.
     const V rt = Ops::Set(bmt == ninf ? 0.0f : bmt), rs = Ops::Set(bms == ninf ? 0.0f : bms);
     // Every exp argument (x - max) * (1 / T) is formed in float, monotone in
     // x, so it is at least the minimum's. A block with a -inf logit clamps.
-    const float dt = (Ops::ReduceMin(lt) - bmt) * inv_t2, ds = (Ops::ReduceMin(ls) - bms) * inv_t2;
+    const float dt = (blt - bmt) * inv_t2, ds = (bls - bms) * inv_t2;
     double bst, bss;
     DirectBlock* blk = db ? db + b / kBlock : nullptr;
     if (dt >= simd::detail::kExp2NegLow && ds >= simd::detail::kExp2NegLow) {

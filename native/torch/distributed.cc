@@ -11,8 +11,13 @@
 // that dies closes its sockets (the Work fails at once), a peer that never
 // arrives lets the store or Gloo time out.
 #include <torch/csrc/autograd/custom_function.h>
+// Backend, Work and the option structs are named here directly: without Gloo
+// (no libgloo-dev) nothing else brings them in.
+#include <torch/csrc/distributed/c10d/Backend.hpp>
 #include <torch/csrc/distributed/c10d/PrefixStore.hpp>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
+#include <torch/csrc/distributed/c10d/Types.hpp>
+#include <torch/csrc/distributed/c10d/Work.hpp>
 #ifdef RLK_TORCH_GLOO
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
 #endif
@@ -63,7 +68,7 @@ struct InitArgs {
   bool use_libuv = false;
 };
 
-bool IsLoopback(const std::string& h) {
+[[maybe_unused]] bool IsLoopback(const std::string& h) {
   return h == "localhost" || h == "::1" || h.rfind("127.", 0) == 0;
 }
 
@@ -414,7 +419,7 @@ Napi::Value State(const Napi::CallbackInfo& info) {
     o.Set("timeoutMs", Napi::Number::New(env, double(g_group->timeout.count())));
   }
   Napi::Array b = Napi::Array::New(env);
-  uint32_t n = 0;
+  [[maybe_unused]] uint32_t n = 0;  // unused when neither backend was compiled in
 #ifdef RLK_TORCH_GLOO
   b.Set(n++, Napi::String::New(env, "gloo"));
 #endif
