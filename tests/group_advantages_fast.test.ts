@@ -180,6 +180,32 @@ describe('groupAdvantages (cpu), consecutive groups: the vectorised path', () =>
     }
   });
 
+  test("reinforce++: tokens only on each group's top rows (a weighted mean of r - mean_g far from 0, a small spread)", () => {
+    // The chunks' M2 is sum w d^2 - (sum w d)^2 / n in one pass, d = x - k: here mean^2 / var ~ 200,
+    // so a dropped or wrong correction term is far outside the tolerance; and with groups of one
+    // (centred on 0: x = r = 300 + 1e-3 N(0, 1)) mean^2 / var ~ 1e11, where k = 0 would lose ~1e-4
+    // of the variance. Several chunks of 512 groups, groups of 1, 8 and 16 (one and two AVX-512
+    // registers), the AVX2 and baseline paths below.
+    const seed = freshSeed();
+    const r = rng(seed);
+    for (const gs of [1, 8, 16]) {
+      const B = gs * (512 * 2 + 37);
+      const c = makeCase(r, B, 0);
+      for (let i = 0; i < B; i++) {
+        const j = i % gs;
+        c.rewards[i] = gs === 1 ? 300 + 1e-3 * normal(r) : j + 0.3 * normal(r);
+        c.counts[i] = gs === 1 || j >= gs - 2 ? 1 + Math.floor(r() * 300) : 0;
+      }
+      const ref = refGroupAdvantages(Float64Array.from(c.rewards), {
+        method: 'reinforce++',
+        groupOf: Int32Array.from({ length: B }, (_, i) => Math.floor(i / gs)),
+        tokenCounts: c.counts,
+      });
+      const out = run(c, { method: 'reinforce++', tokens: 'counts' }, gs);
+      expectClose(`reinforce++ top rows gs=${gs}`, out.advantages.toArraySync(), ref.advantages, TOLERANCE.float32, seed);
+    }
+  });
+
   test('tmn-reweight: a task id that changes within a group is still a RangeError (int32 and int64)', () => {
     const c = makeCase(rng(2), 64, 2);
     for (const dtype of ['int32', 'int64'] as const) {

@@ -574,7 +574,7 @@ constexpr int64_t kGaMaxGroupSize = 256;  // the transposed tile of a block (<= 
 constexpr int64_t kGaChunkGroups = 512;   // groups per partial of the batch-wide sums
 
 struct GaPartial {
-  double sum = 0, m2 = 0, nonzero = 0;  // the rewards' (grpo batch, gpg)
+  double sum = 0, m2 = 0;               // the rewards' (grpo batch)
   double wn = 0, wmean = 0, wm2 = 0;    // reinforce++: the token-weighted record of r - mean_g
 };
 struct GaArgs {
@@ -587,7 +587,7 @@ struct GaArgs {
   int64_t gs, groups;       // group size, G = B / gs
   AdvantageMethod method;
   AdvantageScale scale;
-  bool global;              // a batch-wide factor (grpo batch, gpg, reinforce++)
+  bool global;              // a batch-wide factor from the groups' pass (grpo batch, reinforce++)
   double eps;
   float* out;               // [B]
   uint8_t* informative;     // [G]
@@ -800,8 +800,9 @@ Status GaFwd(GroupAdvantagesParams p, InformativeAlloc alloc, void* ctx, Scratch
     p.informative = alloc ? alloc(G, ctx) : nullptr;
     if (!p.informative) return Status{Status::kOutOfMemory, "groupAdvantages: could not allocate informative"};
   }
-  const bool global = p.method == AdvantageMethod::kGpg || p.method == AdvantageMethod::kReinforcePP ||
-                      (p.method == AdvantageMethod::kGrpo && p.scale == AdvantageScale::kBatch);
+  // gpg's batch-wide factor is a count of the rewards, taken before the
+  // groups' pass (GaForward): not a global of that pass.
+  const bool global = p.method == AdvantageMethod::kReinforcePP || (p.method == AdvantageMethod::kGrpo && p.scale == AdvantageScale::kBatch);
   w.means.resize(global ? size_t(G) : 0);
   w.partials.assign(global ? size_t((G + kGaChunkGroups - 1) / kGaChunkGroups) : 0, GaPartial{});
   const bool opo = p.method == AdvantageMethod::kOpo;
