@@ -475,6 +475,17 @@ RLK_VDIV_INLINE typename Ops::V LoadAt(const float* p, int64_t rem) {
 // pass 2 forms p_t, p_s with one multiply each instead of two more exps.
 inline int64_t KeepFloats(int64_t nv) { return 2 * nv + 2 * ((nv + kBlock - 1) / kBlock); }
 
+// Prefetches the n elements of both rows one block past i (a pass's step):
+// while a block's exps run from L1, its next block's maximum loop will find
+// that block in cache. A prefetch past the row is harmless.
+template <int64_t n, class TS, class TT>
+RLK_VDIV_INLINE void PrefetchNextBlock(const TS* s, const TT* t, int64_t i) {
+  const uintptr_t nt = reinterpret_cast<uintptr_t>(t) + uintptr_t(i + kBlock) * sizeof(TT);
+  const uintptr_t ns = reinterpret_cast<uintptr_t>(s) + uintptr_t(i + kBlock) * sizeof(TS);
+  for (uintptr_t o = 0; o < n * sizeof(TT); o += 64) __builtin_prefetch(reinterpret_cast<const void*>(nt + o), 0, 3);
+  for (uintptr_t o = 0; o < n * sizeof(TS); o += 64) __builtin_prefetch(reinterpret_cast<const void*>(ns + o), 0, 3);
+}
+
 // With a reference side w (kRef), pass 1 also forms what the KL gradients'
 // row constant c = sum_k w_k d_k needs, d_k = (t_k - t_r) - (s_k - s_r) with
 // r the row's argmax of w (RefDiff), so that the gradients are written in
@@ -544,10 +555,7 @@ RLK_VDIV_INLINE void NormBlockSums(const TS* s, const TT* t, int64_t b, int64_t 
   // prefetch past the row is harmless).
   int64_t i = b;
   for (; i + K * L <= e; i += K * L) {
-    const uintptr_t nt = reinterpret_cast<uintptr_t>(t) + uintptr_t(i + kBlock) * sizeof(TT);
-    const uintptr_t ns = reinterpret_cast<uintptr_t>(s) + uintptr_t(i + kBlock) * sizeof(TS);
-    for (uintptr_t o = 0; o < K * L * sizeof(TT); o += 64) __builtin_prefetch(reinterpret_cast<const void*>(nt + o), 0, 3);
-    for (uintptr_t o = 0; o < K * L * sizeof(TS); o += 64) __builtin_prefetch(reinterpret_cast<const void*>(ns + o), 0, 3);
+    PrefetchNextBlock<K * L>(s, t, i);
     for (int u = 0; u < K; ++u) {
       const V tv = Ops::Load(t + i + u * L), sv = Ops::Load(s + i + u * L);
       V et, es;
@@ -730,10 +738,7 @@ RLK_VDIV_INLINE void PlainBlockSums(const TS* s, const TT* t, int64_t b, int64_t
   } while (0)
   int64_t i = b;
   for (; i + K * L <= e; i += K * L) {
-    const uintptr_t nt = reinterpret_cast<uintptr_t>(t) + uintptr_t(i + kBlock) * sizeof(TT);
-    const uintptr_t ns = reinterpret_cast<uintptr_t>(s) + uintptr_t(i + kBlock) * sizeof(TS);
-    for (uintptr_t o = 0; o < K * L * sizeof(TT); o += 64) __builtin_prefetch(reinterpret_cast<const void*>(nt + o), 0, 3);
-    for (uintptr_t o = 0; o < K * L * sizeof(TS); o += 64) __builtin_prefetch(reinterpret_cast<const void*>(ns + o), 0, 3);
+    PrefetchNextBlock<K * L>(s, t, i);
     for (int u = 0; u < K; ++u) {
       const V tv = Ops::Load(t + i + u * L), sv = Ops::Load(s + i + u * L);
       const V dt = Ops::Sub(tv, rt), ds = Ops::Sub(sv, rs);
