@@ -147,6 +147,27 @@ describe('shapes', () => {
     expect(() => rlk.full([2], 1.5, { dtype: 'int32' })).toThrow(RangeError);
   });
 
+  it('full fills every element of every dtype, over several threads and odd sizes', () => {
+    // Sizes past the fill's per-thread grain (65536), odd, with the element
+    // sizes 1, 2, 4 and 8: a fill that wrote the wrong width or skipped a
+    // slice's tail shows as a wrong element.
+    const cases: [rlk.DType, number, number | bigint][] = [
+      ['uint8', 200, 200], ['bfloat16', -3.5, -3.5], ['float16', 0.25, 0.25], ['float32', 1e-3, Math.fround(1e-3)],
+      ['int32', -123456789, -123456789], ['int64', 2 ** 40 + 3, BigInt(2 ** 40 + 3)],
+    ];
+    for (const n of [1, 65537, 300001]) {
+      for (const [dtype, value, want] of cases) {
+        const t = rlk.full([n], value, { dtype });
+        const got = t.toArraySync() as ArrayLike<number | bigint>;
+        expect(got.length).toBe(n);
+        let bad = -1;
+        for (let i = 0; i < n && bad < 0; i++) if (got[i] !== want) bad = i;
+        expect(bad, `${dtype} n=${n}`).toBe(-1);
+        t.dispose();
+      }
+    }
+  });
+
   it('reshape gives a view that keeps the memory alive', async () => {
     const t = rlk.tensor([1, 2, 3, 4, 5, 6]);
     const v = t.reshape([2, 3]);
