@@ -206,6 +206,35 @@ describe('groupAdvantages (cpu), consecutive groups: the vectorised path', () =>
     }
   });
 
+  test('informative of groups of 8, 16 and 32: half the groups constant, the others with one row that differs', () => {
+    // Each group's min and max come from its own rows in every lane of a block (groups of 16 on
+    // AVX2: a register-halving reduction of 8 groups and a lane reorder), so a constant group next to
+    // one that varies in a single row, at any row, must keep its own flag; G = 8 k + 5 leaves a
+    // partial last block. The rows too, for methods that read the min, max, sum and M2 of a block.
+    const seed = freshSeed();
+    const r = rng(seed);
+    for (const gs of [8, 16, 32]) {
+      const G = 8 * 70 + 5, B = G * gs;
+      const c = makeCase(r, B, 0);
+      for (let g = 0; g < G; g++) {
+        const base = Math.floor(r() * 5) - 2;
+        const odd = r() < 0.5 ? Math.floor(r() * gs) : -1;
+        for (let j = 0; j < gs; j++) c.rewards[g * gs + j] = j === odd ? base + (r() < 0.5 ? 0.5 : -0.5) : base;
+      }
+      for (const v of [{ method: 'grpo' }, { method: 'rloo' }, { method: 'opo', tokens: 'counts' }] as Variant[]) {
+        const ref = refGroupAdvantages(Float64Array.from(c.rewards), {
+          method: v.method,
+          groupOf: Int32Array.from({ length: B }, (_, i) => Math.floor(i / gs)),
+          tokenCounts: v.tokens ? c.counts : undefined,
+        });
+        const out = run(c, v, gs);
+        const what = `${label(v)} gs=${gs}`;
+        expect(Array.from(out.informative.toArraySync()), `${what} informative (seed ${seed})`).toEqual(Array.from(ref.informative));
+        expectClose(what, out.advantages.toArraySync(), ref.advantages, TOLERANCE.float32, seed);
+      }
+    }
+  });
+
   test('tmn-reweight: a task id that changes within a group is still a RangeError (int32 and int64)', () => {
     const c = makeCase(rng(2), 64, 2);
     for (const dtype of ['int32', 'int64'] as const) {
