@@ -58,7 +58,7 @@ size_t PhysicalMemory() {
 // sixteenth of the RAM, between 256 MiB and 1 GiB) and kCacheBlocks blocks at
 // most, oldest out first; an allocation that fails empties it and tries
 // again. (With 256 MiB the logits gradient of [512, 151936] float32, 311 MB,
-// was never kept: a forward+backward took 65-150 ms a call against 46 ms
+// was never kept: a forward+backward took 65-155 ms a call against 46 ms
 // with the block reused, its fresh pages faulted in the guest and, on these
 // VMs, the hypervisor.)
 constexpr size_t kCacheMinBlock = size_t(2) << 20;
